@@ -1,0 +1,5 @@
+"""Allows `python -m fusechat` (and `torchrun -m fusechat`) to run the command line."""
+
+from fusechat.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,137 @@
+"""Stage output directories: manifests, fingerprints, checksums, atomic writes and locks.
+
+Every stage writes a directory with `manifest.json`. The manifest is written last, with `complete: true`, and
+every file is first written under a temporary name and then renamed, so a killed run never leaves a file or a
+directory that looks whole and is not. A lock file keeps two runs out of one output directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from fusechat.errors import FusechatError
+
+MANIFEST = "manifest.json"
+LOCK = ".lock"
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write `data` to `path` through a temporary file in the same directory, fsync, then rename."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Write `obj` as indented JSON, atomically."""
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        yield tmp
+        if tmp.is_file():
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
+    """Hex sha256 of a file's bytes, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def fingerprint(obj: Any) -> str:
+    """A short stable hash of a JSON-serialisable object (keys sorted)."""
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def read_manifest(directory: str | os.PathLike, stage: str | None = None, require_complete: bool = True) -> dict:
+    """Read a stage directory's manifest, checking its stage name and that it is complete."""
+    directory = Path(directory)
+    path = directory / MANIFEST
+    if not path.is_file():
+        raise FusechatError(f"{directory}: no {MANIFEST}; is this the output of a fusechat stage?")
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise FusechatError(f"{path}: not valid JSON ({e}); rerun the stage that wrote it") from None
+    if stage is not None and manifest.get("stage") != stage:
+        raise FusechatError(
+            f"{directory}: holds a '{manifest.get('stage')}' output, expected '{stage}'; check the path"
+        )
+    if require_complete and manifest.get("complete") is not True:
+        raise FusechatError(f"{directory}: the '{manifest.get('stage')}' stage did not finish; rerun it to resume")
+    return manifest
+
+
+def write_manifest(directory: str | os.PathLike, manifest: dict, complete: bool) -> None:
+    """Write the manifest atomically; `complete` is stored last so readers see it only when true."""
+    body = {k: v for k, v in manifest.items() if k != "complete"}
+    body["complete"] = bool(complete)
+    atomic_write_json(Path(directory) / MANIFEST, body)
+
+
+def prepare_output_dir(directory: str | os.PathLike, stage: str) -> Path:
+    """Create `directory` for `stage`, refusing a non-empty directory that another stage (or no stage) owns."""
+    directory = Path(directory)
+    if directory.exists():
+        if not directory.is_dir():
+            raise FusechatError(f"{directory}: exists and is not a directory; choose another --out")
+        manifest_path = directory / MANIFEST
+        others = [p for p in directory.iterdir() if p.name not in (MANIFEST, LOCK)]
+        if manifest_path.is_file():
+            owner = json.loads(manifest_path.read_text()).get("stage")
+            if owner != stage:
+                raise FusechatError(f"{directory}: holds a '{owner}' output, not '{stage}'; choose another --out")
+        elif others:
+            raise FusechatError(
+                f"{directory}: exists, is not empty and is not a fusechat '{stage}' output; "
+                "choose another --out or remove it"
+            )
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory
+
+
+@contextlib.contextmanager
+def locked(directory: str | os.PathLike, shared: bool = False) -> Iterator[None]:
+    """Hold an advisory lock on `directory` (exclusive by default); a second holder fails at once."""
+    path = Path(directory) / LOCK
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise FusechatError(f"{directory}: another fusechat run is writing here; wait for it or stop it") from None
+        yield
+    finally:
+        os.close(fd)

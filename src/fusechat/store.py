@@ -1,0 +1,289 @@
+"""The top-k store: compact, sharded, on-disk next-token distributions (a public format, see docs/formats.md).
+
+Teacher stores, aligned stores and training targets share this layout: one Parquet row per conversation with
+its token ids and offsets, and at each supervised position the k most likely next tokens with their log-probs,
+the gold token's log-prob, and the sums that make cross-entropies comparable across tokenizers. Shards are
+written under a temporary name, renamed, and then described by a small sidecar file with their checksum; the
+manifest is written (with `complete: true`) only once every shard is in place, so resume is shard by shard and a
+half-written shard never looks whole.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from fusechat.errors import FusechatError
+from fusechat.manifest import atomic_path, atomic_write_json, read_manifest, sha256_file, write_manifest
+
+FORMAT = "fusechat.topk-store"
+FORMAT_VERSION = 1
+ROW_GROUP_ROWS = 256
+
+
+@dataclass
+class TopKRecord:
+    """One conversation's entry in a top-k store.
+
+    Shapes: `input_ids` (n,), `offsets` (n, 2) character [start, end) in the rendered text, `positions` (p,) the
+    token positions t whose next token t+1 is supervised, `topk_ids` and `topk_logprobs` (p, k) most likely
+    first, `gold_logprob` (p,) the log-prob of token t+1. `nll` is the float32 sum of -gold_logprob computed
+    before rounding; `n_bytes` the UTF-8 length of the conversation's supervised text. `extra` holds optional
+    per-position or per-row columns that a stage adds (for example `covered` in an aligned store).
+    """
+
+    id: str
+    input_ids: np.ndarray
+    offsets: np.ndarray
+    positions: np.ndarray
+    topk_ids: np.ndarray
+    topk_logprobs: np.ndarray
+    gold_logprob: np.ndarray
+    nll: float
+    n_bytes: int
+    extra: dict[str, np.ndarray | float | int | str] = field(default_factory=dict)
+
+    @property
+    def k(self) -> int:
+        return int(self.topk_ids.shape[1]) if self.topk_ids.ndim == 2 else 0
+
+
+def base_schema(k: int) -> pa.Schema:
+    """The required columns of a store with top-`k` entries."""
+    return pa.schema(
+        [
+            ("id", pa.string()),
+            ("input_ids", pa.list_(pa.int32())),
+            ("offsets", pa.list_(pa.list_(pa.int32(), 2))),
+            ("positions", pa.list_(pa.int32())),
+            ("topk_ids", pa.list_(pa.list_(pa.int32(), k))),
+            ("topk_logprobs", pa.list_(pa.list_(pa.float16(), k))),
+            ("gold_logprob", pa.list_(pa.float16())),
+            ("nll", pa.float32()),
+            ("n_bytes", pa.int32()),
+        ]
+    )
+
+
+def shard_name(index: int, n_shards: int) -> str:
+    return f"shard-{index:05d}-of-{n_shards:05d}.parquet"
+
+
+def _fixed(values: np.ndarray, width: int, value_type: pa.DataType) -> pa.Array:
+    """A list<fixed_size_list<width>> cell value from a (rows, width) array."""
+    flat = pa.array(np.ascontiguousarray(values).reshape(-1), type=value_type)
+    return pa.FixedSizeListArray.from_arrays(flat, width)
+
+
+class ShardWriter:
+    """Writes one shard: rows are buffered into row groups, the file is renamed into place on `close()`."""
+
+    def __init__(self, store_dir: str | os.PathLike, index: int, n_shards: int, k: int, extra: pa.Schema | None = None):
+        self.store_dir, self.index, self.n_shards, self.k = Path(store_dir), index, n_shards, k
+        self.schema = base_schema(k)
+        for f in extra or []:
+            self.schema = self.schema.append(f)
+        self.path = self.store_dir / shard_name(index, n_shards)
+        self._ctx = atomic_path(self.path)
+        self._tmp = self._ctx.__enter__()
+        self._writer = pq.ParquetWriter(
+            self._tmp,
+            self.schema,
+            compression="zstd",
+            compression_level=9,
+            use_dictionary=["id", "topk_ids", "input_ids"],
+            use_byte_stream_split=["topk_logprobs", "gold_logprob", "nll"],
+        )
+        self._rows: list[TopKRecord] = []
+        self.rows = self.positions = self.tokens = 0
+
+    def write(self, rec: TopKRecord) -> None:
+        p = len(rec.positions)
+        if rec.topk_ids.shape != (p, self.k) or rec.topk_logprobs.shape != (p, self.k):
+            raise ValueError(f"record {rec.id}: top-k arrays must have shape ({p}, {self.k})")
+        if rec.gold_logprob.shape != (p,) or rec.offsets.shape != (len(rec.input_ids), 2):
+            raise ValueError(f"record {rec.id}: gold_logprob or offsets has the wrong shape")
+        self._rows.append(rec)
+        self.rows += 1
+        self.positions += p
+        self.tokens += len(rec.input_ids)
+        if len(self._rows) >= ROW_GROUP_ROWS:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._rows:
+            return
+        rows, k = self._rows, self.k
+
+        def lists(arrays: list[np.ndarray], make) -> pa.Array:
+            lengths = np.array([len(a) for a in arrays], dtype=np.int32)
+            offs = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+            values = make(np.concatenate(arrays) if arrays else np.zeros(0))
+            return pa.ListArray.from_arrays(pa.array(offs), values)
+
+        cols: dict[str, pa.Array] = {
+            "id": pa.array([r.id for r in rows], pa.string()),
+            "input_ids": lists([r.input_ids.astype(np.int32) for r in rows], lambda v: pa.array(v, pa.int32())),
+            "offsets": lists(
+                [r.offsets.astype(np.int32).reshape(-1, 2) for r in rows], lambda v: _fixed(v, 2, pa.int32())
+            ),
+            "positions": lists([r.positions.astype(np.int32) for r in rows], lambda v: pa.array(v, pa.int32())),
+            "topk_ids": lists(
+                [r.topk_ids.astype(np.int32).reshape(-1, k) for r in rows], lambda v: _fixed(v, k, pa.int32())
+            ),
+            "topk_logprobs": lists(
+                [r.topk_logprobs.astype(np.float16).reshape(-1, k) for r in rows],
+                lambda v: _fixed(v.astype(np.float16), k, pa.float16()),
+            ),
+            "gold_logprob": lists(
+                [r.gold_logprob.astype(np.float16) for r in rows], lambda v: pa.array(v.astype(np.float16))
+            ),
+            "nll": pa.array([r.nll for r in rows], pa.float32()),
+            "n_bytes": pa.array([r.n_bytes for r in rows], pa.int32()),
+        }
+        for f in self.schema:
+            if f.name in cols:
+                continue
+            values = [r.extra[f.name] for r in rows]
+            if pa.types.is_list(f.type):
+                cols[f.name] = pa.array([np.asarray(v).tolist() for v in values], f.type)
+            else:
+                cols[f.name] = pa.array(values, f.type)
+        self._writer.write_table(pa.Table.from_arrays([cols[f.name] for f in self.schema], schema=self.schema))
+        self._rows = []
+
+    def close(self) -> dict:
+        """Finish the file, rename it into place, write its sidecar; return the shard's description."""
+        self._flush()
+        self._writer.close()
+        self._ctx.__exit__(None, None, None)
+        info = {
+            "file": self.path.name,
+            "index": self.index,
+            "rows": self.rows,
+            "positions": self.positions,
+            "tokens": self.tokens,
+            "bytes": self.path.stat().st_size,
+            "sha256": sha256_file(self.path),
+        }
+        atomic_write_json(self.path.with_suffix(".json"), info)
+        return info
+
+    def abort(self) -> None:
+        """Drop the temporary file (used when the writer's producer fails)."""
+        try:
+            self._writer.close()
+        finally:
+            self._ctx.__exit__(RuntimeError, RuntimeError("aborted"), None)
+
+
+def shard_done(store_dir: str | os.PathLike, index: int, n_shards: int) -> dict | None:
+    """The sidecar of a finished shard, or None if the shard is missing, partial, or of another size."""
+    path = Path(store_dir) / shard_name(index, n_shards)
+    side = path.with_suffix(".json")
+    if not (path.is_file() and side.is_file()):
+        return None
+    try:
+        info = json.loads(side.read_text())
+    except json.JSONDecodeError:
+        return None
+    if info.get("bytes") != path.stat().st_size:
+        return None
+    return info
+
+
+def finalize(store_dir: str | os.PathLike, manifest: dict, n_shards: int) -> bool:
+    """Write the complete manifest if every shard is finished; return whether it was written."""
+    infos = [shard_done(store_dir, i, n_shards) for i in range(n_shards)]
+    if any(i is None for i in infos):
+        return False
+    body = dict(manifest)
+    body.update(
+        format=FORMAT,
+        format_version=FORMAT_VERSION,
+        n_shards=n_shards,
+        shards=infos,
+        counts={
+            "conversations": sum(i["rows"] for i in infos),
+            "supervised_positions": sum(i["positions"] for i in infos),
+            "tokens": sum(i["tokens"] for i in infos),
+            "bytes": sum(i["bytes"] for i in infos),
+        },
+    )
+    write_manifest(store_dir, body, complete=True)
+    return True
+
+
+def _record(row: dict, k: int, extra_names: list[str]) -> TopKRecord:
+    p = len(row["positions"])
+    return TopKRecord(
+        id=row["id"],
+        input_ids=np.asarray(row["input_ids"], dtype=np.int32),
+        offsets=np.asarray(row["offsets"], dtype=np.int32).reshape(-1, 2),
+        positions=np.asarray(row["positions"], dtype=np.int32),
+        topk_ids=np.asarray(row["topk_ids"], dtype=np.int32).reshape(p, k),
+        topk_logprobs=np.asarray(row["topk_logprobs"], dtype=np.float16).reshape(p, k),
+        gold_logprob=np.asarray(row["gold_logprob"], dtype=np.float16),
+        nll=float(row["nll"]),
+        n_bytes=int(row["n_bytes"]),
+        extra={n: row[n] for n in extra_names},
+    )
+
+
+class TopKStore:
+    """Read access to a complete store: its manifest, its shards as Arrow tables or as `TopKRecord`s."""
+
+    def __init__(self, directory: str | os.PathLike, stage: str | None = None):
+        self.dir = Path(directory)
+        self.manifest = read_manifest(self.dir, stage=stage)
+        if self.manifest.get("format") != FORMAT:
+            raise FusechatError(f"{self.dir}: not a fusechat top-k store (format {self.manifest.get('format')!r})")
+        if self.manifest.get("format_version", 0) > FORMAT_VERSION:
+            raise FusechatError(
+                f"{self.dir}: store format version {self.manifest['format_version']} is newer than this fusechat "
+                f"reads ({FORMAT_VERSION}); upgrade fusechat"
+            )
+        self.k = int(self.manifest["top_k"])
+        self.n_shards = int(self.manifest["n_shards"])
+
+    def __len__(self) -> int:
+        return int(self.manifest["counts"]["conversations"])
+
+    def shard_path(self, index: int) -> Path:
+        return self.dir / self.manifest["shards"][index]["file"]
+
+    def read_table(self, index: int, columns: list[str] | None = None) -> pa.Table:
+        path = self.shard_path(index)
+        try:
+            return pq.read_table(path, columns=columns)
+        except (OSError, pa.ArrowException) as e:
+            raise FusechatError(f"{path}: unreadable shard ({e}); run `fusechat verify {self.dir}`") from None
+
+    def read_shard(self, index: int) -> list[TopKRecord]:
+        table = self.read_table(index)
+        extra = [n for n in table.column_names if n not in base_schema(self.k).names]
+        return [_record(row, self.k, extra) for row in table.to_pylist()]
+
+    def __iter__(self) -> Iterator[TopKRecord]:
+        for i in range(self.n_shards):
+            yield from self.read_shard(i)
+
+    def verify(self) -> list[str]:
+        """Check every shard against the manifest's checksums; return the problems found (empty when sound)."""
+        problems = []
+        for info in self.manifest["shards"]:
+            path = self.dir / info["file"]
+            if not path.is_file():
+                problems.append(f"{path}: missing")
+            elif path.stat().st_size != info["bytes"]:
+                problems.append(f"{path}: {path.stat().st_size} bytes, the manifest says {info['bytes']}")
+            elif sha256_file(path) != info["sha256"]:
+                problems.append(f"{path}: checksum differs from the manifest (corrupted)")
+        return problems
