@@ -108,7 +108,7 @@ def prepare_output_dir(directory: str | os.PathLike, stage: str) -> Path:
         if not directory.is_dir():
             raise FusechatError(f"{directory}: exists and is not a directory; choose another --out")
         manifest_path = directory / MANIFEST
-        others = [p for p in directory.iterdir() if p.name not in (MANIFEST, LOCK)]
+        others = [p for p in directory.iterdir() if p.name != MANIFEST and not p.name.startswith(".")]
         if manifest_path.is_file():
             owner = json.loads(manifest_path.read_text()).get("stage")
             if owner != stage:
@@ -123,9 +123,12 @@ def prepare_output_dir(directory: str | os.PathLike, stage: str) -> Path:
 
 
 @contextlib.contextmanager
-def locked(directory: str | os.PathLike, shared: bool = False) -> Iterator[None]:
-    """Hold an advisory lock on `directory` (exclusive by default); a second holder fails at once."""
-    path = Path(directory) / LOCK
+def locked(directory: str | os.PathLike, shared: bool = False, name: str = LOCK) -> Iterator[None]:
+    """Hold an advisory lock on `directory` (exclusive by default); a second holder fails at once.
+
+    `name` picks the lock file, so that processes of one sharded run can each lock only their own shard.
+    """
+    path = Path(directory) / name
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:

@@ -1,0 +1,308 @@
+"""The teacher-pass stage: run one model over the prepared conversations and write its top-k store.
+
+Work is cut into shards of conversations; each shard is tokenized with the model's own tokenizer, batched by
+length (sorted, so padding is small), scored, and written as one Parquet file that is renamed into place when
+whole. A rerun skips finished shards, so a killed run resumes shard by shard; `--shard I/N` or torchrun's
+RANK/WORLD_SIZE split the shards between processes, and whichever finishes last writes the manifest.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from fusechat import __version__
+from fusechat.data.conversations import Conversations, supervised_positions
+from fusechat.errors import FusechatError
+from fusechat.manifest import MANIFEST, fingerprint, locked, prepare_output_dir, read_manifest, write_manifest
+from fusechat.models import load_model, load_tokenizer, resolve_model_dir, tokenizer_fingerprint
+from fusechat.store import ShardWriter, TopKRecord, finalize, shard_done, shard_name
+from fusechat.teacher.scoring import check_head, model_parts, score_batch
+
+STAGE = "teach"
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Encoded:
+    """One conversation in a model's tokenization."""
+
+    index: int
+    input_ids: np.ndarray  # (n,) int32
+    offsets: np.ndarray  # (n, 2) int32
+    positions: np.ndarray  # (p,) int32
+
+
+def encode(tokenizer, texts: list[str], spans: list[np.ndarray], first: int = 0) -> list[Encoded]:
+    """Tokenize rendered texts with offsets and find each one's supervised positions."""
+    enc = tokenizer(texts, add_special_tokens=True, return_offsets_mapping=True)
+    bos = tokenizer.bos_token_id
+    out = []
+    for j, (ids, offs) in enumerate(zip(enc["input_ids"], enc["offset_mapping"], strict=True)):
+        if bos is not None and len(ids) > 1 and ids[0] == bos and ids[1] == bos:
+            ids, offs = ids[1:], offs[1:]  # the template wrote BOS and the tokenizer added another
+        ids_a = np.asarray(ids, dtype=np.int32)
+        offs_a = np.asarray(offs, dtype=np.int32).reshape(-1, 2)
+        out.append(Encoded(first + j, ids_a, offs_a, supervised_positions(offs_a, spans[first + j])))
+    return out
+
+
+def make_batches(items: list[Encoded], batch_tokens: int, max_batch: int) -> list[list[Encoded]]:
+    """Group sequences sorted by length so that batch size x longest length stays within `batch_tokens`."""
+    batches: list[list[Encoded]] = []
+    current: list[Encoded] = []
+    for item in sorted(items, key=lambda e: len(e.input_ids)):
+        longest = len(item.input_ids)  # sorted ascending: the newest item is the longest
+        if current and ((len(current) + 1) * longest > batch_tokens or len(current) >= max_batch):
+            batches.append(current)
+            current = []
+        current.append(item)
+    if current:
+        batches.append(current)
+    return batches
+
+
+def parse_shard(value: str | None) -> tuple[int, int]:
+    """`I/N` from the command line, else torchrun's RANK/WORLD_SIZE, else 0/1."""
+    if value:
+        try:
+            i, n = (int(x) for x in value.split("/"))
+        except ValueError:
+            raise FusechatError(f"--shard {value!r}: expected I/N, for example 0/4") from None
+        if not 0 <= i < n:
+            raise FusechatError(f"--shard {value!r}: I must be in [0, N)")
+        return i, n
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def pick_device(device: str | None) -> torch.device:
+    if device:
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
+def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    try:
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    except KeyError:
+        raise FusechatError(f"--dtype {dtype!r}: choose auto, float32, bfloat16 or float16") from None
+
+
+@dataclass
+class TeachOptions:
+    """How the pass runs; none of it changes the numbers stored except `top_k` and `dtype`."""
+
+    top_k: int = 10
+    shard_rows: int = 256
+    batch_tokens: int = 4096
+    max_batch: int = 32
+    dtype: str = "auto"
+    device: str | None = None
+    trust_remote_code: bool = False
+    allow_pickle: bool = False
+    progress: bool = True
+
+
+def teach(
+    model: str,
+    conversations: str | os.PathLike,
+    out: str | os.PathLike,
+    top_k: int = 10,
+    shard: str | None = None,
+    shard_rows: int = 256,
+    batch_tokens: int = 4096,
+    max_batch: int = 32,
+    dtype: str = "auto",
+    device: str | None = None,
+    trust_remote_code: bool = False,
+    allow_pickle: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Write (or resume) the top-k store of `model` over `conversations`; return the store's directory."""
+    if not 1 <= top_k <= 1024:
+        raise FusechatError(f"--top-k {top_k}: must be between 1 and 1024")
+    if shard_rows < 1 or batch_tokens < 1:
+        raise FusechatError("--shard-rows and --batch-tokens must be positive")
+    conv = Conversations(conversations)
+    model_dir = resolve_model_dir(model)
+    tokenizer = load_tokenizer(model_dir, trust_remote_code=trust_remote_code)
+    rank, world = parse_shard(shard)
+    n_shards = max(1, math.ceil(len(conv) / shard_rows))
+    out = prepare_output_dir(out, STAGE)
+    header = {
+        "stage": STAGE,
+        "fusechat_version": __version__,
+        "model": str(model),
+        "model_dir": str(model_dir.resolve()),
+        "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
+        "conversations": str(Path(conversations).resolve()),
+        "conversations_fingerprint": conv.fingerprint,
+        "top_k": top_k,
+        "shard_rows": shard_rows,
+    }
+    header["fingerprint"] = fingerprint({k: v for k, v in header.items() if k not in ("fusechat_version",)})
+    _check_resumable(out, header)
+    if rank == 0 or not (out / MANIFEST).is_file():
+        write_manifest(out, header, complete=False)
+    opts = TeachOptions(
+        top_k, shard_rows, batch_tokens, max_batch, dtype, device, trust_remote_code, allow_pickle, progress
+    )
+    mine = [i for i in range(n_shards) if i % world == rank and shard_done(out, i, n_shards) is None]
+    if not mine:
+        log.info("%s: nothing left to do for shard set %d/%d", out, rank, world)
+    else:
+        _run_shards(header, conv, tokenizer, model_dir, out, mine, n_shards, opts)
+    full = dict(header, vocab_size=_vocab_size(model_dir, tokenizer))
+    if finalize(out, full, n_shards):
+        log.info("%s: complete", out)
+    else:
+        log.info("%s: my shards are done; the manifest is written when every shard is", out)
+    return out
+
+
+def _vocab_size(model_dir: Path, tokenizer) -> int:
+    import json
+
+    config = json.loads((model_dir / "config.json").read_text())
+    text = config.get("text_config", config)
+    return int(text.get("vocab_size") or len(tokenizer))
+
+
+def _check_resumable(out: Path, header: dict) -> None:
+    if not (out / MANIFEST).is_file():
+        return
+    old = read_manifest(out, stage=STAGE, require_complete=False)
+    if old.get("fingerprint") != header["fingerprint"]:
+        changed = [k for k in header if k != "fusechat_version" and old.get(k) != header[k]]
+        raise FusechatError(
+            f"{out}: holds a teacher store made with other settings ({', '.join(changed) or 'fingerprint'}); "
+            "choose another --out, or remove it to start over"
+        )
+
+
+def _run_shards(
+    header: dict,
+    conv: Conversations,
+    tokenizer,
+    model_dir: Path,
+    out: Path,
+    mine: list[int],
+    n_shards: int,
+    opts: TeachOptions,
+) -> None:
+    device = pick_device(opts.device)
+    dtype = pick_dtype(opts.dtype, device)
+    lm = load_model(
+        model_dir,
+        dtype=dtype,
+        device=device,
+        trust_remote_code=opts.trust_remote_code,
+        allow_pickle=opts.allow_pickle,
+    ).eval()
+    backbone, head = model_parts(lm)
+    rows = opts.shard_rows
+    total = sum(
+        sum(
+            len(x)
+            for x in tokenizer([conv.texts[j] for j in range(i * rows, min(len(conv), (i + 1) * rows))])["input_ids"]
+        )
+        for i in mine
+    )
+    bar = tqdm(
+        total=total,
+        unit="tok",
+        unit_scale=True,
+        desc=f"teach {Path(str(header['model'])).name}",
+        disable=not opts.progress,
+        mininterval=1.0 if sys.stderr.isatty() else 30.0,
+        dynamic_ncols=True,
+    )
+    checked = False
+    for i in mine:
+        lo, hi = i * rows, min(len(conv), (i + 1) * rows)
+        with locked(out, name=f".{shard_name(i, n_shards)}.lock"):
+            if shard_done(out, i, n_shards) is not None:
+                continue
+            items = encode(tokenizer, conv.texts[lo:hi], conv.spans, first=lo) if hi > lo else []
+            if not checked and items:
+                check_head(
+                    lm,
+                    backbone,
+                    head,
+                    torch.as_tensor(items[0].input_ids[None].astype(np.int64), device=device),
+                )
+                checked = True
+            records = _score_items(items, backbone, head, device, opts, bar)
+            writer = ShardWriter(out, i, n_shards, opts.top_k)
+            try:
+                for item in items:
+                    writer.write(_record(conv, item, records[item.index], opts.top_k))
+                writer.close()
+            except BaseException:
+                writer.abort()
+                raise
+    bar.close()
+
+
+def _score_items(items: list[Encoded], backbone, head, device, opts: TeachOptions, bar) -> dict:
+    results = {}
+    pad = 0
+    for batch in make_batches(items, opts.batch_tokens, opts.max_batch):
+        length = max(len(e.input_ids) for e in batch)
+        ids = torch.full((len(batch), length), pad, dtype=torch.long)
+        mask = torch.zeros((len(batch), length), dtype=torch.long)
+        for b, e in enumerate(batch):
+            ids[b, : len(e.input_ids)] = torch.from_numpy(e.input_ids.astype(np.int64))
+            mask[b, : len(e.input_ids)] = 1
+        scores = score_batch(
+            backbone,
+            head,
+            ids.to(device),
+            mask.to(device),
+            [torch.from_numpy(e.positions.astype(np.int64)) for e in batch],
+            opts.top_k,
+        )
+        s = 0
+        for e in batch:
+            p = len(e.positions)
+            results[e.index] = (
+                scores.topk_ids[s : s + p],
+                scores.topk_logprobs[s : s + p],
+                scores.gold_logprob[s : s + p],
+            )
+            s += p
+        bar.update(int(mask.sum()))
+    return results
+
+
+def _record(conv: Conversations, item: Encoded, scored, k: int) -> TopKRecord:
+    top_i, top_lp, gold = (t.numpy() for t in scored)
+    if top_i.shape[1] < k:  # a vocabulary smaller than k: pad with the store's empty entry
+        fill = k - top_i.shape[1]
+        top_i = np.pad(top_i, ((0, 0), (0, fill)), constant_values=-1)
+        top_lp = np.pad(top_lp, ((0, 0), (0, fill)), constant_values=-np.inf)
+    return TopKRecord(
+        id=conv.ids[item.index],
+        input_ids=item.input_ids,
+        offsets=item.offsets,
+        positions=item.positions,
+        topk_ids=top_i.astype(np.int32),
+        topk_logprobs=top_lp.astype(np.float16),
+        gold_logprob=gold.astype(np.float16),
+        nll=float(-gold.astype(np.float64).sum()),
+        n_bytes=conv.n_bytes(item.index),
+    )
