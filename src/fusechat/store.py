@@ -26,6 +26,18 @@ from fusechat.manifest import atomic_path, atomic_write_json, read_manifest, sha
 FORMAT = "fusechat.topk-store"
 FORMAT_VERSION = 1
 ROW_GROUP_ROWS = 256
+# Chosen per column on real data (benchmarks/bench_teach.py): dictionaries only help the id column; offsets and
+# positions grow steadily (delta encoding), and float16 log-probs compress best with their bytes split.
+PARQUET_OPTIONS = dict(
+    compression="zstd",
+    compression_level=9,
+    use_dictionary=["id"],
+    column_encoding={
+        "offsets.list.element.list.element": "DELTA_BINARY_PACKED",
+        "positions.list.element": "DELTA_BINARY_PACKED",
+        "topk_logprobs.list.element.list.element": "BYTE_STREAM_SPLIT",
+    },
+)
 
 
 @dataclass
@@ -93,14 +105,7 @@ class ShardWriter:
         self.path = self.store_dir / shard_name(index, n_shards)
         self._ctx = atomic_path(self.path)
         self._tmp = self._ctx.__enter__()
-        self._writer = pq.ParquetWriter(
-            self._tmp,
-            self.schema,
-            compression="zstd",
-            compression_level=9,
-            use_dictionary=["id", "topk_ids", "input_ids"],
-            use_byte_stream_split=["topk_logprobs", "gold_logprob", "nll"],
-        )
+        self._writer = pq.ParquetWriter(self._tmp, self.schema, **PARQUET_OPTIONS)
         self._rows: list[TopKRecord] = []
         self.rows = self.positions = self.tokens = 0
 
@@ -221,20 +226,50 @@ def finalize(store_dir: str | os.PathLike, manifest: dict, n_shards: int) -> boo
     return True
 
 
-def _record(row: dict, k: int, extra_names: list[str]) -> TopKRecord:
-    p = len(row["positions"])
-    return TopKRecord(
-        id=row["id"],
-        input_ids=np.asarray(row["input_ids"], dtype=np.int32),
-        offsets=np.asarray(row["offsets"], dtype=np.int32).reshape(-1, 2),
-        positions=np.asarray(row["positions"], dtype=np.int32),
-        topk_ids=np.asarray(row["topk_ids"], dtype=np.int32).reshape(p, k),
-        topk_logprobs=np.asarray(row["topk_logprobs"], dtype=np.float16).reshape(p, k),
-        gold_logprob=np.asarray(row["gold_logprob"], dtype=np.float16),
-        nll=float(row["nll"]),
-        n_bytes=int(row["n_bytes"]),
-        extra={n: row[n] for n in extra_names},
-    )
+def _flat(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """(row bounds, flat leaf values) of a list (or list of fixed-size lists) column, without Python objects."""
+    arr = column.combine_chunks()
+    bounds = np.asarray(arr.offsets, dtype=np.int64)
+    values = arr.values
+    if pa.types.is_fixed_size_list(values.type):
+        width = values.type.list_size
+        flat = values.flatten().to_numpy(zero_copy_only=False)
+        base = values.offset * width
+        return bounds, flat[base : base + len(values) * width].reshape(-1, width)
+    return bounds, values.to_numpy(zero_copy_only=False)
+
+
+def records_from_table(table: pa.Table, k: int) -> list[TopKRecord]:
+    """Split a shard's Arrow table into records with numpy arrays (vectorised; no per-value Python objects)."""
+    cols = {n: _flat(table.column(n)) for n in ("input_ids", "offsets", "positions", "topk_ids", "topk_logprobs")}
+    cols["gold_logprob"] = _flat(table.column("gold_logprob"))
+    ids = table.column("id").to_pylist()
+    nll = table.column("nll").to_numpy()
+    n_bytes = table.column("n_bytes").to_numpy()
+    extra_names = [n for n in table.column_names if n not in base_schema(k).names]
+    extra_rows = table.select(extra_names).to_pylist() if extra_names else [{}] * len(ids)
+    out = []
+    for r, rid in enumerate(ids):
+
+        def cut(name: str, dtype: type) -> np.ndarray:
+            bounds, flat = cols[name]
+            return np.array(flat[bounds[r] : bounds[r + 1]], dtype=dtype)
+
+        out.append(
+            TopKRecord(
+                id=rid,
+                input_ids=cut("input_ids", np.int32),
+                offsets=cut("offsets", np.int32).reshape(-1, 2),
+                positions=cut("positions", np.int32),
+                topk_ids=cut("topk_ids", np.int32).reshape(-1, k),
+                topk_logprobs=cut("topk_logprobs", np.float16).reshape(-1, k),
+                gold_logprob=cut("gold_logprob", np.float16),
+                nll=float(nll[r]),
+                n_bytes=int(n_bytes[r]),
+                extra={n: extra_rows[r][n] for n in extra_names},
+            )
+        )
+    return out
 
 
 class TopKStore:
@@ -267,9 +302,7 @@ class TopKStore:
             raise FusechatError(f"{path}: unreadable shard ({e}); run `fusechat verify {self.dir}`") from None
 
     def read_shard(self, index: int) -> list[TopKRecord]:
-        table = self.read_table(index)
-        extra = [n for n in table.column_names if n not in base_schema(self.k).names]
-        return [_record(row, self.k, extra) for row in table.to_pylist()]
+        return records_from_table(self.read_table(index), self.k)
 
     def __iter__(self) -> Iterator[TopKRecord]:
         for i in range(self.n_shards):
