@@ -1,0 +1,141 @@
+"""The recipe: one YAML file that describes a whole fusion, validated into typed data before anything runs.
+
+A wrong key or value fails at load time with its path in the message (`train.lambda: ...`), never deep inside
+a stage. Paths in a recipe are relative to the recipe file, and every output stays inside `workdir`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from fusechat.errors import FusechatError
+
+Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class Source(_Strict):
+    name: Name = Field(description="short name used for output directories and report rows")
+    model: str = Field(description="Hugging Face directory or installed model name")
+
+
+class DataSource(_Strict):
+    """One input of the corpus: a chat file, the bundled ShareGPT sample, or generated GSM-Symbolic chats."""
+
+    kind: Literal["file", "sharegpt", "gsm_symbolic"]
+    path: str | None = Field(None, description="for kind=file: JSON, JSONL or Parquet chats")
+    limit: int | None = Field(None, ge=1, description="records to take")
+    offset: int = Field(0, ge=0, description="records to skip first (keeps held-out data disjoint)")
+    seed: int = Field(0, ge=0, description="for kind=gsm_symbolic: the generator's seed")
+
+    @model_validator(mode="after")
+    def _path_for_files(self) -> DataSource:
+        if (self.kind == "file") != (self.path is not None):
+            raise ValueError("give `path` exactly when kind is 'file'")
+        return self
+
+
+class Data(_Strict):
+    train: list[DataSource] = Field(min_length=1)
+    heldout: list[DataSource] = Field(default_factory=list, description="for bits-per-byte evaluation")
+    max_length: int = Field(1024, ge=16, le=1_000_000, description="pivot tokens per conversation")
+    on_long: Literal["truncate", "drop"] = "truncate"
+
+
+class Teach(_Strict):
+    top_k: int = Field(10, ge=1, le=1024)
+    batch_tokens: int = Field(4096, ge=16)
+
+
+class Align(_Strict):
+    alignment: Literal["offsets", "dtw"] = "offsets"
+    vocab_map: Literal["exact", "mined", "stats", "prefix"] = "exact"
+
+
+class Fuse(_Strict):
+    method: Literal["mince", "avgce", "token-mince"] = "mince"
+    pairwise: bool = Field(True, description="one target per source (pivot + that source)")
+    multi: bool = Field(True, description="one target from the pivot and every source at once")
+
+
+class Train(_Strict):
+    lam: float = Field(0.9, alias="lambda", ge=0.0, le=1.0, description="weight of the CLM loss")
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int | None = Field(None, ge=1)
+    learning_rate: float = Field(1e-5, gt=0, lt=1)
+    batch_size: int = Field(4, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    warmup_ratio: float = Field(0.03, ge=0, lt=1)
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    clm_baseline: bool = Field(True, description="train the CLM-only baseline the targets must beat")
+
+
+class MergeMethod(_Strict):
+    method: Literal["varm", "linear", "slerp", "task_arithmetic", "ties", "dare_ties", "dare_linear", "sce"]
+    parameters: dict[str, Any] = Field(default_factory=dict, description="top-level mergekit-style parameters")
+    weights: list[float] | None = Field(None, description="per-target weights, in the order of the targets")
+    density: float | None = Field(None, gt=0, le=1)
+
+
+class Merge(_Strict):
+    targets: Literal["pairwise", "pairwise+multi"] = "pairwise"
+    methods: list[MergeMethod] = Field(default_factory=list)
+
+
+class Evaluate(_Strict):
+    suite: list[Literal["bpb", "gsm", "asdiv", "hhh", "mtbench"]] = Field(default_factory=lambda: ["bpb"])
+    limit: int | None = Field(None, ge=1, description="items per task")
+
+
+class Recipe(_Strict):
+    name: Name
+    workdir: str = Field(description="every output goes under this directory")
+    pivot: str
+    sources: list[Source] = Field(min_length=1)
+    data: Data
+    teach: Teach = Teach()
+    align: Align = Align()
+    fuse: Fuse = Fuse()
+    train: Train = Train()
+    merge: Merge = Merge()
+    evaluate: Evaluate = Evaluate()
+
+    @field_validator("sources")
+    @classmethod
+    def _unique(cls, sources: list[Source]) -> list[Source]:
+        names = [s.name for s in sources]
+        if len(set(names)) != len(names) or "pivot" in names:
+            raise ValueError("source names must be unique and not 'pivot'")
+        return sources
+
+
+def _loc(loc: tuple) -> str:
+    return ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in loc).replace(".[", "[")
+
+
+def load_recipe(path: str | os.PathLike) -> tuple[Recipe, Path]:
+    """Read and validate a recipe; return it with the directory its relative paths are resolved against."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise FusechatError(f"{path}: no such recipe file") from None
+    except yaml.YAMLError as e:
+        raise FusechatError(f"{path}: not valid YAML ({e})") from None
+    if not isinstance(raw, dict):
+        raise FusechatError(f"{path}: a recipe is a YAML mapping of keys to values")
+    try:
+        recipe = Recipe.model_validate(raw)
+    except ValidationError as e:
+        first = e.errors()[0]
+        more = f" (and {e.error_count() - 1} more)" if e.error_count() > 1 else ""
+        raise FusechatError(f"{path}: {_loc(first['loc'])}: {first['msg']}{more}") from None
+    return recipe, path.resolve().parent

@@ -1,0 +1,40 @@
+"""`fusechat teach` through the real command line: output, resume, and one-line errors with exit code 2."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tiny_models import byte_bpe_tokenizer, sample_chats, save_llama, write_conversations
+
+from fusechat.store import TopKStore
+
+SRC = str(Path(__file__).resolve().parents[2] / "src")
+
+
+def fusechat(*args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=SRC)
+    return subprocess.run([sys.executable, "-m", "fusechat", *args], capture_output=True, text=True, env=env)
+
+
+def test_teach_cli(tmp_path):
+    tok = byte_bpe_tokenizer()
+    model = save_llama(tmp_path / "m", tok)
+    conv = write_conversations(tmp_path / "conv", sample_chats(6), tok)
+    out = tmp_path / "store"
+    args = ["teach", "--model", str(model), "--conversations", str(conv), "--out", str(out), "--top-k", "3"]
+    done = fusechat(*args, "--shard-rows", "2", "--no-progress")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str(out)
+    store = TopKStore(out)
+    assert store.n_shards == 3 and store.k == 3 and len(store) == 6
+    again = fusechat(*args, "--shard-rows", "2", "--no-progress")
+    assert again.returncode == 0 and "nothing left to do" in again.stderr
+    bad = fusechat(*args, "--shard-rows", "3", "--no-progress")
+    assert bad.returncode == 2
+    lines = bad.stderr.strip().splitlines()
+    assert len(lines) == 1 and "shard_rows" in lines[0] and "Traceback" not in bad.stderr
+    bad_shard = fusechat(*args, "--shard", "3/2")
+    assert bad_shard.returncode == 2 and "--shard" in bad_shard.stderr
