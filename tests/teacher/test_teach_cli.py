@@ -38,3 +38,18 @@ def test_teach_cli(tmp_path):
     assert len(lines) == 1 and "shard_rows" in lines[0] and "Traceback" not in bad.stderr
     bad_shard = fusechat(*args, "--shard", "3/2")
     assert bad_shard.returncode == 2 and "--shard" in bad_shard.stderr
+
+
+def test_torchrun_ranks_split_shards_and_match_one_process(tmp_path):
+    tok = byte_bpe_tokenizer()
+    model = save_llama(tmp_path / "m", tok)
+    conv = write_conversations(tmp_path / "conv", sample_chats(6), tok)
+    common = ["--model", str(model), "--conversations", str(conv), "--shard-rows", "2", "--no-progress"]
+    one = fusechat("teach", *common, "--out", str(tmp_path / "one"))
+    assert one.returncode == 0, one.stderr
+    env = dict(os.environ, PYTHONPATH=SRC)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "fusechat", "teach"]
+    two = subprocess.run([*cmd, *common, "--out", str(tmp_path / "two")], capture_output=True, text=True, env=env)
+    assert two.returncode == 0, two.stderr
+    a, b = TopKStore(tmp_path / "one"), TopKStore(tmp_path / "two")
+    assert [s["sha256"] for s in a.manifest["shards"]] == [s["sha256"] for s in b.manifest["shards"]]
