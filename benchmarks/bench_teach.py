@@ -92,7 +92,7 @@ def speed_and_accuracy(model_name: str, conv: Path, work: Path, rounds: int) -> 
     store = TopKStore(store_dir)
     worst = 0.0
     with torch.inference_mode():
-        for i, rec in enumerate(list(store)[:8]):
+        for rec in list(store)[:8]:
             ids = torch.from_numpy(rec.input_ids.astype(np.int64))[None]
             logp = torch.log_softmax(model(input_ids=ids).logits[0].float(), -1)[rec.positions]
             ref = logp.gather(-1, torch.from_numpy(rec.topk_ids.astype(np.int64)))

@@ -249,21 +249,21 @@ def records_from_table(table: pa.Table, k: int) -> list[TopKRecord]:
     extra_names = [n for n in table.column_names if n not in base_schema(k).names]
     extra_rows = table.select(extra_names).to_pylist() if extra_names else [{}] * len(ids)
     out = []
+
+    def cut(name: str, r: int, dtype: type) -> np.ndarray:
+        bounds, flat = cols[name]
+        return np.array(flat[bounds[r] : bounds[r + 1]], dtype=dtype)
+
     for r, rid in enumerate(ids):
-
-        def cut(name: str, dtype: type) -> np.ndarray:
-            bounds, flat = cols[name]
-            return np.array(flat[bounds[r] : bounds[r + 1]], dtype=dtype)
-
         out.append(
             TopKRecord(
                 id=rid,
-                input_ids=cut("input_ids", np.int32),
-                offsets=cut("offsets", np.int32).reshape(-1, 2),
-                positions=cut("positions", np.int32),
-                topk_ids=cut("topk_ids", np.int32).reshape(-1, k),
-                topk_logprobs=cut("topk_logprobs", np.float16).reshape(-1, k),
-                gold_logprob=cut("gold_logprob", np.float16),
+                input_ids=cut("input_ids", r, np.int32),
+                offsets=cut("offsets", r, np.int32).reshape(-1, 2),
+                positions=cut("positions", r, np.int32),
+                topk_ids=cut("topk_ids", r, np.int32).reshape(-1, k),
+                topk_logprobs=cut("topk_logprobs", r, np.float16).reshape(-1, k),
+                gold_logprob=cut("gold_logprob", r, np.float16),
                 nll=float(nll[r]),
                 n_bytes=int(n_bytes[r]),
                 extra={n: extra_rows[r][n] for n in extra_names},
