@@ -1,0 +1,125 @@
+"""Turn a recipe into the pipeline's steps: which stage runs on what, writing where.
+
+The layout of a run directory is decided here and nowhere else:
+```
+WORKDIR/data/{train,heldout}.jsonl   the corpus as OpenAI-style chats, gathered from the recipe's sources
+WORKDIR/conversations/{train,heldout} prepared with the pivot's chat template
+WORKDIR/teach/{pivot,SOURCE}          top-k stores
+WORKDIR/align/SOURCE                  each source in the pivot's positions and vocabulary
+WORKDIR/fuse/{pair-SOURCE,multi}      training targets
+WORKDIR/train/{clm,pair-SOURCE,multi}-sSEED   checkpoints
+WORKDIR/merge/METHOD-sSEED            merged checkpoints
+WORKDIR/eval                          scores
+WORKDIR/report                        report.md, report.html, plots
+```
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fusechat.pipeline import Step
+from fusechat.recipe import Recipe
+
+
+def target_names(recipe: Recipe) -> list[str]:
+    names = [f"pair-{s.name}" for s in recipe.sources] if recipe.fuse.pairwise else []
+    return names + (["multi"] if recipe.fuse.multi and len(recipe.sources) > 1 else [])
+
+
+def plan(recipe: Recipe, base: Path) -> list[Step]:
+    """The steps of `recipe`, in order; `base` resolves the recipe's relative paths."""
+    from fusechat import stages
+
+    work = (base / recipe.workdir).resolve()
+    models = {"pivot": recipe.pivot, **{s.name: s.model for s in recipe.sources}}
+    steps: list[Step] = []
+
+    def add(name: str, out: Path, settings: dict, needs: list[str], run) -> None:
+        steps.append(Step(name, out, settings, needs, run))
+
+    split = {"train": recipe.data.train, "heldout": recipe.data.heldout}
+    for part, sources in split.items():
+        if not sources:
+            continue
+        settings = {
+            "sources": [s.model_dump() for s in sources],
+            "max_length": recipe.data.max_length,
+            "on_long": recipe.data.on_long,
+        }
+        conv = work / "conversations" / part
+        add(
+            f"prepare/{part}",
+            conv,
+            settings,
+            [],
+            stages.preparer(sources, base, recipe.pivot, conv, recipe.data.max_length, recipe.data.on_long),
+        )
+    conv_train = work / "conversations" / "train"
+    for name, model in models.items():
+        out = work / "teach" / name
+        add(
+            f"teach/{name}",
+            out,
+            recipe.teach.model_dump(),
+            ["prepare/train"],
+            stages.teacher(model, conv_train, out, recipe.teach),
+        )
+    pivot_store = work / "teach" / "pivot"
+    for s in recipe.sources:
+        out = work / "align" / s.name
+        add(
+            f"align/{s.name}",
+            out,
+            recipe.align.model_dump(),
+            ["teach/pivot", f"teach/{s.name}"],
+            stages.aligner(pivot_store, work / "teach" / s.name, out, recipe.align),
+        )
+    for target in target_names(recipe):
+        members = [s.name for s in recipe.sources] if target == "multi" else [target.removeprefix("pair-")]
+        out = work / "fuse" / target
+        add(
+            f"fuse/{target}",
+            out,
+            {"method": recipe.fuse.method, "members": members},
+            ["teach/pivot", *(f"align/{m}" for m in members)],
+            stages.fuser(pivot_store, [work / "align" / m for m in members], out, recipe.fuse.method),
+        )
+    train_settings = recipe.train.model_dump(by_alias=True)
+    first_target = target_names(recipe)[0]
+    for seed in recipe.train.seeds:
+        runs = ([("clm", first_target, True)] if recipe.train.clm_baseline else []) + [
+            (t, t, False) for t in target_names(recipe)
+        ]
+        for label, target, clm_only in runs:
+            out = work / "train" / f"{label}-s{seed}"
+            add(
+                f"train/{label}-s{seed}",
+                out,
+                {**train_settings, "seed": seed, "clm_only": clm_only},
+                [f"fuse/{target}"],
+                stages.trainer(recipe.pivot, work / "fuse" / target, out, recipe.train, seed, clm_only),
+            )
+        merge_inputs = [t for t in target_names(recipe) if recipe.merge.targets == "pairwise+multi" or t != "multi"]
+        for m in recipe.merge.methods:
+            out = work / "merge" / f"{m.method}-s{seed}"
+            add(
+                f"merge/{m.method}-s{seed}",
+                out,
+                {**m.model_dump(), "inputs": merge_inputs},
+                [f"train/{t}-s{seed}" for t in merge_inputs],
+                stages.merger(recipe.pivot, [work / "train" / f"{t}-s{seed}" for t in merge_inputs], out, m),
+            )
+    evaluated = {
+        step.name.split("/", 1)[1]: step.out for step in steps if step.name.split("/")[0] in ("train", "merge")
+    }
+    evaluated = {"pivot": recipe.pivot, **{s.name: s.model for s in recipe.sources}, **evaluated}
+    add(
+        "evaluate",
+        work / "eval",
+        recipe.evaluate.model_dump(),
+        [s.name for s in steps if s.name.split("/")[0] in ("train", "merge", "prepare")],
+        stages.evaluator(evaluated, work / "conversations" / "heldout", work / "eval", recipe.evaluate),
+    )
+    add("report", work / "report", {}, ["evaluate"], stages.reporter(recipe, work))
+    return steps
