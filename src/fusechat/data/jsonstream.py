@@ -1,10 +1,11 @@
 """Read the records of a big JSON document one at a time, and recover the complete ones of a cut-off file.
 
-Chat corpora ship as one JSON list of hundreds of megabytes (ShareGPT's is 125 MB and, as published, cut off
-partway through a record). `json.load` needs the whole text in memory and fails on the cut, losing every record.
-This reader holds only a sliding window of the text, decodes one element at a time with the standard library's
-C decoder (`JSONDecoder.raw_decode`), and tells a cut at the end of the file (the input simply stops inside or
-between records) from a syntax error in the middle (a real fault, reported with its line and column).
+Chat corpora ship as one JSON list of hundreds of megabytes (ShareGPT's is 125 MB and, as published, cut
+off partway through a record). `json.load` needs the whole text in memory and fails on the cut, losing every
+record. This reader holds only a sliding window of the text, decodes one element at a time with the
+standard library's C decoder (`JSONDecoder.raw_decode`), and tells a cut at the end of the file (the input
+simply stops inside or between records) from a syntax error in the middle (a real fault, reported with its
+line and column).
 """
 
 from __future__ import annotations
@@ -23,13 +24,13 @@ CHUNK_CHARS = 1 << 20
 _WS = " \t\n\r"
 _DECODER = json.JSONDecoder()
 _TAIL = re.compile(r'[\s\w.+\-\\"]*')
-# Keys whose list holds the messages of ONE conversation: a top-level object with them is a record, not a wrapper.
+# Keys whose list holds the messages of ONE conversation: an object with them is a record, not a wrapper.
 _CONVERSATION_KEYS = ("messages", "conversations")
 
 
 @dataclass(frozen=True)
 class Cut:
-    """Where a JSON document stops before it is complete: the line and character offset of the unfinished part."""
+    """Where a JSON document stops early: the line and character offset of the unfinished part."""
 
     line: int
     char: int
@@ -44,8 +45,8 @@ class JsonRecords:
     """Iterate the objects of a JSON list, or of the one list inside a top-level JSON object.
 
     Yields `(record_number, line, obj)` with 0-based record numbers and 1-based line numbers where each record
-    starts. After iteration `cut` is set if the document stopped early; every complete record before the cut has
-    been yielded. A syntax error that is not at the end raises `FusechatError` naming the line and column.
+    starts. After iteration `cut` is set if the document stopped early; every complete record before the cut
+    has been yielded. A syntax error that is not at the end raises `FusechatError` naming the line and column.
     """
 
     def __init__(self, path: str | os.PathLike, chunk_chars: int = CHUNK_CHARS):
@@ -61,7 +62,7 @@ class JsonRecords:
         self._char0 = 0  # character offset of _buf[0] in the file
         self._count = 0
 
-    # -- window over the file ---------------------------------------------------------------------------------
+    # -- window over the file
     def _fill(self, at_least: int = 0) -> bool:
         """Read more text (at least `at_least` characters when possible); False at end of file."""
         if self._eof:
@@ -131,7 +132,7 @@ class JsonRecords:
             try:
                 obj, end = _DECODER.raw_decode(self._buf, start)
             except json.JSONDecodeError as e:
-                if not _may_be_incomplete(e, self._buf):
+                if not may_be_incomplete(e, self._buf):
                     self._syntax(e.msg, e.pos)
                 if not self._fill(at_least=len(self._buf) - start):
                     raise _Incomplete from None
@@ -142,7 +143,7 @@ class JsonRecords:
             self._pos = end
             return obj
 
-    # -- document structure ----------------------------------------------------------------------------------
+    # -- document structure
     def __iter__(self) -> Iterator[tuple[int, int, Any]]:
         with open(self.path, encoding="utf-8-sig", newline="") as f:
             self._f = f
@@ -157,7 +158,7 @@ class JsonRecords:
                 elif first == "":
                     raise FusechatError(f"{self.path}: empty file; give a file with conversations")
                 else:
-                    self._syntax("a JSON file must hold a list of conversations or an object with one", self._pos)
+                    self._syntax("expected a list of conversations or an object holding one", self._pos)
             except _Incomplete:
                 line, _ = self._where(self._pos)
                 self.cut = Cut(line=line, char=self._char0 + self._pos, complete_records=self._count)
@@ -197,13 +198,13 @@ class JsonRecords:
             if self._peek() == "[" and self._list_of_objects_follows():
                 if key in _CONVERSATION_KEYS:
                     raise FusechatError(
-                        f"{self.path}: holds one conversation (a top-level '{key}' list), not a list of them; "
+                        f"{self.path}: holds one conversation (a top-level '{key}' list), not a list; "
                         "wrap it in [ ] or write it as one line of a .jsonl file"
                     )
                 if self.key is not None:
                     raise FusechatError(
-                        f"{self.path}: the top-level object has two lists of records ('{self.key}' and '{key}'); "
-                        "keep the one to train on"
+                        f"{self.path}: the top-level object has two lists of records ('{self.key}', '{key}');"
+                        " keep the one to train on"
                     )
                 self.key = key
                 yield from self._list()
@@ -212,7 +213,7 @@ class JsonRecords:
             if self._expect(",}", "',' or '}'") == "}":
                 break
         if self.key is None:
-            raise FusechatError(f"{self.path}: the top-level JSON object holds no list of records; give a JSON list")
+            raise FusechatError(f"{self.path}: the top-level object holds no list of records; give a list")
 
     def _list_of_objects_follows(self) -> bool:
         """Whether the '[' under the window opens a list whose first element is an object."""
@@ -232,7 +233,7 @@ class JsonRecords:
             self._syntax("text after the end of the JSON document", self._pos)
 
 
-def _may_be_incomplete(e: json.JSONDecodeError, buf: str) -> bool:
+def may_be_incomplete(e: json.JSONDecodeError, buf: str) -> bool:
     """Whether a decode error can be the window (or the file) ending early rather than a fault in the text."""
     if e.msg.startswith("Unterminated string"):
         return True  # no closing quote before the end of the window
