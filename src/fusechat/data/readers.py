@@ -161,7 +161,16 @@ def _parquet(path: Path) -> Iterator[RawRecord]:
 
 
 def open_source(spec: str | os.PathLike | Source, kind: str | None = None) -> Source:
-    """A Source for a path (or an already built Source)."""
-    if hasattr(spec, "records"):
-        return spec  # type: ignore[return-value]
+    """A Source for a file path, a named data set (`data.assets.NAMED_SOURCES`), or an existing Source.
+
+    An existing path wins over a name, as for models."""
+    if not isinstance(spec, str | os.PathLike):
+        return spec
+    if not Path(spec).exists():
+        from fusechat.data.assets import NAMED_SOURCES
+
+        if str(spec) in NAMED_SOURCES:
+            return FileSource(NAMED_SOURCES[str(spec)](), kind)
+        names = ", ".join(sorted(NAMED_SOURCES))
+        raise FusechatError(f"{spec}: no such file, and not a named data set ({names})")
     return FileSource(Path(spec), kind)
