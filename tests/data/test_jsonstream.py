@@ -12,8 +12,11 @@ from fusechat.data.jsonstream import JsonRecords
 from fusechat.errors import FusechatError
 
 RECORDS = [
-    {"id": "a", "conversations": [{"from": "human", "value": "hi [there], {x}"}, {"from": "gpt", "value": "yo"}]},
-    {"id": "b", "n": 12345, "ok": True, "none": None, "f": -1.5e3, "s": "quote \" and \\ and \u00e9\n"},
+    {
+        "id": "a",
+        "conversations": [{"from": "human", "value": "hi [there], {x}"}, {"from": "gpt", "value": "yo"}],
+    },
+    {"id": "b", "n": 12345, "ok": True, "none": None, "f": -1.5e3, "s": 'quote " and \\ and \u00e9\n'},
     {"id": "c", "messages": [{"role": "user", "content": "日本語"}], "nested": {"deep": [1, [2, [3]]]}},
 ]
 
