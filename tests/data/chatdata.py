@@ -28,6 +28,7 @@ CORPUS = [
     "What is two plus two? Two plus two is four. And three plus three? Six.",
     "user model system assistant Write a poem about the sea: waves, salt and wind.",
     "Translate 'good morning' into French. Bonjour! Café, naïve, 日本語.",
+    "Lines:\nWaves,\nsalt\n\nand wind (all of it).\n",
 ]
 
 

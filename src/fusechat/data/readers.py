@@ -54,6 +54,7 @@ class FileSource:
     kind: str | None = None
     cut: Cut | None = field(default=None, init=False)
     read: int = field(default=0, init=False)
+    _sha256: str | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.path = Path(self.path)
@@ -110,7 +111,9 @@ class FileSource:
                 raise FusechatError(f"{path}: not UTF-8 text ({e}); convert it to UTF-8") from None
 
     def describe(self) -> dict:
-        out: dict[str, Any] = {"path": str(self.path), "kind": self.kind, "sha256": sha256_file(self.path)}
+        if self._sha256 is None:
+            self._sha256 = sha256_file(self.path)
+        out: dict[str, Any] = {"path": str(self.path), "kind": self.kind, "sha256": self._sha256}
         out["records"] = self.read
         if self.cut is not None:
             out["cut_off"] = {"line": self.cut.line, "char": self.cut.char}
