@@ -72,6 +72,15 @@ def test_trailing_user_turn_is_trimmed():
     assert conv.trimmed_trailing_user and [m["content"] for m in conv.messages] == ["q", "a"]
 
 
+def test_leading_assistant_turn_is_trimmed():
+    data = {
+        "conversations": [{"from": "system", "value": "s"}, {"from": "gpt", "value": "Sure, here it is."}]
+    }
+    data["conversations"] += [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]
+    conv = normalise(raw(data), None)
+    assert conv.trimmed_leading_assistant and [m["content"] for m in conv.messages] == ["s", "q", "a"]
+
+
 def test_content_id_is_stable_and_content_based():
     a = normalise(
         raw({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}), None
@@ -111,7 +120,9 @@ S = {"role": "system", "content": "s"}
             "part 0 of type 'image_url'",
         ),
         ({"messages": [U, U, A]}, "not_alternating", "message 1 is user where assistant is due"),
-        ({"messages": [A, U, A]}, "not_alternating", "message 0 is assistant where user is due"),
+        ({"messages": [A]}, "not_alternating", "message 0 is assistant where user is due"),
+        ({"messages": [A, A, U, A]}, "not_alternating", "message 1 is assistant where user is due"),
+        ({"messages": [S, A, U, U, A]}, "not_alternating", "message 3 is user where assistant is due"),
         ({"messages": [U, A, A]}, "not_alternating", "message 2 is assistant where user is due"),
         ({"messages": [S, U, A, S, U, A]}, "not_alternating", "message 3 is a system message"),
         ({"messages": "hello"}, "not_a_conversation", "has no 'messages' list"),

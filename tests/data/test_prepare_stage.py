@@ -9,7 +9,7 @@ import pytest
 from chatdata import CHATS, SUFFIX, as_format, write_records
 
 from fusechat.data.conversations import Conversations, supervised_mask
-from fusechat.data.prepare import prepare
+from fusechat.data.prepare import counting_tokenizer, prepare
 from fusechat.data.render import ChatRenderer
 from fusechat.errors import FusechatError, InvalidRecordError
 from fusechat.models import load_tokenizer
@@ -251,3 +251,12 @@ def test_pivot_without_template_fails_before_reading(tmp_path, bpe_pivot):
     template.write_text((bpe_pivot / "chat_template.jinja").read_text())
     out = prepare([write(tmp_path, "openai")], str(bare), tmp_path / "out2", chat_template=template)
     assert Conversations(out).manifest["chat_template"]["origin"] == str(template)
+
+
+def test_counting_tokenizer_counts_like_the_pivot(pivot):
+    """The fast token count used for max_length equals the pivot tokenizer's own call."""
+    tok = load_tokenizer(pivot)
+    renderer = ChatRenderer(tok)
+    texts = [renderer.render(c).text for c in CHATS] + ["", " ", "  two  spaces\n\n\n", "日本語 naïve"]
+    fast = counting_tokenizer(tok).encode_batch(texts, add_special_tokens=False)
+    assert [e.ids for e in fast] == tok(texts, add_special_tokens=False)["input_ids"]

@@ -9,6 +9,10 @@ least one assistant turn. Anything else is rejected with the reason and the reco
 - A system message anywhere but first is rejected (its place in the dialogue has no rendering we could trust).
 - A conversation that ends with a user turn keeps its earlier turns: the last user turn supervises nothing
   and is trimmed (counted in the manifest as `trailing_user_trimmed`).
+- One assistant turn before the first user turn (after the system message, if any) is trimmed too, counted as
+  `leading_assistant_trimmed`: it answers a prompt the record does not hold. Real ShareGPT dumps start 36% of
+  their conversations this way (the cleaning removed the first human turn); rejecting them would lose those
+  conversations, keeping the turn would teach replies to nothing.
 - Role names are matched case-insensitively through `ROLE_ALIASES`, which maps only names whose meaning is
   unambiguous in real dumps; tool, function and observation messages are unknown roles.
 - OpenAI content given as a list of parts keeps its text parts, joined with a newline; any other part (an
@@ -70,6 +74,7 @@ class Conversation:
     messages: list[dict]
     own_id: str | None
     trimmed_trailing_user: bool = False
+    trimmed_leading_assistant: bool = False
 
     def content_id(self) -> str:
         """An id from the content alone: identical conversations get the same id in any file or run."""
@@ -125,12 +130,16 @@ def normalise(raw: RawRecord, fmt: str | None) -> Conversation:
                 "give each file in one format, or pass --format",
             )
         messages = [_message(m, i, bad) for i, m in enumerate(turns)]
-    trimmed = _check_shape(messages, bad)
-    if trimmed:
+    lead = int(bool(messages) and messages[0]["role"] == "system")
+    leading = len(messages) > lead + 1 and messages[lead]["role"] == "assistant"
+    if leading:
+        messages = messages[:lead] + messages[lead + 1 :]
+    trailing = _check_shape(messages, bad, shift_from=lead if leading else None)
+    if trailing:
         messages = messages[:-1]
     own = data.get("id")
     own_id = str(own) if isinstance(own, str | int) and not isinstance(own, bool) and str(own) else None
-    return Conversation(raw.source, raw.record, messages, own_id, trimmed)
+    return Conversation(raw.source, raw.record, messages, own_id, trailing, leading)
 
 
 def _message(m: Any, i: int, bad) -> dict:
@@ -193,21 +202,29 @@ def _alpaca(data: dict, bad) -> list[dict]:
     return messages
 
 
-def _check_shape(messages: list[dict], bad) -> bool:
+def _check_shape(messages: list[dict], bad, shift_from: int | None = None) -> bool:
     """Check: optional system first, then user/assistant alternating from user.
 
-    Returns whether the last (user) turn must be trimmed."""
+    Returns whether the last (user) turn must be trimmed. `shift_from`: the index from which message numbers
+    are one less than in the record (a leading assistant turn was trimmed there), so errors name the record's.
+    """
+
+    def number(i: int) -> int:
+        return i + 1 if shift_from is not None and i >= shift_from else i
+
     roles = [m["role"] for m in messages]
     if "assistant" not in roles:
         raise bad("no_assistant_turn", "has no assistant turn, so nothing to learn from")
     for i, role in enumerate(roles):
         if role == "system" and i > 0:
-            raise bad("not_alternating", f"message {i} is a system message; only the first may be one")
+            raise bad(
+                "not_alternating", f"message {number(i)} is a system message; only the first may be one"
+            )
     body = roles[1:] if roles[0] == "system" else roles
     for i, role in enumerate(body):
         expected = "user" if i % 2 == 0 else "assistant"
         if role != expected:
-            n = i + (len(roles) - len(body))
+            n = number(i + (len(roles) - len(body)))
             raise bad(
                 "not_alternating",
                 f"message {n} is {role} where {expected} is due (turns must alternate user/assistant, "

@@ -9,6 +9,7 @@ writes.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 import logging
@@ -16,6 +17,7 @@ import os
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -52,7 +54,7 @@ class _Item:
 class _Counts:
     def __init__(self) -> None:
         self.read = self.kept = self.truncated = self.dropped_too_long = 0
-        self.trailing_user_trimmed = self.ids_renamed = 0
+        self.trailing_user_trimmed = self.leading_assistant_trimmed = self.ids_renamed = 0
         self.skipped: Counter[str] = Counter()
 
     def as_dict(self) -> dict:
@@ -63,6 +65,7 @@ class _Counts:
             "dropped_too_long": self.dropped_too_long,
             "skipped_invalid": dict(sorted(self.skipped.items())),
             "trailing_user_trimmed": self.trailing_user_trimmed,
+            "leading_assistant_trimmed": self.leading_assistant_trimmed,
             "ids_renamed": self.ids_renamed,
         }
 
@@ -169,7 +172,7 @@ class _Job:
     """One run of the stage: the record loop, the length rule, ids, and the Parquet writer."""
 
     def __init__(self, tokenizer, renderer, max_length, on_long, skip_invalid, fmt, limit) -> None:
-        self.tok, self.renderer = tokenizer, renderer
+        self.tok, self.renderer = counting_tokenizer(tokenizer), renderer
         self.max_length, self.on_long, self.skip_invalid = max_length, on_long, skip_invalid
         self.fmt, self.limit = fmt, limit
         self.counts = _Counts()
@@ -236,13 +239,10 @@ class _Job:
         """Apply the length rule to a batch, then add the kept ones as rows."""
         if not items:
             return
-        lengths = [
-            len(ids)
-            for ids in self.tok([it.rendered.text for it in items], add_special_tokens=False)["input_ids"]
-        ]
-        for it, n in zip(items, lengths, strict=True):
-            if n > self.max_length:
-                if self.on_long == "drop" or (turns := self._turns_within(it.rendered)) == 0:
+        encodings = self.tok.encode_batch([it.rendered.text for it in items], add_special_tokens=False)
+        for it, enc in zip(items, encodings, strict=True):
+            if len(enc) > self.max_length:
+                if self.on_long == "drop" or (turns := self._turns_within(it.rendered, enc)) == 0:
                     self.counts.dropped_too_long += 1
                     continue
                 it.rendered = it.rendered.truncated(turns)
@@ -251,17 +251,18 @@ class _Job:
             self._add(it)
         self._write(writer)
 
-    def _turns_within(self, rendered: Rendered) -> int:
-        """How many leading assistant turns fit in max_length tokens (0 if not even the first)."""
-        enc = self.tok(rendered.text, add_special_tokens=False, return_offsets_mapping=True)
-        starts = [s for s, _ in enc["offset_mapping"]]
+    def _turns_within(self, rendered: Rendered, enc) -> int:
+        """How many leading assistant turns fit in max_length tokens (0 if not even the first).
+
+        `enc` is the whole text's encoding: the tokens starting before a cut estimate the prefix's length
+        (offsets are sorted by start), and the chosen prefix is then tokenized alone to check it exactly,
+        since a tokenizer may split the characters at the cut differently."""
+        starts = [s for s, _ in enc.offsets]
         turns = len(rendered.cuts) - 1
         while turns > 0:
             end = rendered.cuts[turns - 1]
-            estimate = sum(1 for s in starts if s < end)  # tokens of the prefix, as cut from the whole text
-            if estimate <= self.max_length:
-                # Tokenizing the prefix alone can split its last characters differently: check it exactly.
-                exact = len(self.tok(rendered.text[:end], add_special_tokens=False)["input_ids"])
+            if bisect.bisect_left(starts, end) <= self.max_length:
+                exact = len(self.tok.encode(rendered.text[:end], add_special_tokens=False))
                 if exact <= self.max_length:
                     return turns
             turns -= 1
@@ -271,6 +272,7 @@ class _Job:
         conv, r = it.conv, it.rendered
         self.counts.kept += 1
         self.counts.trailing_user_trimmed += conv.trimmed_trailing_user
+        self.counts.leading_assistant_trimmed += conv.trimmed_leading_assistant
         base = conv.own_id or conv.content_id()
         cid, k = base, 2
         while cid in self.ids:
@@ -294,6 +296,17 @@ class _Job:
         if self.rows and (final or len(self.rows) >= ROW_GROUP):
             writer.write_table(pa.Table.from_pylist(self.rows, schema=conversations_schema()))
             self.rows = []
+
+
+def counting_tokenizer(tokenizer: Any) -> Any:
+    """The pivot's Rust tokenizer with truncation and padding off: counts the tokens of `tokenizer(text,
+    add_special_tokens=False)` without building Python lists of ids and offsets for every text."""
+    from tokenizers import Tokenizer
+
+    backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+    backend.no_truncation()
+    backend.no_padding()
+    return backend
 
 
 def _first_turns(messages: list[dict], turns: int) -> list[dict]:
