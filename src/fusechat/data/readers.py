@@ -1,0 +1,179 @@
+"""Raw records out of JSONL, JSON and Parquet files, streamed, each tagged with where it came from.
+
+A reader knows files, not chat formats: it yields dictionaries with their record number (and line, where the
+file has lines) so that every later complaint can name the file and the record. The kind of file is taken from
+its suffix and, for `.json`, from its first characters (many `.json` files are really JSON Lines). A `Source`
+is anything that yields such records; files are one kind, and generated data sets can be another.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from fusechat.data.jsonstream import Cut, JsonRecords, may_be_incomplete
+from fusechat.errors import FusechatError
+from fusechat.manifest import sha256_file
+
+log = logging.getLogger(__name__)
+
+PARQUET_BATCH_ROWS = 256
+
+
+@dataclass(frozen=True)
+class RawRecord:
+    """One input record before any chat-format parsing. `line` is 1-based, or None for Parquet rows."""
+
+    source: str
+    record: int
+    line: int | None
+    data: Any
+    error: str | None = None  # set when the record could not even be parsed (a bad JSON line)
+
+
+class Source(Protocol):
+    """A stream of raw records with a name (used in errors and ids) and a description for the manifest."""
+
+    name: str
+
+    def records(self) -> Iterator[RawRecord]: ...
+
+    def describe(self) -> dict: ...
+
+
+@dataclass
+class FileSource:
+    """Records from one JSONL, JSON or Parquet file; `kind` is found from the file when not given."""
+
+    path: Path
+    kind: str | None = None
+    cut: Cut | None = field(default=None, init=False)
+    read: int = field(default=0, init=False)
+    _sha256: str | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.path = Path(self.path)
+        if not self.path.is_file():
+            raise FusechatError(f"{self.path}: no such file; give a JSONL, JSON or Parquet file of chats")
+        if self.kind is None:
+            self.kind = file_kind(self.path)
+
+    @property
+    def name(self) -> str:
+        return str(self.path)
+
+    def records(self) -> Iterator[RawRecord]:
+        readers = {"jsonl": self._jsonl, "json": self._json, "parquet": _parquet}
+        for rec in readers[str(self.kind)](self.path):
+            self.read += 1
+            yield rec
+
+    def _json(self, path: Path) -> Iterator[RawRecord]:
+        reader = JsonRecords(path)
+        for number, line, obj in reader:
+            yield RawRecord(self.name, number, line, obj)
+        self.cut = reader.cut
+        if self.cut is not None:
+            log.warning(
+                "%s: the JSON list is cut off at line %d (character %d); kept its %d complete records",
+                path,
+                self.cut.line,
+                self.cut.char,
+                self.cut.complete_records,
+            )
+
+    def _jsonl(self, path: Path) -> Iterator[RawRecord]:
+        """One JSON object a line, blank lines skipped. A last line cut short (no newline, text ending early)
+        means the file was cut: the lines before it are kept and the cut is reported."""
+        number = char = 0
+        with open(path, encoding="utf-8-sig") as f:
+            try:
+                for lineno, line in enumerate(f, start=1):
+                    char += len(line)
+                    if not line.strip():
+                        continue
+                    try:
+                        yield RawRecord(self.name, number, lineno, json.loads(line))
+                    except json.JSONDecodeError as e:
+                        if not line.endswith("\n") and may_be_incomplete(e, line):
+                            self.cut = Cut(line=lineno, char=char - len(line), complete_records=number)
+                            log.warning("%s: last line %d is cut off; kept %d records", path, lineno, number)
+                            return
+                        problem = f"line {lineno} is not valid JSON ({e.msg} at column {e.colno})"
+                        yield RawRecord(self.name, number, lineno, None, error=problem)
+                    number += 1
+            except UnicodeDecodeError as e:
+                raise FusechatError(f"{path}: not UTF-8 text ({e}); convert it to UTF-8") from None
+
+    def describe(self) -> dict:
+        if self._sha256 is None:
+            self._sha256 = sha256_file(self.path)
+        out: dict[str, Any] = {"path": str(self.path), "kind": self.kind, "sha256": self._sha256}
+        out["records"] = self.read
+        if self.cut is not None:
+            out["cut_off"] = {"line": self.cut.line, "char": self.cut.char}
+        return out
+
+
+def file_kind(path: Path) -> str:
+    """'jsonl', 'json' or 'parquet', from the suffix, and for JSON from the text (a first line that is a whole
+    object followed by more lines means JSON Lines)."""
+    suffix = path.suffix.lower()
+    if suffix in (".parquet", ".pq"):
+        return "parquet"
+    if suffix in (".jsonl", ".ndjson"):
+        return "jsonl"
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head.startswith(b"PAR1"):
+        return "parquet"
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            first = f.readline()
+            stripped = first.strip()
+            if not stripped.startswith("{"):
+                return "json"
+            try:
+                whole = isinstance(json.loads(stripped), dict)
+            except json.JSONDecodeError:
+                return "json"  # a pretty-printed object spans lines
+            rest = any(line.strip() for line in (f.readline() for _ in range(100)))
+    except UnicodeDecodeError as e:
+        raise FusechatError(f"{path}: not UTF-8 text ({e}); convert it to UTF-8") from None
+    return "jsonl" if whole and rest else "json"
+
+
+def _parquet(path: Path) -> Iterator[RawRecord]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(path)
+        number = 0
+        for batch in pf.iter_batches(batch_size=PARQUET_BATCH_ROWS):
+            for row in batch.to_pylist():
+                yield RawRecord(str(path), number, None, row)
+                number += 1
+    except (OSError, pa.ArrowException) as e:
+        raise FusechatError(f"{path}: not a readable Parquet file ({e})") from None
+
+
+def open_source(spec: str | os.PathLike | Source, kind: str | None = None) -> Source:
+    """A Source for a file path, a named data set (`data.assets.NAMED_SOURCES`), or an existing Source.
+
+    An existing path wins over a name, as for models."""
+    if not isinstance(spec, str | os.PathLike):
+        return spec
+    if not Path(spec).exists():
+        from fusechat.data.assets import NAMED_SOURCES
+
+        if str(spec) in NAMED_SOURCES:
+            return FileSource(NAMED_SOURCES[str(spec)](), kind)
+        names = ", ".join(sorted(NAMED_SOURCES))
+        raise FusechatError(f"{spec}: no such file, and not a named data set ({names})")
+    return FileSource(Path(spec), kind)
