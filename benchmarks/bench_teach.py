@@ -31,7 +31,8 @@ def prepared(pivot: str, n: int, max_length: int, work: Path) -> Path:
     from fusechat.data.assets import sharegpt_path
     from fusechat.data.prepare import prepare
 
-    return prepare([sharegpt_path()], pivot=pivot, out=work / f"conv-{n}-{max_length}", max_length=max_length, limit=n)
+    out = work / f"conv-{n}-{max_length}"
+    return prepare([sharegpt_path()], pivot=pivot, out=out, max_length=max_length, limit=n, skip_invalid=True)
 
 
 def reference_bytes(store, batch: int = 8) -> int:

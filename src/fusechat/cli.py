@@ -16,6 +16,7 @@ from fusechat import __version__
 from fusechat.errors import FusechatError
 
 COMMANDS = (
+    "fusechat.data.command",
     "fusechat.models_command",
     "fusechat.teacher.command",
     "fusechat.verify",

@@ -45,9 +45,7 @@ def train_tokenizer(tmp: Path, kind: str) -> Path:
             vocab_size=400, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
         )
         tok.train_from_iterator(CORPUS * 5, trainer)
-        fast = PreTrainedTokenizerFast(
-            tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>"
-        )
+        fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>")
         fast.chat_template = CHATML
     else:
         tok = Tokenizer(models.BPE(unk_token="<unk>"))
@@ -57,9 +55,7 @@ def train_tokenizer(tmp: Path, kind: str) -> Path:
         tok.decoder = decoders.Metaspace()
         specials = ["<unk>", "<bos>", "<eos>", "<start_of_turn>", "<end_of_turn>"]
         tok.train_from_iterator(CORPUS * 5, trainers.BpeTrainer(vocab_size=300, special_tokens=specials))
-        fast = PreTrainedTokenizerFast(
-            tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", unk_token="<unk>"
-        )
+        fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", unk_token="<unk>")
         fast.chat_template = TURNS
     out = tmp / kind
     fast.save_pretrained(out)

@@ -73,26 +73,18 @@ def test_trailing_user_turn_is_trimmed():
 
 
 def test_leading_assistant_turn_is_trimmed():
-    data = {
-        "conversations": [{"from": "system", "value": "s"}, {"from": "gpt", "value": "Sure, here it is."}]
-    }
+    data = {"conversations": [{"from": "system", "value": "s"}, {"from": "gpt", "value": "Sure, here it is."}]}
     data["conversations"] += [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]
     conv = normalise(raw(data), None)
     assert conv.trimmed_leading_assistant and [m["content"] for m in conv.messages] == ["s", "q", "a"]
 
 
 def test_content_id_is_stable_and_content_based():
-    a = normalise(
-        raw({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}), None
-    )
-    b = normalise(
-        raw({"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]}), None
-    )
+    a = normalise(raw({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}), None)
+    b = normalise(raw({"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]}), None)
     # Golden: sha256 of the compact JSON of the normalised messages, so ids survive across runs and versions.
     assert a.content_id() == b.content_id() == "42be829f502e46bd"
-    c = normalise(
-        raw({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "b"}]}), None
-    )
+    c = normalise(raw({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "b"}]}), None)
     assert c.content_id() != a.content_id()
 
 

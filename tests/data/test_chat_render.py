@@ -16,9 +16,7 @@ def chatml_by_hand(chat):
     for m in chat:
         head = f"<|im_start|>{m['role']}\n"
         if m["role"] == "assistant":
-            spans.append(
-                (len(text) + len(head), len(text) + len(head) + len(m["content"]) + len("<|im_end|>"))
-            )
+            spans.append((len(text) + len(head), len(text) + len(head) + len(m["content"]) + len("<|im_end|>")))
         text += head + m["content"] + "<|im_end|>\n"
     return text, spans
 

@@ -48,9 +48,7 @@ def test_prepare_end_to_end(tmp_path, bpe_pivot):
 def test_bad_input_is_one_line_and_exit_2(tmp_path, bpe_pivot):
     path = tmp_path / "bad.jsonl"
     good = json.dumps(as_format(CHATS[1], "openai", "g"))
-    path.write_text(
-        good + "\n" + json.dumps({"messages": [{"role": "user", "content": "only a question"}]}) + "\n"
-    )
+    path.write_text(good + "\n" + json.dumps({"messages": [{"role": "user", "content": "only a question"}]}) + "\n")
     done = fusechat("prepare", str(path), "--pivot", str(bpe_pivot), "--out", str(tmp_path / "out"))
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
@@ -58,8 +56,6 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, bpe_pivot):
     assert lines[0].startswith("fusechat prepare: error: ") and "bad.jsonl: record 1" in lines[0]
     assert "no assistant turn" in lines[0] and "Traceback" not in done.stderr
 
-    done = fusechat(
-        "prepare", str(path), "--pivot", str(bpe_pivot), "--out", str(tmp_path / "o2"), "--skip-invalid"
-    )
+    done = fusechat("prepare", str(path), "--pivot", str(bpe_pivot), "--out", str(tmp_path / "o2"), "--skip-invalid")
     assert done.returncode == 0, done.stderr
     assert Conversations(tmp_path / "o2").manifest["counts"]["skipped_invalid"] == {"no_assistant_turn": 1}

@@ -71,9 +71,7 @@ def test_long_conversations_are_truncated_on_a_turn_boundary(tmp_path, bpe_pivot
     first_turn = renderer.render(CHATS[0][:3]).text
     full = renderer.render(CHATS[0]).text
     n_first, n_full = (len(tok(t, add_special_tokens=False)["input_ids"]) for t in (first_turn, full))
-    shortest = min(
-        len(tok(renderer.render(c).text, add_special_tokens=False)["input_ids"]) for c in CHATS[1:]
-    )
+    shortest = min(len(tok(renderer.render(c).text, add_special_tokens=False)["input_ids"]) for c in CHATS[1:])
     assert n_first < n_full and shortest <= n_first
     data = write(tmp_path, "openai")
 
@@ -82,9 +80,7 @@ def test_long_conversations_are_truncated_on_a_turn_boundary(tmp_path, bpe_pivot
     assert conv.messages(0) == CHATS[0][:3] and len(conv.spans[0]) == 1
     assert conv.manifest["counts"]["truncated"] == 1 and conv.manifest["counts"]["kept"] == 3
 
-    conv = Conversations(
-        prepare([data], str(bpe_pivot), tmp_path / "d", max_length=n_full - 1, on_long="drop")
-    )
+    conv = Conversations(prepare([data], str(bpe_pivot), tmp_path / "d", max_length=n_full - 1, on_long="drop"))
     assert conv.ids == ["c1", "c2"]
     assert conv.manifest["counts"]["dropped_too_long"] == 1 and conv.manifest["counts"]["truncated"] == 0
 
@@ -104,9 +100,7 @@ def bad_file(tmp_path):
         json.dumps({"messages": [{"role": "user", "content": "q"}, {"role": "robot", "content": "a"}]}),
         json.dumps({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": ""}]}),
         json.dumps({"messages": [{"role": "user", "content": "q"}, {"role": "user", "content": "q"}]}),
-        json.dumps(
-            {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": {"x": 1}}]}
-        ),
+        json.dumps({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": {"x": 1}}]}),
         json.dumps(as_format(CHATS[2], "openai", "h")),
     ]
     path = tmp_path / "mixed.jsonl"
@@ -115,9 +109,7 @@ def bad_file(tmp_path):
 
 
 def test_bad_record_stops_with_file_and_record(tmp_path, bpe_pivot):
-    with pytest.raises(
-        InvalidRecordError, match=r"mixed.jsonl: record 1: line 2 is not valid JSON .*--skip-invalid"
-    ):
+    with pytest.raises(InvalidRecordError, match=r"mixed.jsonl: record 1: line 2 is not valid JSON .*--skip-invalid"):
         prepare([bad_file(tmp_path)], str(bpe_pivot), tmp_path / "out")
     assert not (tmp_path / "out" / "conversations.parquet").exists()
 
@@ -141,9 +133,7 @@ def test_not_alternating_is_counted(tmp_path, bpe_pivot):
     u, a = {"role": "user", "content": "q"}, {"role": "assistant", "content": "r"}
     records.append({"messages": [u, u, a]})
     path = write_records(tmp_path / "x.json", records, "json")
-    with pytest.raises(
-        InvalidRecordError, match=r"x.json: record 1: message 1 is user where assistant is due"
-    ):
+    with pytest.raises(InvalidRecordError, match=r"x.json: record 1: message 1 is user where assistant is due"):
         prepare([path], str(bpe_pivot), tmp_path / "o1")
     conv = Conversations(prepare([path], str(bpe_pivot), tmp_path / "o2", skip_invalid=True))
     assert conv.manifest["counts"]["skipped_invalid"] == {"not_alternating": 1}
@@ -176,10 +166,7 @@ def test_several_inputs_limit_and_manifest(tmp_path, bpe_pivot, sp_pivot):
     assert all(len(i["sha256"]) == 64 for i in m["inputs"])
     assert m["counts"]["read"] == 4 and m["max_length"] == 2048
     sp = Conversations(prepare([first, second], str(sp_pivot), tmp_path / "sp", limit=4))
-    assert (
-        sp.fingerprint != conv.fingerprint
-        and sp.manifest["tokenizer_fingerprint"] != m["tokenizer_fingerprint"]
-    )
+    assert sp.fingerprint != conv.fingerprint and sp.manifest["tokenizer_fingerprint"] != m["tokenizer_fingerprint"]
 
 
 def test_rerun_is_skipped_and_new_settings_redo(tmp_path, bpe_pivot):

@@ -23,9 +23,7 @@ def test_cut_file_gives_its_17671_complete_records():
 
 
 def test_a_few_render_with_chatml(tmp_path, bpe_pivot):
-    out = prepare(
-        ["sharegpt"], str(bpe_pivot), tmp_path / "out", skip_invalid=True, limit=25, max_length=4096
-    )
+    out = prepare(["sharegpt"], str(bpe_pivot), tmp_path / "out", skip_invalid=True, limit=25, max_length=4096)
     conv = Conversations(out)
     assert len(conv) == 25
     assert conv.manifest["inputs"][0]["format"] == "sharegpt"

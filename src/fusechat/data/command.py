@@ -29,9 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default="truncate",
         help="longer conversations: truncate after the last assistant turn that fits, or drop (truncate)",
     )
-    p.add_argument(
-        "--skip-invalid", action="store_true", help="skip and count invalid records instead of failing"
-    )
+    p.add_argument("--skip-invalid", action="store_true", help="skip and count invalid records instead of failing")
     p.add_argument("--chat-template", type=Path, metavar="FILE", help="a Jinja chat template to use instead")
     p.add_argument("--format", choices=("auto", *FORMATS), default="auto", help="input chat format (auto)")
     p.add_argument("--limit", type=int, metavar="N", help="stop once N conversations are kept")

@@ -217,9 +217,7 @@ def _check_shape(messages: list[dict], bad, shift_from: int | None = None) -> bo
         raise bad("no_assistant_turn", "has no assistant turn, so nothing to learn from")
     for i, role in enumerate(roles):
         if role == "system" and i > 0:
-            raise bad(
-                "not_alternating", f"message {number(i)} is a system message; only the first may be one"
-            )
+            raise bad("not_alternating", f"message {number(i)} is a system message; only the first may be one")
     body = roles[1:] if roles[0] == "system" else roles
     for i, role in enumerate(body):
         expected = "user" if i % 2 == 0 else "assistant"
