@@ -1,0 +1,75 @@
+"""`fusechat run RECIPE`, `fusechat status RUN_DIR` and `fusechat demo`: the whole pipeline from one file."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.resources
+from pathlib import Path
+
+from fusechat.errors import FusechatError
+
+SCALES = {"demo": "demo.yaml", "large": "demo-large.yaml"}
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="run every stage of a recipe, skipping what is done, resuming what is not")
+    p.add_argument("recipe", help="recipe YAML file")
+    p.add_argument("--dry-run", action="store_true", help="show the steps and their state, run nothing")
+    p.set_defaults(func=_run)
+    s = sub.add_parser("status", help="which steps of a recipe are done, partial, stale or to do")
+    s.add_argument("recipe", help="recipe YAML file")
+    s.set_defaults(func=_status)
+    d = sub.add_parser("demo", help="the embedded demo: fuse Qwen2.5-Coder and Gemma-3 into SmolLM2 (real models)")
+    d.add_argument("--scale", choices=sorted(SCALES), default="demo", help="demo: ~30 min on 2 CPU cores")
+    d.add_argument("--workdir", default="runs/demo", help="where the run's outputs go (default runs/demo)")
+    d.set_defaults(func=_demo)
+
+
+def _pipeline(recipe_path: str | Path, workdir: str | None = None):
+    from fusechat import assets
+    from fusechat.pipeline import Pipeline
+    from fusechat.plan import plan
+    from fusechat.recipe import load_recipe
+
+    recipe, base = load_recipe(recipe_path)
+    if workdir is not None:
+        recipe = recipe.model_copy(update={"workdir": str(Path(workdir).resolve())})
+    models = [recipe.pivot, *(s.model for s in recipe.sources)]
+    return (
+        recipe,
+        base,
+        Pipeline((base / recipe.workdir).resolve(), plan(recipe, base)),
+        [m for m in models if m in assets.ASSETS and not Path(m).exists()],
+    )
+
+
+def _run(args: argparse.Namespace, workdir: str | None = None) -> int:
+    from fusechat import assets
+
+    recipe, _, pipe, to_install = _pipeline(args.recipe, workdir)
+    if args.dry_run:
+        return _status(args)
+    for name in to_install:
+        assets.install(name)
+    pipe.run()
+    report = pipe.workdir / "report" / "report.md"
+    if report.is_file():
+        print(report.read_text())
+        print(f"report: {report}")
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    _, _, pipe, _ = _pipeline(args.recipe)
+    for name, state, out in pipe.status():
+        print(f"{state:8s} {name:32s} {out}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    ref = importlib.resources.files("fusechat") / "recipes" / SCALES[args.scale]
+    if not ref.is_file():
+        raise FusechatError(f"the {args.scale} recipe is missing from the installed package; reinstall fusechat")
+    with importlib.resources.as_file(ref) as path:
+        args.recipe, args.dry_run = str(path), False
+        return _run(args, workdir=args.workdir)

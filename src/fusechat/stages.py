@@ -1,0 +1,166 @@
+"""Adapters from recipe sections to the stage functions, as zero-argument callables for the pipeline.
+
+Each adapter only translates settings; the stage functions do the work and their own checking, exactly as
+when they are called from their commands.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from fusechat.data.readers import RawRecord, open_source
+from fusechat.errors import FusechatError
+from fusechat.manifest import atomic_write_json, fingerprint, write_manifest
+from fusechat.recipe import Align, DataSource, Evaluate, MergeMethod, Recipe, Teach, Train
+
+
+@dataclass
+class Window:
+    """Records [offset, offset + limit) of another source: keeps training and held-out data disjoint."""
+
+    inner: object
+    offset: int
+    limit: int | None
+
+    @property
+    def name(self) -> str:
+        return self.inner.name
+
+    def records(self) -> Iterator[RawRecord]:
+        for n, rec in enumerate(self.inner.records()):
+            if n < self.offset:
+                continue
+            if self.limit is not None and n >= self.offset + self.limit:
+                return
+            yield rec
+
+    def describe(self) -> dict:
+        return {**self.inner.describe(), "offset": self.offset, "limit": self.limit}
+
+
+def data_source(spec: DataSource, base: Path, work: Path) -> object:
+    if spec.kind == "file":
+        inner = open_source(str((base / spec.path).resolve()))
+    elif spec.kind == "sharegpt":
+        inner = open_source("sharegpt")
+    else:
+        from fusechat.evaluate.data import gsm_symbolic_chats
+
+        path = work / f"gsm_symbolic-{spec.seed}-{spec.offset + (spec.limit or 0)}.jsonl"
+        if not path.is_file():
+            chats = gsm_symbolic_chats(spec.offset + (spec.limit or 1000), spec.seed)
+            path.write_text("".join(json.dumps({"messages": c}) + "\n" for c in chats))
+        inner = open_source(str(path))
+    return Window(inner, spec.offset, spec.limit)
+
+
+def preparer(
+    sources: list[DataSource], base: Path, pivot: str, out: Path, max_length: int, on_long: str
+) -> Callable[[], Path]:
+    def run() -> Path:
+        from fusechat.data.prepare import prepare
+
+        work = out.parent / "_sources"
+        work.mkdir(parents=True, exist_ok=True)
+        inputs = [data_source(s, base, work) for s in sources]
+        return prepare(inputs, pivot, out, max_length=max_length, on_long=on_long, skip_invalid=True)
+
+    return run
+
+
+def teacher(model: str, conversations: Path, out: Path, cfg: Teach) -> Callable[[], Path]:
+    def run() -> Path:
+        from fusechat.teacher.teach import teach
+
+        return teach(model, conversations, out, top_k=cfg.top_k, batch_tokens=cfg.batch_tokens)
+
+    return run
+
+
+def aligner(pivot_store: Path, source_store: Path, out: Path, cfg: Align) -> Callable[[], Path]:
+    def run() -> Path:
+        from fusechat.align.stage import align
+
+        return align(pivot_store, source_store, out, alignment=cfg.alignment, vocab_map=cfg.vocab_map)
+
+    return run
+
+
+def fuser(pivot_store: Path, aligned: list[Path], out: Path, method: str) -> Callable[[], Path]:
+    def run() -> Path:
+        from fusechat.fuse.stage import fuse
+
+        return fuse(pivot_store, aligned, out, method=method)
+
+    return run
+
+
+def trainer(pivot: str, targets: Path, out: Path, cfg: Train, seed: int, clm_only: bool) -> Callable[[], Path]:
+    def run() -> Path:
+        from fusechat.train.api import train
+
+        options = dict(
+            num_train_epochs=cfg.epochs,
+            learning_rate=cfg.learning_rate,
+            per_device_train_batch_size=cfg.batch_size,
+            gradient_accumulation_steps=cfg.grad_accum,
+            warmup_ratio=cfg.warmup_ratio,
+            lr_scheduler_type="cosine",
+            seed=seed,
+        )
+        if cfg.max_steps:
+            options["max_steps"] = cfg.max_steps
+        return train(pivot, targets, out, lam=cfg.lam, clm_only=clm_only, **options)
+
+    return run
+
+
+def merger(pivot: str, checkpoints: list[Path], out: Path, cfg: MergeMethod) -> Callable[[], Path]:
+    def run() -> Path:
+        from fusechat.merge import merge, simple_config
+        from fusechat.models import resolve_model_dir
+
+        densities = [cfg.density] * len(checkpoints) if cfg.density is not None else None
+        if cfg.method == "slerp":  # SLERP interpolates two models: the first target is its base
+            if len(checkpoints) != 2:
+                raise FusechatError(f"merge slerp needs exactly two targets, the recipe gives {len(checkpoints)}")
+            config = simple_config("slerp", str(checkpoints[0]), [str(checkpoints[1])], parameters=cfg.parameters)
+            return merge(config, out, exist_ok=True)
+        config = simple_config(
+            cfg.method,
+            str(resolve_model_dir(pivot)),
+            [str(c) for c in checkpoints],
+            weights=cfg.weights,
+            densities=densities,
+            parameters=cfg.parameters or None,
+        )
+        return merge(config, out, exist_ok=True, explain_weights=cfg.method == "varm")
+
+    return run
+
+
+def evaluator(models: dict[str, object], heldout: Path, out: Path, cfg: Evaluate) -> Callable[[], Path]:
+    def run() -> Path:
+        from fusechat.evaluate import evaluate
+
+        scores = evaluate(
+            {k: str(v) for k, v in models.items()}, list(cfg.suite), out, heldout=heldout, limit=cfg.limit
+        )
+        write_manifest(out, {"stage": "evaluate", "fingerprint": fingerprint(scores)}, complete=True)
+        return out
+
+    return run
+
+
+def reporter(recipe: Recipe, work: Path) -> Callable[[], Path]:
+    def run() -> Path:
+        from fusechat.report_rows import write_run_report
+
+        out = write_run_report(recipe, work)
+        atomic_write_json(out / "rows.json", {"recipe": recipe.name})
+        return out
+
+    return run
