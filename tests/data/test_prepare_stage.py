@@ -9,7 +9,7 @@ import pytest
 from chatdata import CHATS, SUFFIX, as_format, write_records
 
 from fusechat.data.conversations import Conversations, supervised_mask
-from fusechat.data.prepare import counting_tokenizer, prepare
+from fusechat.data.prepare import counting_tokenizer, prefix_tokens, prepare
 from fusechat.data.render import ChatRenderer
 from fusechat.errors import FusechatError, InvalidRecordError
 from fusechat.models import load_tokenizer
@@ -260,3 +260,20 @@ def test_counting_tokenizer_counts_like_the_pivot(pivot):
     texts = [renderer.render(c).text for c in CHATS] + ["", " ", "  two  spaces\n\n\n", "日本語 naïve"]
     fast = counting_tokenizer(tok).encode_batch(texts, add_special_tokens=False)
     assert [e.ids for e in fast] == tok(texts, add_special_tokens=False)["input_ids"]
+
+
+def test_prefix_token_count_equals_encoding_the_prefix(pivot, tmp_path):
+    """The count read off the whole encoding equals encoding the prefix alone, at every turn cut, for the
+    pivot's template and for a template with no added tokens at the cuts (the slow path)."""
+    tok = load_tokenizer(pivot)
+    fast = counting_tokenizer(tok)
+    added = frozenset(fast.get_added_tokens_decoder())
+    plain = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    for renderer in (ChatRenderer(tok), ChatRenderer(tok, plain, "plain")):
+        for chat in CHATS:
+            r = renderer.render(chat)
+            enc = fast.encode(r.text, add_special_tokens=False)
+            starts = [s for s, _ in enc.offsets]
+            for end in [*r.cuts, *range(0, len(r.text), 7)]:
+                want = len(tok(r.text[:end], add_special_tokens=False)["input_ids"])
+                assert prefix_tokens(fast, r.text, end, starts, enc.ids, added) == want
