@@ -277,3 +277,15 @@ def test_prefix_token_count_equals_encoding_the_prefix(pivot, tmp_path):
             for end in [*r.cuts, *range(0, len(r.text), 7)]:
                 want = len(tok(r.text[:end], add_special_tokens=False)["input_ids"])
                 assert prefix_tokens(fast, r.text, end, starts, enc.ids, added) == want
+
+
+def test_cut_jsonl_last_line_is_recovered(tmp_path, bpe_pivot):
+    lines = [json.dumps(as_format(c, "openai", f"c{i}")) for i, c in enumerate(CHATS)]
+    path = tmp_path / "cut.jsonl"
+    path.write_text("\n".join(lines[:2]) + "\n" + lines[2][:40])  # the last line stops mid-record
+    conv = Conversations(prepare([path], str(bpe_pivot), tmp_path / "out"))
+    assert conv.ids == ["c0", "c1"]
+    assert conv.manifest["inputs"][0]["cut_off"]["line"] == 3
+    path.write_text("\n".join(lines[:2]) + "\n" + lines[2][:40] + "\n")  # a bad line that ends: not a cut
+    with pytest.raises(InvalidRecordError, match="cut.jsonl: record 2: line 3 is not valid JSON"):
+        prepare([path], str(bpe_pivot), tmp_path / "out2")
