@@ -289,3 +289,17 @@ def test_cut_jsonl_last_line_is_recovered(tmp_path, bpe_pivot):
     path.write_text("\n".join(lines[:2]) + "\n" + lines[2][:40] + "\n")  # a bad line that ends: not a cut
     with pytest.raises(InvalidRecordError, match="cut.jsonl: record 2: line 3 is not valid JSON"):
         prepare([path], str(bpe_pivot), tmp_path / "out2")
+
+
+def test_generated_source(tmp_path, bpe_pivot):
+    """A data set made in code plugs in beside files: its description reaches the manifest."""
+    from fusechat.data.readers import GeneratedSource
+
+    source = GeneratedSource(
+        "arith",
+        lambda: (as_format(c, "openai", f"g{i}") for i, c in enumerate(CHATS)),
+        {"seed": 3, "size": 3},
+    )
+    conv = Conversations(prepare([source, write(tmp_path, "alpaca")], str(bpe_pivot), tmp_path / "out"))
+    assert conv.ids == ["g0", "g1", "g2", "c0", "c1", "c2"]
+    assert conv.manifest["inputs"][0] == {"name": "arith", "seed": 3, "size": 3, "format": "openai"}

@@ -111,7 +111,10 @@ def prepare(
         "skip_invalid": skip_invalid,
         "format": fmt,
         "limit": limit,
-        "inputs": [s.describe().get("sha256", s.name) for s in sources],
+        # What identifies each input (path and sha256, or a generator's description), not what reading found.
+        "inputs": [
+            {k: v for k, v in s.describe().items() if k not in ("records", "cut_off")} for s in sources
+        ],
     }
     settings_fp = fingerprint(settings)
     out = prepare_output_dir(out, STAGE)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -118,6 +118,23 @@ class FileSource:
         if self.cut is not None:
             out["cut_off"] = {"line": self.cut.line, "char": self.cut.char}
         return out
+
+
+@dataclass
+class GeneratedSource:
+    """Records made in memory or by a generator (a seeded data set, for instance). `describe` goes into the
+    manifest as is, so it should say how to make the same records again (package, version, seed, size)."""
+
+    name: str
+    make: Callable[[], Iterable[Any]]
+    description: dict = field(default_factory=dict)
+
+    def records(self) -> Iterator[RawRecord]:
+        for number, data in enumerate(self.make()):
+            yield RawRecord(self.name, number, None, data)
+
+    def describe(self) -> dict:
+        return {"name": self.name, **self.description}
 
 
 def file_kind(path: Path) -> str:
