@@ -303,3 +303,12 @@ def test_generated_source(tmp_path, bpe_pivot):
     conv = Conversations(prepare([source, write(tmp_path, "alpaca")], str(bpe_pivot), tmp_path / "out"))
     assert conv.ids == ["g0", "g1", "g2", "c0", "c1", "c2"]
     assert conv.manifest["inputs"][0] == {"name": "arith", "seed": 3, "size": 3, "format": "openai"}
+
+
+def test_json_syntax_error_stops_even_with_skip_invalid(tmp_path, bpe_pivot):
+    """In one JSON document the records after a fault cannot be found: the file stops, naming the record."""
+    good = json.dumps(as_format(CHATS[1], "openai", "a"))
+    path = tmp_path / "broken.json"
+    path.write_text(f"[\n{good},\n{good[:-1]},\n{good}\n]\n")  # the second record misses its closing brace
+    with pytest.raises(InvalidRecordError, match=r"broken.json: record 1: not valid JSON at line \d+"):
+        prepare([path], str(bpe_pivot), tmp_path / "out", skip_invalid=True)
