@@ -74,7 +74,8 @@ def reading(work: Path) -> None:
     assert n1 == n2 == reader.cut.complete_records
     size = closed.stat().st_size / 2**20
     print(
-        f"read {n1:.0f} records, {size:.0f} MiB: stream {s1:.2f} s, json.loads {s2:.2f} s (ratio {s1 / s2:.2f})"
+        f"read {n1:.0f} records, {size:.0f} MiB: stream {s1:.2f} s, json.loads {s2:.2f} s "
+        f"(ratio {s1 / s2:.2f})"
     )
     print(
         f"  peak RSS above interpreter+imports ({base / 1024:.0f} MiB): stream {(r1 - base) / 1024:.0f} MiB, "
