@@ -312,3 +312,23 @@ def test_json_syntax_error_stops_even_with_skip_invalid(tmp_path, bpe_pivot):
     path.write_text(f"[\n{good},\n{good[:-1]},\n{good}\n]\n")  # the second record misses its closing brace
     with pytest.raises(InvalidRecordError, match=r"broken.json: record 1: not valid JSON at line \d+"):
         prepare([path], str(bpe_pivot), tmp_path / "out", skip_invalid=True)
+
+
+@pytest.mark.parametrize(
+    "text, kind",
+    [
+        ('{"a": 1}\n{"a": 2}\n', "jsonl"),
+        ('\n\n{"a": 1}\n\n{"a": 2}', "jsonl"),
+        ('[{"a": 1},\n{"a": 2}]', "json"),
+        ('{"data": [{"a": 1}]}', "json"),
+        ('{"data": [{"a": 1}]}\n', "json"),
+        ('{\n "data": [\n  {"a": 1}\n ]\n}\n', "json"),
+        ("[1]\n[2]\n", "json"),
+    ],
+)
+def test_json_or_json_lines_from_the_text(tmp_path, text, kind):
+    from fusechat.data.readers import file_kind
+
+    path = tmp_path / "x.json"
+    path.write_text(text)
+    assert file_kind(path) == kind
