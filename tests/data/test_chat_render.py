@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 from chatdata import CHATS
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from fusechat.data.render import ChatRenderer, TemplateRefused, read_template
 from fusechat.errors import FusechatError
@@ -128,3 +130,37 @@ def test_read_template_errors(tmp_path):
     (tmp_path / "empty.jinja").write_text(" \n")
     with pytest.raises(FusechatError, match="empty.jinja: the chat template file is empty"):
         read_template(tmp_path / "empty.jinja")
+
+
+_text = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=30).filter(str.strip)
+_chats = st.builds(
+    lambda system, turns: (
+        ([{"role": "system", "content": system}] if system else [])
+        + [m for u, a in turns for m in ({"role": "user", "content": u}, {"role": "assistant", "content": a})]
+    ),
+    st.none() | _text,
+    st.lists(
+        st.tuples(_text, _text | st.sampled_from(["<|im_end|>", "<end_of_turn>", "model", "ok"])),
+        min_size=1,
+        max_size=4,
+    ),
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(chat=_chats)
+def test_spans_match_by_hand_for_any_text(bpe_pivot, sp_pivot, chat):
+    """Any content (whitespace at the edges, markers and repeats inside, any script): the spans found from the
+    template's behaviour equal the hand-written ones, for a template that keeps content and one that trims."""
+    for pivot, oracle in ((bpe_pivot, chatml_by_hand), (sp_pivot, turns_by_hand)):
+        rendered = _renderer(pivot).render(chat)
+        assert (rendered.text, rendered.spans) == oracle(chat)
+
+
+_RENDERERS: dict = {}
+
+
+def _renderer(pivot):
+    if pivot not in _RENDERERS:
+        _RENDERERS[pivot] = ChatRenderer(load_tokenizer(pivot))
+    return _RENDERERS[pivot]

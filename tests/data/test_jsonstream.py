@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fusechat.data.jsonstream import JsonRecords
-from fusechat.errors import FusechatError
+from fusechat.errors import FusechatError, InvalidRecordError
 
 RECORDS = [
     {
@@ -87,20 +87,22 @@ def test_cut_before_the_first_record_is_an_error(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "text, line",
+    "text, line, record",
     [
-        ('[\n{"a": 1},\n{"a": 2}\n{"a": 3}\n]', 4),  # missing comma: found at the next record
-        ('[\n{"a": 1},\n{"a": tru},\n{"a": 3}\n]', 3),  # a bad literal in the middle
-        ('[\n{"a": 1}\n] trailing', 3),
-        ('[\n{"a": 1},\n{"a": "x\nbroken"}]', 3),  # a raw newline inside a string
-        ('"just a string"', 1),
+        ('[\n{"a": 1},\n{"a": 2}\n{"a": 3}\n]', 4, 2),  # missing comma: found at the next record
+        ('[\n{"a": 1},\n{"a": tru},\n{"a": 3}\n]', 3, 1),  # a bad literal in the middle
+        ('[\n{"a": 1},\n{"a": "x\nbroken"}]', 3, 1),  # a raw newline inside a string
+        ('[\n{"a": 1}\n] trailing', 3, None),
+        ('"just a string"', 1, None),
     ],
 )
-def test_syntax_error_names_file_and_line(tmp_path, text, line):
+def test_syntax_error_names_file_line_and_record(tmp_path, text, line, record):
     path = tmp_path / "bad.json"
     path.write_text(text)
-    with pytest.raises(FusechatError, match=rf"bad.json: not valid JSON at line {line} column \d+"):
+    where = rf"bad.json: record {record}: " if record is not None else r"bad.json: "
+    with pytest.raises(FusechatError, match=rf"{where}not valid JSON at line {line} column \d+") as info:
         read(path, chunk=4)
+    assert isinstance(info.value, InvalidRecordError) == (record is not None)
 
 
 def test_one_conversation_object_and_two_lists_are_refused(tmp_path):

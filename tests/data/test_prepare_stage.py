@@ -9,7 +9,7 @@ import pytest
 from chatdata import CHATS, SUFFIX, as_format, write_records
 
 from fusechat.data.conversations import Conversations, supervised_mask
-from fusechat.data.prepare import counting_tokenizer, prepare
+from fusechat.data.prepare import counting_tokenizer, prefix_tokens, prepare
 from fusechat.data.render import ChatRenderer
 from fusechat.errors import FusechatError, InvalidRecordError
 from fusechat.models import load_tokenizer
@@ -247,3 +247,75 @@ def test_counting_tokenizer_counts_like_the_pivot(pivot):
     texts = [renderer.render(c).text for c in CHATS] + ["", " ", "  two  spaces\n\n\n", "日本語 naïve"]
     fast = counting_tokenizer(tok).encode_batch(texts, add_special_tokens=False)
     assert [e.ids for e in fast] == tok(texts, add_special_tokens=False)["input_ids"]
+
+
+def test_prefix_token_count_equals_encoding_the_prefix(pivot, tmp_path):
+    """The count read off the whole encoding equals encoding the prefix alone, at every turn cut, for the
+    pivot's template and for a template with no added tokens at the cuts (the slow path)."""
+    tok = load_tokenizer(pivot)
+    fast = counting_tokenizer(tok)
+    added = frozenset(fast.get_added_tokens_decoder())
+    plain = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    for renderer in (ChatRenderer(tok), ChatRenderer(tok, plain, "plain")):
+        for chat in CHATS:
+            r = renderer.render(chat)
+            enc = fast.encode(r.text, add_special_tokens=False)
+            starts = [s for s, _ in enc.offsets]
+            for end in [*r.cuts, *range(0, len(r.text), 7)]:
+                want = len(tok(r.text[:end], add_special_tokens=False)["input_ids"])
+                assert prefix_tokens(fast, r.text, end, starts, enc.ids, added) == want
+
+
+def test_cut_jsonl_last_line_is_recovered(tmp_path, bpe_pivot):
+    lines = [json.dumps(as_format(c, "openai", f"c{i}")) for i, c in enumerate(CHATS)]
+    path = tmp_path / "cut.jsonl"
+    path.write_text("\n".join(lines[:2]) + "\n" + lines[2][:40])  # the last line stops mid-record
+    conv = Conversations(prepare([path], str(bpe_pivot), tmp_path / "out"))
+    assert conv.ids == ["c0", "c1"]
+    assert conv.manifest["inputs"][0]["cut_off"]["line"] == 3
+    path.write_text("\n".join(lines[:2]) + "\n" + lines[2][:40] + "\n")  # a bad line that ends: not a cut
+    with pytest.raises(InvalidRecordError, match="cut.jsonl: record 2: line 3 is not valid JSON"):
+        prepare([path], str(bpe_pivot), tmp_path / "out2")
+
+
+def test_generated_source(tmp_path, bpe_pivot):
+    """A data set made in code plugs in beside files: its description reaches the manifest."""
+    from fusechat.data.readers import GeneratedSource
+
+    source = GeneratedSource(
+        "arith",
+        lambda: (as_format(c, "openai", f"g{i}") for i, c in enumerate(CHATS)),
+        {"seed": 3, "size": 3},
+    )
+    conv = Conversations(prepare([source, write(tmp_path, "alpaca")], str(bpe_pivot), tmp_path / "out"))
+    assert conv.ids == ["g0", "g1", "g2", "c0", "c1", "c2"]
+    assert conv.manifest["inputs"][0] == {"name": "arith", "seed": 3, "size": 3, "format": "openai"}
+
+
+def test_json_syntax_error_stops_even_with_skip_invalid(tmp_path, bpe_pivot):
+    """In one JSON document the records after a fault cannot be found: the file stops, naming the record."""
+    good = json.dumps(as_format(CHATS[1], "openai", "a"))
+    path = tmp_path / "broken.json"
+    path.write_text(f"[\n{good},\n{good[:-1]},\n{good}\n]\n")  # the second record misses its closing brace
+    with pytest.raises(InvalidRecordError, match=r"broken.json: record 1: not valid JSON at line \d+"):
+        prepare([path], str(bpe_pivot), tmp_path / "out", skip_invalid=True)
+
+
+@pytest.mark.parametrize(
+    "text, kind",
+    [
+        ('{"a": 1}\n{"a": 2}\n', "jsonl"),
+        ('\n\n{"a": 1}\n\n{"a": 2}', "jsonl"),
+        ('[{"a": 1},\n{"a": 2}]', "json"),
+        ('{"data": [{"a": 1}]}', "json"),
+        ('{"data": [{"a": 1}]}\n', "json"),
+        ('{\n "data": [\n  {"a": 1}\n ]\n}\n', "json"),
+        ("[1]\n[2]\n", "json"),
+    ],
+)
+def test_json_or_json_lines_from_the_text(tmp_path, text, kind):
+    from fusechat.data.readers import file_kind
+
+    path = tmp_path / "x.json"
+    path.write_text(text)
+    assert file_kind(path) == kind

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from fusechat.errors import FusechatError
+from fusechat.errors import FusechatError, InvalidRecordError
 
 CHUNK_CHARS = 1 << 20
 _WS = " \t\n\r"
@@ -61,6 +61,7 @@ class JsonRecords:
         self._mark = (0, 1)  # (window position, its line number): lines are counted onwards from here
         self._char0 = 0  # character offset of _buf[0] in the file
         self._count = 0
+        self._record: int | None = None  # the record being read, while inside the list of records
 
     # -- window over the file
     def _fill(self, at_least: int = 0) -> bool:
@@ -117,11 +118,14 @@ class JsonRecords:
         return c
 
     def _syntax(self, problem: str, pos: int) -> None:
+        """Raise for a fault in the text: an InvalidRecordError naming the record when inside the list of
+        records (it still stops the file even with --skip-invalid: the records after it cannot be found)."""
         line, col = self._where(pos)
-        raise FusechatError(
-            f"{self.path}: not valid JSON at line {line} column {col}: {problem}; "
-            "fix the file (or convert it to JSON Lines, one conversation per line)"
-        )
+        problem = f"not valid JSON at line {line} column {col}: {problem}"
+        fix = "fix the file (or convert it to JSON Lines, one conversation per line)"
+        if self._record is not None:
+            raise InvalidRecordError(str(self.path), self._record, problem, fix)
+        raise FusechatError(f"{self.path}: {problem}; {fix}")
 
     def _value(self) -> Any:
         """Decode the next JSON value, reading more of the file until it is complete."""
@@ -178,10 +182,13 @@ class JsonRecords:
         while True:
             self._peek()
             line, _ = self._where(self._pos)
+            self._record = self._count
             obj = self._value()
             yield self._count, line, obj
             self._count += 1
+            self._record = self._count  # a fault between records is reported against the next one
             if self._expect(",]", "',' or ']' after a record") == "]":
+                self._record = None
                 return
 
     def _wrapper(self) -> Iterator[tuple[int, int, Any]]:

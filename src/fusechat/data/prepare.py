@@ -111,7 +111,8 @@ def prepare(
         "skip_invalid": skip_invalid,
         "format": fmt,
         "limit": limit,
-        "inputs": [s.describe().get("sha256", s.name) for s in sources],
+        # What identifies each input (path and sha256, or a generator's description), not what reading found.
+        "inputs": [{k: v for k, v in s.describe().items() if k not in ("records", "cut_off")} for s in sources],
     }
     settings_fp = fingerprint(settings)
     out = prepare_output_dir(out, STAGE)
@@ -173,6 +174,7 @@ class _Job:
 
     def __init__(self, tokenizer, renderer, max_length, on_long, skip_invalid, fmt, limit) -> None:
         self.tok, self.renderer = counting_tokenizer(tokenizer), renderer
+        self.added = frozenset(self.tok.get_added_tokens_decoder())
         self.max_length, self.on_long, self.skip_invalid = max_length, on_long, skip_invalid
         self.fmt, self.limit = fmt, limit
         self.counts = _Counts()
@@ -252,19 +254,14 @@ class _Job:
         self._write(writer)
 
     def _turns_within(self, rendered: Rendered, enc) -> int:
-        """How many leading assistant turns fit in max_length tokens (0 if not even the first).
-
-        `enc` is the whole text's encoding: the tokens starting before a cut estimate the prefix's length
-        (offsets are sorted by start), and the chosen prefix is then tokenized alone to check it exactly,
-        since a tokenizer may split the characters at the cut differently."""
+        """How many leading assistant turns fit in max_length tokens (0 if not even the first)."""
         starts = [s for s, _ in enc.offsets]
+        ids = enc.ids
         turns = len(rendered.cuts) - 1
         while turns > 0:
             end = rendered.cuts[turns - 1]
-            if bisect.bisect_left(starts, end) <= self.max_length:
-                exact = len(self.tok.encode(rendered.text[:end], add_special_tokens=False))
-                if exact <= self.max_length:
-                    return turns
+            if prefix_tokens(self.tok, rendered.text, end, starts, ids, self.added) <= self.max_length:
+                return turns
             turns -= 1
         return 0
 
@@ -307,6 +304,21 @@ def counting_tokenizer(tokenizer: Any) -> Any:
     backend.no_truncation()
     backend.no_padding()
     return backend
+
+
+def prefix_tokens(tok: Any, text: str, end: int, starts: list[int], ids: list[int], added: frozenset) -> int:
+    """The number of tokens of `text[:end]`, given the whole text's encoding (`starts` of each token's
+    characters, sorted, and `ids`) and the ids of the tokenizer's added tokens.
+
+    When an added token (a template marker such as `<|im_start|>`) starts exactly at `end`, the prefix is
+    tokenized exactly as in the whole text: a tokenizer splits its input at added tokens first and encodes the
+    pieces between them independently, so the count is read off the whole encoding. Otherwise the prefix is
+    encoded alone, since the characters before the cut may be split differently without what follows.
+    """
+    i = bisect.bisect_left(starts, end)
+    if i < len(ids) and starts[i] == end and ids[i] in added:
+        return i
+    return len(tok.encode(text[:end], add_special_tokens=False))
 
 
 def _first_turns(messages: list[dict], turns: int) -> list[dict]:

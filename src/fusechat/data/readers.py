@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -23,6 +23,7 @@ from fusechat.manifest import sha256_file
 log = logging.getLogger(__name__)
 
 PARQUET_BATCH_ROWS = 256
+SNIFF_CHARS = 1 << 24  # how much of a .json file's first line is read to tell JSON Lines from JSON
 
 
 @dataclass(frozen=True)
@@ -120,6 +121,23 @@ class FileSource:
         return out
 
 
+@dataclass
+class GeneratedSource:
+    """Records made in memory or by a generator (a seeded data set, for instance). `describe` goes into the
+    manifest as is, so it should say how to make the same records again (package, version, seed, size)."""
+
+    name: str
+    make: Callable[[], Iterable[Any]]
+    description: dict = field(default_factory=dict)
+
+    def records(self) -> Iterator[RawRecord]:
+        for number, data in enumerate(self.make()):
+            yield RawRecord(self.name, number, None, data)
+
+    def describe(self) -> dict:
+        return {"name": self.name, **self.description}
+
+
 def file_kind(path: Path) -> str:
     """'jsonl', 'json' or 'parquet', from the suffix, and for JSON from the text (a first line that is a whole
     object followed by more lines means JSON Lines)."""
@@ -134,18 +152,21 @@ def file_kind(path: Path) -> str:
         return "parquet"
     try:
         with open(path, encoding="utf-8-sig") as f:
-            first = f.readline()
-            stripped = first.strip()
-            if not stripped.startswith("{"):
-                return "json"
-            try:
-                whole = isinstance(json.loads(stripped), dict)
-            except json.JSONDecodeError:
-                return "json"  # a pretty-printed object spans lines
-            rest = any(line.strip() for line in (f.readline() for _ in range(100)))
+            text: list[str] = []  # the first two non-blank lines, each read only up to SNIFF_CHARS
+            for _ in range(100):
+                line = f.readline(SNIFF_CHARS)
+                if line.strip():
+                    text.append(line)
+                if len(text) == 2 or not line.endswith("\n"):
+                    break
     except UnicodeDecodeError as e:
         raise FusechatError(f"{path}: not UTF-8 text ({e}); convert it to UTF-8") from None
-    return "jsonl" if whole and rest else "json"
+    if len(text) < 2 or not text[0].lstrip().startswith("{") or not text[0].endswith("\n"):
+        return "json"  # a list, a pretty-printed object, or one line (possibly longer than the sniff)
+    try:
+        return "jsonl" if isinstance(json.loads(text[0]), dict) else "json"
+    except json.JSONDecodeError:
+        return "json"  # the first line of a pretty-printed object
 
 
 def _parquet(path: Path) -> Iterator[RawRecord]:
