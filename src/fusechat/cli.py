@@ -8,6 +8,7 @@ exit code 2.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
 import sys
@@ -44,6 +45,16 @@ def main(argv: list[str] | None = None) -> int:
         result = args.func(args)
     except FusechatError as e:
         print(f"fusechat {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT) and "No space left" not in str(e):
+            raise
+        where = f" writing {e.filename}" if getattr(e, "filename", None) else ""
+        print(
+            f"fusechat {args.command}: error: the disk is full{where}; finished parts are kept: "
+            "free space and rerun the same command to resume",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         print(f"fusechat {args.command}: interrupted; rerun the same command to resume", file=sys.stderr)

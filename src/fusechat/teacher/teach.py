@@ -161,11 +161,14 @@ def teach(
     opts = TeachOptions(
         top_k, shard_rows, batch_tokens, max_batch, dtype, device, trust_remote_code, allow_pickle, progress
     )
-    mine = [i for i in range(n_shards) if i % world == rank and shard_done(out, i, n_shards) is None]
-    if not mine:
-        log.info("%s: nothing left to do for shard set %d/%d", out, rank, world)
-    else:
-        _run_shards(header, conv, tokenizer, model_dir, out, mine, n_shards, opts)
+    # One lock per shard set: a second run started on the same store with the same split refuses at once, while
+    # the ranks of one torchrun job (different shard sets) work side by side. Each shard is locked as well.
+    with locked(out, name=f".teach-{rank}-of-{world}.lock"):
+        mine = [i for i in range(n_shards) if i % world == rank and shard_done(out, i, n_shards) is None]
+        if not mine:
+            log.info("%s: nothing left to do for shard set %d/%d", out, rank, world)
+        else:
+            _run_shards(header, conv, tokenizer, model_dir, out, mine, n_shards, opts)
     full = dict(header, vocab_size=_vocab_size(model_dir, tokenizer))
     if finalize(out, full, n_shards):
         log.info("%s: complete", out)
