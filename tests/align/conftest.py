@@ -83,7 +83,7 @@ KINDS = {
 
 
 def save_model_dir(directory: Path, tok: Tokenizer, seed: int, bos: str | None = None) -> Path:
-    """A Hugging Face directory: the tokenizer and a tiny Llama of its vocabulary size (fixed-seed weights)."""
+    """A Hugging Face directory: the tokenizer and a tiny fixed-seed Llama of its vocabulary size."""
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
     directory.mkdir(parents=True, exist_ok=True)
@@ -133,7 +133,7 @@ def write_conversations(directory: Path, chats=CHATS) -> Path:
 
 
 def write_teacher_store(out: Path, model_dir: Path, conv_dir: Path, k: int = 5, n_shards: int = 2) -> Path:
-    """A teacher store by the contract: the model's own tokenization, supervised positions, top-k log-softmax."""
+    """A teacher store by the contract: own tokenization, supervised positions, top-k log-softmax."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from fusechat.data.conversations import Conversations

@@ -64,7 +64,7 @@ def pair_costs(fa, sa, fb, sb):  # pragma: no cover - compiled
 
 @njit(cache=True, nogil=True)
 def dtw(ia, ib, costs):  # pragma: no cover - compiled
-    """DTW over sequences of string ids with a cost table; returns the path (L, 2) as dtw.dtw_reference does."""
+    """DTW over sequences of string ids with a cost table; the path (L, 2) of dtw.dtw_reference."""
     n, m = len(ia), len(ib)
     big = np.iinfo(np.int64).max // 4
     dist = np.empty((n, m), dtype=np.int64)

@@ -1,15 +1,16 @@
-"""The paper's dynamic-programming (DTW) token alignment, compiled, with the plain O(n·m) reference it must equal.
+"""The paper's DTW token alignment, compiled, with the plain O(n·m) reference it must equal.
 
-FuseChat aligns two tokenizations by DTW over token strings: matching two tokens costs the edit distance of their
-strings with space markers removed, a tenth of that when one string contains the other. The reference ran it in
-pure Python at about 4 µs a cell. Here the cost of each distinct pair of strings is computed once and the
-recurrence and traceback run in numba-compiled loops: the recurrence is sequential in both directions, so numpy
-cannot vectorise it without changing the order of additions, and a banded search could miss the optimum.
+FuseChat aligns two tokenizations by DTW over token strings: matching two tokens costs the edit distance of
+their strings with space markers removed, a tenth of that when one string contains the other. The reference
+ran it in pure Python at about 4 µs a cell. Here the cost of each distinct pair of strings is computed once
+and the recurrence and traceback run in numba-compiled loops: the recurrence is sequential in both directions,
+so numpy cannot vectorise it without changing the order of additions, and a banded search could miss the
+optimum.
 
-Costs are integers in tenths (edit distance × 10, or × 1 on containment), so sums are exact and ties are decided
-the same way by every implementation; the traceback prefers the diagonal, then the pivot's step, then the
-source's. A pivot position t is covered by source position u when the path steps diagonally from (t, u) into
-(t + 1, u + 1): both next tokens start a new match together, the DTW analogue of sharing a boundary.
+Costs are integers in tenths (edit distance × 10, or × 1 on containment), so sums are exact and ties are
+decided the same way by every implementation; the traceback prefers the diagonal, then the pivot's step, then
+the source's. A pivot position t is covered by source position u when the path steps diagonally from (t, u)
+into (t + 1, u + 1): both next tokens start a new match together, the DTW analogue of sharing a boundary.
 """
 
 from __future__ import annotations
@@ -95,7 +96,7 @@ def dtw_path(a: list[str], b: list[str]) -> np.ndarray:
 
 
 def next_token_match(path: np.ndarray, n_pivot: int) -> np.ndarray:
-    """From a DTW path, for each pivot token j the source token j' entered together with it diagonally, else -1.
+    """For each pivot token j, the source token j' a DTW path enters together with it (diagonally), else -1.
 
     (L, 2) -> (n_pivot,) int64; the same meaning as `sequence.match_next_tokens`.
     """

@@ -7,12 +7,13 @@ spells it `ĠHello` or `▁Hello`. A map is an int32 array of the source vocabul
 - `mined`: minimum edit distance (FuseLLM's MinED) over the pivot vocabulary, computed only for tokens with no
   exact match, in C++ by rapidfuzz in chunks (never a Python loop over V_p x V_s). Ties: smaller length
   difference, then lower pivot id.
-- `stats`: FuseChat's mapping statistics: among the pivot tokens a source token was aligned with in the corpus,
-  the one minimising edit distance x sigmoid(-count) (an exact string always wins; among inexact ones the most
-  often co-aligned); counts are sparse pairs, never a V_p x V_s matrix. Tokens never co-aligned fall back to exact.
+- `stats`: FuseChat's mapping statistics: among the pivot tokens a source token was aligned with in the
+  corpus, the one minimising edit distance x sigmoid(-count) (an exact string always wins; among inexact ones
+  the most often co-aligned); counts are sparse pairs, never a V_p x V_s matrix. Tokens never co-aligned fall
+  back to exact.
 - `prefix` (ours): a token with no exact match gives its probability to the first token of the pivot's own
-  tokenization of its text; a piece of a split character, which has no text, to the longest pivot token that is
-  a byte prefix of it.
+  tokenization of its text; a piece of a split character, which has no text, to the longest pivot token that
+  is a byte prefix of it.
 """
 
 from __future__ import annotations
@@ -110,7 +111,7 @@ def stats_map(source: Vocab, pivot: Vocab, pairs: np.ndarray, counts: np.ndarray
 
 
 def prefix_map(source: Vocab, pivot: Vocab, pivot_tokenizer: Any) -> np.ndarray:
-    """(V_s,) int32: exact where possible, else the first token of the pivot's tokenization (see docstring)."""
+    """(V_s,) int32: exact where possible, else the first token of the pivot's own tokenization."""
     out = exact_map(source, pivot)
     index: dict[bytes, int] = {}
     for i, piece in enumerate(pivot.pieces):
@@ -140,7 +141,7 @@ def prefix_map(source: Vocab, pivot: Vocab, pivot_tokenizer: Any) -> np.ndarray:
 
 
 def count_pairs(pairs: np.ndarray, weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Sparse counts: (m, 2) int pairs (with optional (m,) weights) in, distinct pairs (d, 2) and sums (d,) out."""
+    """Sparse counts: (m, 2) pairs (optional (m,) weights) in; distinct pairs (d, 2) and sums (d,) out."""
     pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
     if len(pairs) == 0:
         return pairs, np.zeros(0, dtype=np.int64)

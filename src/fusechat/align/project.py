@@ -1,8 +1,8 @@
 """Moving top-k distributions between vocabularies: pure array functions, vectorised over positions.
 
 A source's top-k at one position becomes a sparse distribution over pivot ids: each entry goes to the pivot id
-its vocabulary map names, entries landing on one pivot id add their probabilities, entries with no pivot id are
-dropped (the mass they held is reported, never hidden). The same merge serves fusion, which mixes several
+its vocabulary map names, entries landing on one pivot id add their probabilities, entries with no pivot id
+are dropped (the mass they held is reported, never hidden). The same merge serves fusion, which mixes several
 candidates' distributions. Padding follows the store contract: id -1 with log-prob -inf, ignored on read.
 """
 
@@ -16,11 +16,11 @@ import numpy as np
 def merge_topk(ids: np.ndarray, probs: np.ndarray, k: int, logprobs: np.ndarray | None = None):
     """Add probabilities of equal ids per row and keep the k largest.
 
-    `ids` (p, n) int with -1 for nothing, `probs` (p, n) float. When an output entry comes from exactly one input
-    entry and `logprobs` (p, n) is given, that log-prob is passed through untouched (no exp/log round trip).
-    Returns `(out_ids (p, k) int32, out_logprobs (p, k) float32, totals)` where `totals` is a dict with
-    `segment_rows`, `segment_ids`, `segment_probs`, `segment_logprobs` for every merged entry before truncation
-    (used to read the probability of one given id), most likely first, ties by lower id.
+    `ids` (p, n) int with -1 for nothing, `probs` (p, n) float. When an output entry comes from exactly one
+    input entry and `logprobs` (p, n) is given, that log-prob is passed through untouched (no exp/log round
+    trip). Returns `(out_ids (p, k) int32, out_logprobs (p, k) float32, totals)` where `totals` is a dict with
+    `segment_rows`, `segment_ids`, `segment_probs`, `segment_logprobs` for every merged entry before
+    truncation (used to read the probability of one given id), most likely first, ties by lower id.
     """
     ids = np.asarray(ids, dtype=np.int64)
     p, n = ids.shape
@@ -87,7 +87,7 @@ def merge_topk(ids: np.ndarray, probs: np.ndarray, k: int, logprobs: np.ndarray 
 
 
 def lookup(totals: dict, rows: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    """Log-prob of id `ids[i]` in row `rows[i]` of a merge's segments, -inf where absent. (m,) -> (m,) float32."""
+    """Log-prob of id `ids[i]` in row `rows[i]` of a merge's segments, -inf if absent; (m,) float32."""
     seg_rows, seg_ids = totals["segment_rows"], totals["segment_ids"]
     out = np.full(len(rows), -np.inf, dtype=np.float32)
     if len(seg_rows) == 0 or len(rows) == 0:
@@ -123,10 +123,10 @@ def project(
 ) -> Projection:
     """Move source top-k rows onto pivot ids with a vocabulary map.
 
-    `src_ids`, `src_logprobs` (p, k_s); `vocab_map` (V_s,) pivot id per source id, -1 if none; `pivot_gold` (p,)
-    the pivot's next token at each position; `src_gold` (p,) the source's next token and `src_gold_logprob`
-    (p,) its log-prob. The gold log-prob of the result is the mass that lands on the pivot's next token, counting
-    the source's own next token even when it is outside the source's top-k.
+    `src_ids`, `src_logprobs` (p, k_s); `vocab_map` (V_s,) pivot id per source id, -1 if none; `pivot_gold`
+    (p,) the pivot's next token at each position; `src_gold` (p,) the source's next token and
+    `src_gold_logprob` (p,) its log-prob. The gold log-prob of the result is the mass that lands on the
+    pivot's next token, counting the source's own next token even when it is outside the source's top-k.
     """
     src_ids = np.asarray(src_ids, dtype=np.int64)
     lp = np.asarray(src_logprobs, dtype=np.float32)

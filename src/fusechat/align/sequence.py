@@ -1,14 +1,16 @@
-"""Exact, linear-time token alignment from character offsets: which source position predicts what a pivot one does.
+"""Exact, linear-time token alignment from offsets: which source position predicts what a pivot one does.
 
 Two tokenizations of one text predict the same thing at pivot position t and source position u when the next
-tokens of both, t+1 and u+1, start at the same place in the text: both contexts then hold exactly the text before
-that place. The only subtlety is what "start" means with real tokenizers (see docs/align.md):
+tokens of both, t+1 and u+1, start at the same place in the text: both contexts then hold exactly the text
+before that place. The only subtlety is what "start" means with real tokenizers (see docs/align.md):
 
 - byte-level BPE splits a multi-byte character into pieces that share the character's offsets, so a piece that
   starts inside an already covered character does not start at a character boundary; such a split character is
   one unit here, and the positions inside it have no counterpart;
-- special tokens a tokenizer adds (BOS, a dummy prefix space) have empty or overlapping spans and start nothing;
-- a tokenizer that trims whitespace out of offsets leaves gaps: a token starts where the text covered so far ends.
+- special tokens a tokenizer adds (BOS, a dummy prefix space) have empty or overlapping spans and start
+  nothing;
+- a tokenizer that trims whitespace out of offsets leaves gaps: a token starts where the text covered so far
+  ends.
 
 `boundaries` turns offsets into one start per token (or -1); `match_next_tokens` pairs equal starts.
 """
@@ -24,8 +26,8 @@ def boundaries(offsets: np.ndarray) -> np.ndarray:
     """Where each token starts in the text, or -1 when it does not start at a clean character boundary.
 
     `offsets` (n, 2) character [start, end) per token. Returns (n,) int64: for token j, the end of the text
-    covered by tokens 0..j-1 (0 for j = 0) if token j is non-empty and does not start inside that covered text,
-    else -1. The clean starts are strictly increasing.
+    covered by tokens 0..j-1 (0 for j = 0) if token j is non-empty and does not start inside that covered
+    text, else -1. The clean starts are strictly increasing.
     """
     offsets = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
     n = len(offsets)
@@ -75,9 +77,9 @@ def byte_boundaries(offsets: np.ndarray, token_nbytes: np.ndarray, text: str) ->
 def match_next_tokens(pivot_starts: np.ndarray, source_starts: np.ndarray) -> np.ndarray:
     """For each pivot token j, the source token that starts at the same place, else -1.
 
-    `pivot_starts` (n_p,), `source_starts` (n_s,): token starts from `boundaries` or `byte_boundaries` (the same
-    unit on both sides), -1 for none, increasing otherwise. Returns (n_p,) int64. Token 0 is never paired (no
-    position precedes it), nor a source token 0.
+    `pivot_starts` (n_p,), `source_starts` (n_s,): token starts from `boundaries` or `byte_boundaries` (the
+    same unit on both sides), -1 for none, increasing otherwise. Returns (n_p,) int64. Token 0 is never paired
+    (no position precedes it), nor a source token 0.
     """
     pb, sb = np.asarray(pivot_starts, dtype=np.int64), np.asarray(source_starts, dtype=np.int64)
     out = np.full(len(pb), -1, dtype=np.int64)
@@ -105,9 +107,10 @@ def text_length(offsets: np.ndarray) -> int:
 def check_same_text(row_id: str, text: str | None, offsets: dict[str, np.ndarray], names: str) -> None:
     """Fail when a tokenization does not cover the conversation's text: it was made from another text.
 
-    `offsets` maps a role ("pivot", "source") to its (n, 2) offsets. With the text, each tokenization must stay
-    inside it and reach its last non-space character (some tokenizers drop trailing whitespace). Without the text
-    (conversations moved away) there is nothing to compare with; the callers still compare supervised bytes.
+    `offsets` maps a role ("pivot", "source") to its (n, 2) offsets. With the text, each tokenization must
+    stay inside it and reach its last non-space character (some tokenizers drop trailing whitespace). Without
+    the text (conversations moved away) there is nothing to compare with; the callers still compare supervised
+    bytes.
     """
     ends = {role: text_length(o) for role, o in offsets.items()}
     if text is not None:
@@ -115,7 +118,7 @@ def check_same_text(row_id: str, text: str | None, offsets: dict[str, np.ndarray
         for role, end in ends.items():
             if not need <= end <= limit:
                 raise FusechatError(
-                    f"{names}: conversation {row_id}: the {role} store's tokens cover {end} characters but the "
+                    f"{names}: conversation {row_id}: the {role} store's tokens cover {end} characters, the "
                     f"text has {limit}; it was made from another text, rerun its teacher pass"
                 )
 
@@ -127,8 +130,8 @@ def positions_map(
 
     `next_token_match` (n_p,) from an alignment (pivot token j -> source token j' whose start it shares);
     `pivot_positions` (p,), `source_positions` (q,) sorted. Returns (p,) int64 indices into the source's
-    position rows: pivot position t is covered by source position u = match[t + 1] - 1 when u is one the source
-    store scored.
+    position rows: pivot position t is covered by source position u = match[t + 1] - 1 when u is one the
+    source store scored.
     """
     pivot_positions = np.asarray(pivot_positions, dtype=np.int64)
     source_positions = np.asarray(source_positions, dtype=np.int64)

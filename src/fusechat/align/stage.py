@@ -2,9 +2,9 @@
 
 Reads two teacher stores made from the same conversations, aligns every conversation's two tokenizations
 (`offsets`, exact, by default; the paper's `dtw` on request), moves the source's top-k onto pivot ids with a
-vocabulary map, and writes an aligned store (the teacher-store layout plus a per-position `covered` column). The
-map is built once and cached in the output directory; coverage and the probability mass kept are counted per
-shard and summed into the manifest. Shard by shard, resumable, nothing half-written (see store.py).
+vocabulary map, and writes an aligned store (the teacher-store layout plus a per-position `covered` column).
+The map is built once and cached in the output directory; coverage and the probability mass kept are counted
+per shard and summed into the manifest. Shard by shard, resumable, nothing half-written (see store.py).
 """
 
 from __future__ import annotations
@@ -65,7 +65,8 @@ def check_pair(a: TopKStore, b: TopKStore, what: str = "source") -> None:
     ma, mb = a.manifest, b.manifest
     if ma.get("conversations_fingerprint") != mb.get("conversations_fingerprint"):
         raise FusechatError(
-            f"{names} were made from different conversations (fingerprints {ma.get('conversations_fingerprint')} "
+            f"{names} were made from different conversations (fingerprints "
+            f"{ma.get('conversations_fingerprint')} "
             f"and {mb.get('conversations_fingerprint')}); run both teacher passes on the same conversations"
         )
     if a.k != b.k:
@@ -76,7 +77,8 @@ def check_pair(a: TopKStore, b: TopKStore, what: str = "source") -> None:
     rows_b = [s["rows"] for s in mb["shards"]]
     if rows_a != rows_b:
         raise FusechatError(
-            f"{names} are sharded differently ({len(rows_a)} shards of {rows_a[:4]}... rows and {len(rows_b)} of "
+            f"{names} are sharded differently ({len(rows_a)} shards of {rows_a[:4]}... rows and "
+            f"{len(rows_b)} of "
             f"{rows_b[:4]}...); rerun the teacher passes with the same --shards"
         )
 
@@ -85,8 +87,9 @@ def check_row_ids(names: str, shard: int, ids_a: list[str], ids_b: list[str]) ->
     if ids_a != ids_b:
         bad = next(i for i, (x, y) in enumerate(zip(ids_a, ids_b, strict=True)) if x != y)
         raise FusechatError(
-            f"{names}: shard {shard} row {bad} holds conversation {ids_a[bad]} in one and {ids_b[bad]} in the "
-            "other; the stores are not in the same order, rerun the teacher passes from the same conversations"
+            f"{names}: shard {shard} row {bad} holds conversation {ids_a[bad]} in one and {ids_b[bad]} "
+            "in the other; the stores are not in the same order, rerun the teacher passes from the same "
+            "conversations"
         )
 
 
@@ -119,7 +122,8 @@ def load_store_tokenizer(store: TopKStore, role: str) -> Any:
     if want and tokenizer_fingerprint(tok) != want:
         raise FusechatError(
             f"{role} store {store.dir}: the tokenizer now in {spec} is not the one the store was made with "
-            f"(fingerprint {tokenizer_fingerprint(tok)}, manifest {want}); restore it or rerun the teacher pass"
+            f"(fingerprint {tokenizer_fingerprint(tok)}, manifest {want}); restore it or rerun the teacher "
+            "pass"
         )
     return tok
 
@@ -240,6 +244,21 @@ def align_record(piv: TopKRecord, src: TopKRecord, match: np.ndarray, vmap: np.n
     return rec, {"positions": p, "covered": int(cov.sum()), "mass_topk": mass_topk, "mass_kept": mass_kept}
 
 
+def up_to_date(out: Path, stage: str, fp: str) -> bool:
+    """True if `out` holds a complete output of these inputs; if it holds another one, clear its shards."""
+    if not (out / MANIFEST).is_file():
+        return False
+    old = read_manifest(out, stage=stage, require_complete=False)
+    if old.get("fingerprint") == fp:
+        if old.get("complete"):
+            log.info("%s: up to date", out)
+        return bool(old.get("complete"))
+    for f in out.iterdir():
+        if f.name.startswith("shard-") or f.name == MAP_FILE:
+            f.unlink()
+    return False
+
+
 def _stats_path(out: Path, i: int, n: int) -> Path:
     return out / shard_name(i, n).replace(".parquet", ".stats.json")
 
@@ -270,15 +289,8 @@ def align(
     fp = fingerprint(inputs)
     out = prepare_output_dir(out, STAGE)
     with locked(out):
-        if (out / MANIFEST).is_file():
-            old = read_manifest(out, stage=STAGE, require_complete=False)
-            if old.get("fingerprint") == fp and old.get("complete"):
-                log.info("%s: up to date", out)
-                return out
-            if old.get("fingerprint") != fp:
-                for f in out.iterdir():
-                    if f.name.startswith("shard-") or f.name == MAP_FILE:
-                        f.unlink()
+        if up_to_date(out, STAGE, fp):
+            return out
         pm, sm = piv.manifest, src.manifest
         manifest = {
             "stage": STAGE,
@@ -334,8 +346,9 @@ def align(
                     check_same_text(a.id, texts.get(a.id), {"pivot": a.offsets, "source": b.offsets}, names)
                     if a.n_bytes != b.n_bytes:
                         raise FusechatError(
-                            f"{names}: conversation {a.id} has {a.n_bytes} supervised bytes in one and {b.n_bytes} "
-                            "in the other, so their texts differ; rerun both teacher passes on the same conversations"
+                            f"{names}: conversation {a.id} has {a.n_bytes} supervised bytes in one and "
+                            f"{b.n_bytes} in the other, so their texts differ; rerun both teacher passes on "
+                            "the same conversations"
                         )
                     match = next_token_match(alignment, a, b, ctx, texts.get(a.id))
                     rec, counts = align_record(a, b, match, vmap, piv.k)

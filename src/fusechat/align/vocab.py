@@ -1,12 +1,12 @@
 """What bytes of text each token id stands for, learned from the tokenizer's own decoder.
 
-Vocabulary maps compare tokens of different tokenizers, whose pieces spell the same text differently: byte-level
-BPE writes ` Hello` as `ĠHello` and a byte as a printable stand-in character, a `▁`-marked vocabulary writes it
-as `▁Hello` and keeps raw bytes as `<0xNN>` fallback pieces. Rather than guess the convention from a class or a
-model name, this module asks the tokenizer's decoder: a byte-level table is used only after the decoder has been
-seen to turn every byte's stand-in back into that byte, and other pieces are decoded behind a probe token so a
-decoder that strips the first token's leading space cannot hide it. The result, one `bytes` per id, is the
-normalised spelling every map compares.
+Vocabulary maps compare tokens of different tokenizers, whose pieces spell the same text differently:
+byte-level BPE writes ` Hello` as `ĠHello` and a byte as a printable stand-in character, a `▁`-marked
+vocabulary writes it as `▁Hello` and keeps raw bytes as `<0xNN>` fallback pieces. Rather than guess the
+convention from a class or a model name, this module asks the tokenizer's decoder: a byte-level table is used
+only after the decoder has been seen to turn every byte's stand-in back into that byte, and other pieces are
+decoded behind a probe token so a decoder that strips the first token's leading space cannot hide it. The
+result, one `bytes` per id, is the normalised spelling every map compares.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ _REPLACEMENT = "\ufffd"
 class Vocab:
     """A tokenizer's vocabulary as normalised bytes.
 
-    `pieces[i]` is the bytes token id i stands for (b"" for ids with no token); `partial[i]` is True when those
-    bytes are not valid UTF-8 on their own (a piece of a split character).
+    `pieces[i]` is the bytes token id i stands for (b"" for ids with no token); `partial[i]` is True when
+    those bytes are not valid UTF-8 on their own (a piece of a split character).
     """
 
     pieces: list[bytes]
@@ -36,12 +36,12 @@ class Vocab:
         return len(self.pieces)
 
     def texts(self) -> list[str]:
-        """Pieces as str for string algorithms; invalid bytes become lone surrogates (a distinct code point each)."""
+        """Pieces as str for string algorithms; an invalid byte becomes a lone surrogate (one code point)."""
         return [p.decode("utf-8", errors="surrogateescape") for p in self.pieces]
 
 
 def byte_level_alphabet() -> dict[int, str]:
-    """The byte-to-printable-character table of byte-level BPE (printable Latin-1 kept, the rest shifted up)."""
+    """Byte-level BPE's byte-to-character table (printable Latin-1 kept, the rest shifted up)."""
     keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
     table, shift = {}, 0
     for b in range(256):
