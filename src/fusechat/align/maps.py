@@ -106,7 +106,8 @@ def stats_map(source: Vocab, pivot: Vocab, pairs: np.ndarray, counts: np.ndarray
     first = np.ones(len(order), dtype=bool)
     first[1:] = src_sorted[1:] != src_sorted[:-1]
     chosen = order[first]
-    out[pairs[chosen, 0]] = pairs[chosen, 1]
+    free = out[pairs[chosen, 0]] < 0  # an exact string match is distance 0: it always wins
+    out[pairs[chosen[free], 0]] = pairs[chosen[free], 1]
     return out
 
 

@@ -1,4 +1,4 @@
-"""Fusion: the training targets of one target model, from the pivot's and the sources' aligned distributions."""
+"""Fusion: one target model's training targets, from the pivot's and the sources' aligned distributions."""
 
 from __future__ import annotations
 

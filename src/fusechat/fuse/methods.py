@@ -1,13 +1,13 @@
 """Fusion functions as pure array math: which candidate distributions make a target, and their mixture.
 
-Candidates are the pivot's own distribution (index 0, always available) and each source's aligned one (available
-at the positions it covers). MinCE picks per conversation the candidate with the lowest negative log-likelihood
-per UTF-8 byte of the supervised text: per-token cross-entropy is not comparable across tokenizers, per-byte is
-(with one tokenizer the two orders agree). Scores are float32, and an exact tie is not settled by candidate order
-(the reference's bf16 scores settled near ties toward the pivot): tied candidates are mixed with equal weight and
-the tie is counted. AvgCE weights all candidates by softmax(-score); token-level MinCE picks, at each position,
-the candidate giving the gold next token the highest probability. Wherever no chosen candidate covers a
-position, the pivot's own distribution is used.
+Candidates are the pivot's own distribution (index 0, always available) and each source's aligned one
+(available at the positions it covers). MinCE picks per conversation the candidate with the lowest negative
+log-likelihood per UTF-8 byte of the supervised text: per-token cross-entropy is not comparable across
+tokenizers, per-byte is (with one tokenizer the two orders agree). Scores are float32, and an exact tie is not
+settled by candidate order (the reference's bf16 scores settled near ties toward the pivot): tied candidates
+are mixed with equal weight and the tie is counted. AvgCE weights all candidates by softmax(-score);
+token-level MinCE picks, at each position, the candidate giving the gold next token the highest probability.
+Wherever no chosen candidate covers a position, the pivot's own distribution is used.
 """
 
 from __future__ import annotations
@@ -70,10 +70,10 @@ def normalise(logprobs: np.ndarray, ids: np.ndarray) -> np.ndarray:
 def mix(ids: np.ndarray, logprobs: np.ndarray, covered: np.ndarray, weights: np.ndarray, k: int):
     """The fused top-k at every position.
 
-    `ids`, `logprobs` (C, p, k_in) candidates' top-k; `covered` (C, p) where each is available (candidate 0, the
-    pivot, everywhere); `weights` (p, C) wanted weights. Weights of uncovered candidates are dropped and the rest
-    renormalised; a position left with none falls back to the pivot. Returns `(ids (p, k) int32, logprobs (p, k)
-    float32 normalised over the kept entries, totals of the merge, fallback (p,) bool)`.
+    `ids`, `logprobs` (C, p, k_in) candidates' top-k; `covered` (C, p) where each is available (candidate 0,
+    the pivot, everywhere); `weights` (p, C) wanted weights. Weights of uncovered candidates are dropped and
+    the rest renormalised; a position left with none falls back to the pivot. Returns `(ids (p, k) int32,
+    logprobs (p, k) float32 normalised over the kept entries, totals of the merge, fallback (p,) bool)`.
     """
     ids = np.asarray(ids, dtype=np.int64)
     c, p, k_in = ids.shape

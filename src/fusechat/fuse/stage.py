@@ -35,8 +35,8 @@ def _open_aligned(path: str | os.PathLike, pivot: TopKStore) -> TopKStore:
     want, got = pivot.manifest.get("tokenizer_fingerprint"), store.manifest.get("tokenizer_fingerprint")
     if want != got:
         raise FusechatError(
-            f"aligned store {store.dir} is in the vocabulary of another pivot (tokenizer {got}, the pivot store "
-            f"{pivot.dir} has {want}); align the source onto this pivot first"
+            f"aligned store {store.dir} is in the vocabulary of another pivot (tokenizer {got}, the pivot "
+            f"store {pivot.dir} has {want}); align the source onto this pivot first"
         )
     check_pair(pivot, store, what="aligned")
     return store
@@ -52,11 +52,18 @@ def fuse_record(method: str, recs: list[TopKRecord], k: int) -> tuple[TopKRecord
                 f"conversation {piv.id}: an aligned store's positions differ from the pivot store's; "
                 "it was aligned onto another pivot store, rerun `fusechat align`"
             )
-    covered = np.stack([np.ones(p, dtype=bool)] + [np.asarray(r.extra["covered"], dtype=bool) for r in recs[1:]])
+    covered = np.stack(
+        [np.ones(p, dtype=bool)] + [np.asarray(r.extra["covered"], dtype=bool) for r in recs[1:]]
+    )
     ids = np.stack([r.topk_ids for r in recs])
     lps = np.stack([r.topk_logprobs.astype(np.float32) for r in recs])
     nll = np.array([r.nll for r in recs], dtype=np.float32)
-    info = {"teacher": -1, "tie": False, "position_ties": 0, "chosen_positions": np.zeros(len(recs), np.int64)}
+    info = {
+        "teacher": -1,
+        "tie": False,
+        "position_ties": 0,
+        "chosen_positions": np.zeros(len(recs), np.int64),
+    }
     if method == "token-mince":
         gold = np.stack([r.gold_logprob.astype(np.float32) for r in recs])
         weights, ties = methods.token_weights(gold, covered)
@@ -89,7 +96,10 @@ def fuse_record(method: str, recs: list[TopKRecord], k: int) -> tuple[TopKRecord
 
 
 def fuse(
-    pivot_store: str | os.PathLike, aligned: list[str | os.PathLike], out: str | os.PathLike, method: str = "mince"
+    pivot_store: str | os.PathLike,
+    aligned: list[str | os.PathLike],
+    out: str | os.PathLike,
+    method: str = "mince",
 ) -> Path:
     """Write the training targets of one target (pivot + the aligned sources as candidates) to `out`."""
     if method not in methods.METHODS:
@@ -137,11 +147,17 @@ def fuse(
             a_rows = piv.read_shard(i)
             b_rows = [s.read_shard(i) for s in stores]
             for s, rows in zip(stores, b_rows, strict=True):
-                check_row_ids(f"pivot store {piv.dir} and aligned store {s.dir}", i, [r.id for r in a_rows],
-                              [r.id for r in rows])
+                check_row_ids(
+                    f"pivot store {piv.dir} and aligned store {s.dir}",
+                    i,
+                    [r.id for r in a_rows],
+                    [r.id for r in rows],
+                )
             infos = []
             done = shard_done(out, i, n) is not None
-            writer = None if done else ShardWriter(out, i, n, piv.k, extra=pa.schema([("teacher", pa.int32())]))
+            writer = (
+                None if done else ShardWriter(out, i, n, piv.k, extra=pa.schema([("teacher", pa.int32())]))
+            )
             try:
                 for j, a in enumerate(a_rows):
                     rec, info = fuse_record(method, [a] + [rows[j] for rows in b_rows], piv.k)
@@ -167,5 +183,7 @@ def fuse(
         selection["fallback_positions"] = fallback
         manifest["selection"] = selection
         if not finalize(out, manifest, n):
-            raise FusechatError(f"{out}: some shards are missing after the run; rerun `fusechat fuse` to resume")
+            raise FusechatError(
+                f"{out}: some shards are missing after the run; rerun `fusechat fuse` to resume"
+            )
     return out
