@@ -1,31 +1,14 @@
 """Compiled loops for DTW (imported lazily: numba compiles on first use and caches the machine code on disk).
 
 Kept apart from `dtw.py` so importing fusechat never imports numba; every function here has a plain Python
-definition in `dtw.py` that the tests hold it equal to.
+definition in `dtw.py` that the tests hold it equal to. Edit distances themselves come from rapidfuzz's
+bit-parallel C++ (about 50x faster here than a compiled textbook loop).
 """
 
 from __future__ import annotations
 
 import numpy as np
 from numba import njit
-
-
-@njit(cache=True, nogil=True)
-def _levenshtein(fa, a0, a1, fb, b0, b1, row):  # pragma: no cover - compiled
-    m = b1 - b0
-    for j in range(m + 1):
-        row[j] = j
-    for i in range(a1 - a0):
-        diag = row[0]
-        row[0] = i + 1
-        ca = fa[a0 + i]
-        for j in range(1, m + 1):
-            up = row[j]
-            sub = diag + (0 if ca == fb[b0 + j - 1] else 1)
-            best = min(up + 1, row[j - 1] + 1)
-            row[j] = min(best, sub)
-            diag = up
-    return row[m]
 
 
 @njit(cache=True, nogil=True)
@@ -44,20 +27,18 @@ def _contains(fa, a0, a1, fb, b0, b1):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True)
-def pair_costs(fa, sa, fb, sb):  # pragma: no cover - compiled
-    """(U_a, U_b) int64 costs in tenths between every pair of distinct strings (see dtw.pair_cost)."""
+def pair_costs(fa, sa, fb, sb, lev):  # pragma: no cover - compiled
+    """(U_a, U_b) int64 costs in tenths from edit distances `lev` (U_a, U_b): x1 on containment, else x10."""
     na, nb = len(sa) - 1, len(sb) - 1
     out = np.empty((na, nb), dtype=np.int64)
-    longest = 0
-    for j in range(nb):
-        longest = max(longest, sb[j + 1] - sb[j])
-    row = np.empty(longest + 1, dtype=np.int64)
     for i in range(na):
         for j in range(nb):
-            d = _levenshtein(fa, sa[i], sa[i + 1], fb, sb[j], sb[j + 1], row)
-            inside = _contains(fa, sa[i], sa[i + 1], fb, sb[j], sb[j + 1]) or _contains(
-                fb, sb[j], sb[j + 1], fa, sa[i], sa[i + 1]
-            )
+            d = lev[i, j]
+            la, lb = sa[i + 1] - sa[i], sb[j + 1] - sb[j]
+            if la <= lb:
+                inside = _contains(fa, sa[i], sa[i + 1], fb, sb[j], sb[j + 1])
+            else:
+                inside = _contains(fb, sb[j], sb[j + 1], fa, sa[i], sa[i + 1])
             out[i, j] = d if inside else 10 * d
     return out
 

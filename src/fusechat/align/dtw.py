@@ -3,9 +3,9 @@
 FuseChat aligns two tokenizations by DTW over token strings: matching two tokens costs the edit distance of
 their strings with space markers removed, a tenth of that when one string contains the other. The reference
 ran it in pure Python at about 4 µs a cell. Here the cost of each distinct pair of strings is computed once
-and the recurrence and traceback run in numba-compiled loops: the recurrence is sequential in both directions,
-so numpy cannot vectorise it without changing the order of additions, and a banded search could miss the
-optimum.
+and the recurrence and traceback run in numba-compiled loops (edit distances: rapidfuzz's C++): the recurrence
+is sequential in both directions, so numpy cannot vectorise it without changing the order of additions, and a
+banded search could miss the optimum.
 
 Costs are integers in tenths (edit distance × 10, or × 1 on containment), so sums are exact and ties are
 decided the same way by every implementation; the traceback prefers the diagonal, then the pivot's step, then
@@ -83,6 +83,9 @@ def _encode(strings: list[str]) -> tuple[np.ndarray, np.ndarray]:
 
 def dtw_path(a: list[str], b: list[str]) -> np.ndarray:
     """The same path as `dtw_reference`, fast. Returns (L, 2) int64 pairs (i, j) from (0, 0) to (n-1, m-1)."""
+    from rapidfuzz import process
+    from rapidfuzz.distance import Levenshtein
+
     from fusechat.align import _kernels
 
     if not a or not b:
@@ -91,7 +94,8 @@ def dtw_path(a: list[str], b: list[str]) -> np.ndarray:
     ub, ib = np.unique(np.array(b, dtype=object), return_inverse=True)
     fa, sa = _encode(list(ua))
     fb, sb = _encode(list(ub))
-    costs = _kernels.pair_costs(fa, sa, fb, sb)
+    lev = process.cdist(list(ua), list(ub), scorer=Levenshtein.distance, dtype=np.int64, workers=1)
+    costs = _kernels.pair_costs(fa, sa, fb, sb, lev)
     return _kernels.dtw(ia.astype(np.int64), ib.astype(np.int64), costs)
 
 
