@@ -116,3 +116,22 @@ def test_reordered_rows_and_other_texts_are_caught(world, tmp_path):
         b.write_bytes(tmp)
         with pytest.raises(FusechatError, match="not in the same order"):
             align(world["stores"]["bytelevel"], src, tmp_path / "o")
+
+
+def test_columnar_reader_equals_the_store_reader(world, tmp_path):
+    from fusechat.align.records import read_records
+    from fusechat.fuse import fuse
+
+    aligned = align(world["stores"]["bytelevel"], world["stores"]["metaspace"], tmp_path / "a")
+    fused = fuse(world["stores"]["bytelevel"], [aligned], tmp_path / "f")
+    for path in (world["stores"]["metaspace"], aligned, fused):
+        store = TopKStore(path)
+        for i in range(store.n_shards):
+            for x, y in zip(read_records(store, i), store.read_shard(i), strict=True):
+                assert x.id == y.id and x.nll == y.nll and x.n_bytes == y.n_bytes
+                for f in ("input_ids", "offsets", "positions", "topk_ids", "topk_logprobs", "gold_logprob"):
+                    a, b = getattr(x, f), getattr(y, f)
+                    assert a.dtype == b.dtype and np.array_equal(a, b), f
+                assert x.extra.keys() == y.extra.keys()
+                for key in x.extra:
+                    assert np.array_equal(np.asarray(x.extra[key]), np.asarray(y.extra[key]))
