@@ -1,4 +1,4 @@
-"""The real tokenizers (SmolLM2 and Qwen2.5 byte-level, Gemma-3 `▁`-marked): spelling, exact alignment, DTW."""
+"""The real tokenizers (SmolLM2, Qwen2.5 byte-level; Gemma-3 `▁`-marked): spelling, exact alignment, DTW."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Columnar reading of a store shard into `TopKRecord`s, without a Python object per token.
 
-`TopKStore.read_shard` goes through `Table.to_pylist()`, which builds a Python float for every top-k entry: for
-a shard of real conversations that costs more than aligning them. This reader slices the flattened Arrow
+`TopKStore.read_shard` goes through `Table.to_pylist()`, which builds a Python float for every top-k entry:
+for a shard of real conversations that costs more than aligning them. This reader slices the flattened Arrow
 columns with numpy instead (same records, tested equal to `read_shard`). It stays local to the alignment and
 fusion stages; store.py is shared code.
 """
