@@ -75,9 +75,7 @@ def fingerprint(obj: Any) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def read_manifest(
-    directory: str | os.PathLike, stage: str | None = None, require_complete: bool = True
-) -> dict:
+def read_manifest(directory: str | os.PathLike, stage: str | None = None, require_complete: bool = True) -> dict:
     """Read a stage directory's manifest, checking its stage name and that it is complete."""
     directory = Path(directory)
     path = directory / MANIFEST
@@ -92,9 +90,7 @@ def read_manifest(
             f"{directory}: holds a '{manifest.get('stage')}' output, expected '{stage}'; check the path"
         )
     if require_complete and manifest.get("complete") is not True:
-        raise FusechatError(
-            f"{directory}: the '{manifest.get('stage')}' stage did not finish; rerun it to resume"
-        )
+        raise FusechatError(f"{directory}: the '{manifest.get('stage')}' stage did not finish; rerun it to resume")
     return manifest
 
 
@@ -116,9 +112,7 @@ def prepare_output_dir(directory: str | os.PathLike, stage: str) -> Path:
         if manifest_path.is_file():
             owner = json.loads(manifest_path.read_text()).get("stage")
             if owner != stage:
-                raise FusechatError(
-                    f"{directory}: holds a '{owner}' output, not '{stage}'; choose another --out"
-                )
+                raise FusechatError(f"{directory}: holds a '{owner}' output, not '{stage}'; choose another --out")
         elif others:
             raise FusechatError(
                 f"{directory}: exists, is not empty and is not a fusechat '{stage}' output; "
@@ -137,9 +131,7 @@ def locked(directory: str | os.PathLike, shared: bool = False) -> Iterator[None]
         try:
             fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise FusechatError(
-                f"{directory}: another fusechat run is writing here; wait for it or stop it"
-            ) from None
+            raise FusechatError(f"{directory}: another fusechat run is writing here; wait for it or stop it") from None
         yield
     finally:
         os.close(fd)

@@ -42,9 +42,7 @@ def check_model_dir(path: Path, allow_pickle: bool = False) -> None:
     if not (path / "config.json").is_file():
         raise FusechatError(f"{path}: no config.json; is this a Hugging Face model directory?")
     safetensors = list(path.glob("*.safetensors"))
-    pickled = [
-        p for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES and not p.name.startswith("training_args")
-    ]
+    pickled = [p for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES and not p.name.startswith("training_args")]
     if not safetensors and pickled and not allow_pickle:
         raise FusechatError(
             f"{path}: weights are pickled ({pickled[0].name}); loading a pickle can run arbitrary code. "
@@ -68,9 +66,7 @@ def load_tokenizer(spec: str | os.PathLike, trust_remote_code: bool = False) -> 
     except (OSError, ValueError) as e:
         raise FusechatError(f"{path}: cannot load its tokenizer ({e})") from None
     if not getattr(tok, "is_fast", False):
-        raise FusechatError(
-            f"{path}: fusechat needs a fast (Rust) tokenizer with offsets; add a tokenizer.json"
-        )
+        raise FusechatError(f"{path}: fusechat needs a fast (Rust) tokenizer with offsets; add a tokenizer.json")
     return tok
 
 

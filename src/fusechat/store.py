@@ -85,9 +85,7 @@ def _fixed(values: np.ndarray, width: int, value_type: pa.DataType) -> pa.Array:
 class ShardWriter:
     """Writes one shard: rows are buffered into row groups, the file is renamed into place on `close()`."""
 
-    def __init__(
-        self, store_dir: str | os.PathLike, index: int, n_shards: int, k: int, extra: pa.Schema | None = None
-    ):
+    def __init__(self, store_dir: str | os.PathLike, index: int, n_shards: int, k: int, extra: pa.Schema | None = None):
         self.store_dir, self.index, self.n_shards, self.k = Path(store_dir), index, n_shards, k
         self.schema = base_schema(k)
         for f in extra or []:
@@ -132,15 +130,11 @@ class ShardWriter:
 
         cols: dict[str, pa.Array] = {
             "id": pa.array([r.id for r in rows], pa.string()),
-            "input_ids": lists(
-                [r.input_ids.astype(np.int32) for r in rows], lambda v: pa.array(v, pa.int32())
-            ),
+            "input_ids": lists([r.input_ids.astype(np.int32) for r in rows], lambda v: pa.array(v, pa.int32())),
             "offsets": lists(
                 [r.offsets.astype(np.int32).reshape(-1, 2) for r in rows], lambda v: _fixed(v, 2, pa.int32())
             ),
-            "positions": lists(
-                [r.positions.astype(np.int32) for r in rows], lambda v: pa.array(v, pa.int32())
-            ),
+            "positions": lists([r.positions.astype(np.int32) for r in rows], lambda v: pa.array(v, pa.int32())),
             "topk_ids": lists(
                 [r.topk_ids.astype(np.int32).reshape(-1, k) for r in rows], lambda v: _fixed(v, k, pa.int32())
             ),
@@ -162,9 +156,7 @@ class ShardWriter:
                 cols[f.name] = pa.array([np.asarray(v).tolist() for v in values], f.type)
             else:
                 cols[f.name] = pa.array(values, f.type)
-        self._writer.write_table(
-            pa.Table.from_arrays([cols[f.name] for f in self.schema], schema=self.schema)
-        )
+        self._writer.write_table(pa.Table.from_arrays([cols[f.name] for f in self.schema], schema=self.schema))
         self._rows = []
 
     def close(self) -> dict:
@@ -252,9 +244,7 @@ class TopKStore:
         self.dir = Path(directory)
         self.manifest = read_manifest(self.dir, stage=stage)
         if self.manifest.get("format") != FORMAT:
-            raise FusechatError(
-                f"{self.dir}: not a fusechat top-k store (format {self.manifest.get('format')!r})"
-            )
+            raise FusechatError(f"{self.dir}: not a fusechat top-k store (format {self.manifest.get('format')!r})")
         if self.manifest.get("format_version", 0) > FORMAT_VERSION:
             raise FusechatError(
                 f"{self.dir}: store format version {self.manifest['format_version']} is newer than this fusechat "

@@ -30,10 +30,7 @@ def conversations_schema() -> pa.Schema:
         [
             ("id", pa.string()),  # stable id (from the record, else derived from its content)
             ("text", pa.string()),  # the conversation rendered with the pivot's chat template
-            (
-                "spans",
-                pa.list_(pa.list_(pa.int32(), 2)),
-            ),  # character [start, end) of supervised assistant text
+            ("spans", pa.list_(pa.list_(pa.int32(), 2))),  # character [start, end) of supervised assistant text
             ("messages", pa.string()),  # JSON list of {role, content} as normalised (for generation and eval)
             ("source", pa.string()),  # input file name
             ("record", pa.int64()),  # record number in that file (0-based)
@@ -78,9 +75,7 @@ class Conversations:
         self.dir = Path(directory)
         self.manifest = read_manifest(self.dir, stage=STAGE)
         if self.manifest.get("format_version", 0) > FORMAT_VERSION:
-            raise FusechatError(
-                f"{self.dir}: conversations format is newer than this fusechat reads; upgrade"
-            )
+            raise FusechatError(f"{self.dir}: conversations format is newer than this fusechat reads; upgrade")
         path = self.dir / FILE
         try:
             table = pq.read_table(path)
