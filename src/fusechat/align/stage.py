@@ -20,6 +20,15 @@ import pyarrow as pa
 
 from fusechat.align import dtw as dtw_mod
 from fusechat.align import maps
+from fusechat.align.inputs import (
+    MAP_FILE,
+    check_pair,
+    check_row_ids,
+    conversation_texts,
+    load_store_tokenizer,
+    open_teacher_store,
+    up_to_date,
+)
 from fusechat.align.project import project
 from fusechat.align.records import read_records
 from fusechat.align.sequence import (
@@ -32,13 +41,11 @@ from fusechat.align.sequence import (
 from fusechat.align.vocab import Vocab, vocab_bytes
 from fusechat.errors import FusechatError
 from fusechat.manifest import (
-    MANIFEST,
     atomic_write_bytes,
     atomic_write_json,
     fingerprint,
     locked,
     prepare_output_dir,
-    read_manifest,
     write_manifest,
 )
 from fusechat.store import ShardWriter, TopKRecord, TopKStore, finalize, shard_done, shard_name
@@ -46,87 +53,9 @@ from fusechat.store import ShardWriter, TopKRecord, TopKStore, finalize, shard_d
 log = logging.getLogger(__name__)
 
 STAGE = "align"
-TEACH = "teach"
 ALIGNMENTS = ("offsets", "dtw")
-MAP_FILE = "vocab_map.npz"
 VERSION = 1
-
-
-def open_teacher_store(path: str | os.PathLike, role: str) -> TopKStore:
-    """Open a complete teacher store, saying which role (pivot or source) a failure concerns."""
-    try:
-        return TopKStore(path, stage=TEACH)
-    except FusechatError as e:
-        raise FusechatError(f"{role} store: {e}") from None
-
-
-def check_pair(a: TopKStore, b: TopKStore, what: str = "source") -> None:
-    """Fail unless two stores hold the same conversations, shard for shard, with the same k."""
-    names = f"pivot store {a.dir} and {what} store {b.dir}"
-    ma, mb = a.manifest, b.manifest
-    if ma.get("conversations_fingerprint") != mb.get("conversations_fingerprint"):
-        raise FusechatError(
-            f"{names} were made from different conversations (fingerprints "
-            f"{ma.get('conversations_fingerprint')} "
-            f"and {mb.get('conversations_fingerprint')}); run both teacher passes on the same conversations"
-        )
-    if a.k != b.k:
-        raise FusechatError(
-            f"{names} keep different top-k ({a.k} and {b.k}); rerun one teacher pass with --top-k"
-        )
-    rows_a = [s["rows"] for s in ma["shards"]]
-    rows_b = [s["rows"] for s in mb["shards"]]
-    if rows_a != rows_b:
-        raise FusechatError(
-            f"{names} are sharded differently ({len(rows_a)} shards of {rows_a[:4]}... rows and "
-            f"{len(rows_b)} of "
-            f"{rows_b[:4]}...); rerun the teacher passes with the same --shards"
-        )
-
-
-def check_row_ids(names: str, shard: int, ids_a: list[str], ids_b: list[str]) -> None:
-    if ids_a != ids_b:
-        bad = next(i for i, (x, y) in enumerate(zip(ids_a, ids_b, strict=True)) if x != y)
-        raise FusechatError(
-            f"{names}: shard {shard} row {bad} holds conversation {ids_a[bad]} in one and {ids_b[bad]} "
-            "in the other; the stores are not in the same order, rerun the teacher passes from the same "
-            "conversations"
-        )
-
-
-def conversation_texts(store: TopKStore) -> dict[str, str]:
-    """The rendered texts by id, when the store's conversations directory is still there and unchanged."""
-    from fusechat.data.conversations import Conversations
-
-    path = store.manifest.get("conversations")
-    try:
-        conv = Conversations(path) if path else None
-    except FusechatError:
-        conv = None
-    if conv is None or conv.fingerprint != store.manifest.get("conversations_fingerprint"):
-        log.warning(
-            "%s: its conversations are not readable; texts are checked by supervised bytes only", store.dir
-        )
-        return {}
-    return dict(zip(conv.ids, conv.texts, strict=True))
-
-
-def load_store_tokenizer(store: TopKStore, role: str) -> Any:
-    """The tokenizer whose ids a store holds, checked against the fingerprint its manifest recorded."""
-    from fusechat.models import load_tokenizer, tokenizer_fingerprint
-
-    spec = store.manifest.get("model_dir") or store.manifest.get("model")
-    if not spec:
-        raise FusechatError(f"{role} store {store.dir}: manifest names no model_dir; rerun its teacher pass")
-    tok = load_tokenizer(spec)
-    want = store.manifest.get("tokenizer_fingerprint")
-    if want and tokenizer_fingerprint(tok) != want:
-        raise FusechatError(
-            f"{role} store {store.dir}: the tokenizer now in {spec} is not the one the store was made with "
-            f"(fingerprint {tokenizer_fingerprint(tok)}, manifest {want}); restore it or rerun the teacher "
-            "pass"
-        )
-    return tok
+DTW_MAX_CELLS = 1 << 27  # 1 GiB of int64 DP table
 
 
 def next_token_match(
@@ -150,6 +79,12 @@ def next_token_match(
     b = [src_strings[i] if 0 <= i < len(src_strings) else "" for i in src.input_ids.tolist()]
     if not a or not b:
         return np.full(len(a), -1, dtype=np.int64)
+    if len(a) * len(b) > DTW_MAX_CELLS:
+        raise FusechatError(
+            f"conversation {piv.id}: DTW over {len(a)} x {len(b)} tokens needs "
+            f"{len(a) * len(b) * 8 >> 20} MiB "
+            "for its cost table; use --alignment offsets (exact, linear) for conversations this long"
+        )
     return dtw_mod.next_token_match(dtw_mod.dtw_path(a, b), len(a))
 
 
@@ -243,21 +178,6 @@ def align_record(piv: TopKRecord, src: TopKRecord, match: np.ndarray, vmap: np.n
         extra={"covered": cov},
     )
     return rec, {"positions": p, "covered": int(cov.sum()), "mass_topk": mass_topk, "mass_kept": mass_kept}
-
-
-def up_to_date(out: Path, stage: str, fp: str) -> bool:
-    """True if `out` holds a complete output of these inputs; if it holds another one, clear its shards."""
-    if not (out / MANIFEST).is_file():
-        return False
-    old = read_manifest(out, stage=stage, require_complete=False)
-    if old.get("fingerprint") == fp:
-        if old.get("complete"):
-            log.info("%s: up to date", out)
-        return bool(old.get("complete"))
-    for f in out.iterdir():
-        if f.name.startswith("shard-") or f.name == MAP_FILE:
-            f.unlink()
-    return False
 
 
 def _stats_path(out: Path, i: int, n: int) -> Path:

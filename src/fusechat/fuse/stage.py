@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from fusechat.align.inputs import check_pair, check_row_ids, open_teacher_store, up_to_date
 from fusechat.align.records import read_records
-from fusechat.align.stage import check_pair, check_row_ids, open_teacher_store, up_to_date
 from fusechat.errors import FusechatError
 from fusechat.fuse import methods
 from fusechat.manifest import fingerprint, locked, prepare_output_dir, write_manifest
@@ -109,7 +109,10 @@ def fuse(
         raise FusechatError("fuse needs at least one aligned store (--aligned)")
     piv = open_teacher_store(pivot_store, "pivot")
     stores = [_open_aligned(a, piv) for a in aligned]
-    names = ["pivot"] + [str((s.manifest.get("source") or {}).get("model") or s.dir) for s in stores]
+    names = ["pivot"]
+    for s in stores:
+        name = str((s.manifest.get("source") or {}).get("model") or s.dir)
+        names.append(name if name not in names else f"{name}#{len(names)}")
     fp = fingerprint(
         {
             "version": VERSION,
