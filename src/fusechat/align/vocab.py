@@ -76,18 +76,16 @@ def _is_byte_level(decoder: Any) -> bool:
     return all(d == s.decode("utf-8") for d, s in zip(decoded, samples, strict=True))
 
 
-def _find_probe(backend: Any, limit: int) -> int | None:
+def _find_probe(backend: Any, limit: int, chunk: int = 512) -> int | None:
     """An id that decodes to one ASCII letter, and twice to two: a neutral left context for decoding."""
-    ids = list(range(min(limit, backend.get_vocab_size(with_added_tokens=True))))
-    singles = backend.decode_batch([[i] for i in ids], skip_special_tokens=False)
-    for i, s in zip(ids, singles, strict=True):
-        if (
-            len(s) == 1
-            and s.isascii()
-            and s.isalpha()
-            and backend.decode([i, i], skip_special_tokens=False) == s * 2
-        ):
-            return i
+    size = min(limit, backend.get_vocab_size(with_added_tokens=True))
+    for lo in range(0, size, chunk):
+        ids = list(range(lo, min(size, lo + chunk)))
+        singles = backend.decode_batch([[i] for i in ids], skip_special_tokens=False)
+        for i, s in zip(ids, singles, strict=True):
+            pair = backend.decode([i, i], skip_special_tokens=False) if len(s) == 1 else ""
+            if s.isascii() and s.isalpha() and pair == s * 2:
+                return i
     return None
 
 
