@@ -218,6 +218,9 @@ def bench_stores(stores: Path, work: Path, teach_times: dict) -> dict:
                 m = TopKStore(dest).manifest
                 row = {
                     "seconds": secs,
+                    "map_build_seconds": m["vocab_map"]["build_seconds"],
+                    "mapped_tokens": m["vocab_map"]["mapped_tokens"],
+                    "source_tokens": m["vocab_map"]["source_tokens"],
                     "conversations_per_s": m["counts"]["conversations"] / secs,
                     "tokens_per_s": m["counts"]["tokens"] / secs,
                     **m["coverage"],

@@ -51,6 +51,9 @@ def test_mined_equals_reference_on_random_vocabularies():
     for _ in range(5):
         s, p = make(40), make(60)
         assert mined_map(s, p, chunk_cells=500).tolist() == mined_map_reference(s, p).tolist()
+    far = vocab([b"xyzxyzq" + bytes([97 + i]) for i in range(10)] + [b"ab", b"\xe6\x97"])
+    s, p = far, make(30)  # most nearest tokens are more than the banded pass's 2 edits away
+    assert mined_map(s, p, chunk_cells=100).tolist() == mined_map_reference(s, p).tolist()
 
 
 def test_stats_prefers_exact_then_most_co_aligned():

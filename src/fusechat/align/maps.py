@@ -54,7 +54,15 @@ def mined_map(source: Vocab, pivot: Vocab, chunk_cells: int = 1 << 24) -> np.nda
     step = max(1, chunk_cells // len(choices))
     for lo in range(0, len(queries), step):
         q = queries[lo : lo + step]
-        dist = process.cdist(q, choices, scorer=Levenshtein.distance, dtype=np.int32, workers=1)
+        # A cheap banded pass settles every query whose nearest token is within `near` edits (past the
+        # cutoff rapidfuzz reports cutoff + 1, so all entries at the minimum are exact); the rest: full pass.
+        near = 2
+        kw = {"scorer": Levenshtein.distance, "dtype": np.int32, "workers": 1}
+        dist = process.cdist(q, choices, score_cutoff=near, **kw)
+        far = dist.min(axis=1) > near
+        if far.any():
+            rest = [s for s, f in zip(q, far.tolist(), strict=True) if f]
+            dist[far] = process.cdist(rest, choices, **kw)
         low = dist.min(axis=1, keepdims=True)
         q_len = np.array([len(s) for s in q], dtype=np.int64)[:, None]
         tie_key = np.where(dist == low, np.abs(q_len - c_len[None, :]), np.iinfo(np.int64).max)

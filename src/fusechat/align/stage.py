@@ -9,9 +9,11 @@ per shard and summed into the manifest. Shard by shard, resumable, nothing half-
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -128,19 +130,22 @@ def build_map(name: str, src_vocab: Vocab, piv_vocab: Vocab, piv_tok: Any, pairs
     return maps.stats_map(src_vocab, piv_vocab, *pairs)
 
 
-def _cached_map(out: Path, meta: dict, build) -> np.ndarray:
+def _cached_map(out: Path, meta: dict, build) -> tuple[np.ndarray, float]:
+    """The map cached in `out` if built from the same inputs, else built and cached; and its build time."""
     path = out / MAP_FILE
     if path.is_file():
         with np.load(path, allow_pickle=False) as f:
-            if json.loads(str(f["meta"])) == meta:
-                return f["ids"]
+            stored = json.loads(str(f["meta"]))
+            if {k: v for k, v in stored.items() if k != "build_seconds"} == meta:
+                return f["ids"], float(stored.get("build_seconds", 0.0))
+    t0 = time.perf_counter()
     ids = build()
-    import io
-
+    seconds = time.perf_counter() - t0
     buf = io.BytesIO()
-    np.savez(buf, ids=ids.astype(np.int32), meta=np.array(json.dumps(meta, sort_keys=True)))
+    body = json.dumps({**meta, "build_seconds": seconds}, sort_keys=True)
+    np.savez(buf, ids=ids.astype(np.int32), meta=np.array(body))
     atomic_write_bytes(path, buf.getvalue())
-    return ids
+    return ids, seconds
 
 
 def align_record(piv: TopKRecord, src: TopKRecord, match: np.ndarray, vmap: np.ndarray, k: int):
@@ -250,7 +255,7 @@ def align(
             pairs = _pairs(piv, src, alignment, ctx, texts) if vocab_map == "stats" else None
             return build_map(vocab_map, src_vocab, piv_vocab, piv_tok, pairs)
 
-        vmap = _cached_map(out, meta, build)
+        vmap, build_seconds = _cached_map(out, meta, build)
         v_src = max(len(src_vocab), int(sm.get("vocab_size") or 0))
         if len(vmap) < v_src:
             vmap = np.concatenate([vmap, np.full(v_src - len(vmap), -1, dtype=vmap.dtype)])
@@ -292,6 +297,7 @@ def align(
             "file": MAP_FILE,
             "source_tokens": int(len(vmap)),
             "mapped_tokens": mapped,
+            "build_seconds": round(build_seconds, 3),
         }
         manifest["coverage"] = {
             **totals,
