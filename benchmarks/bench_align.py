@@ -200,7 +200,7 @@ def bench_maps(real: bool, skip_mined: bool) -> dict:
     return out
 
 
-def bench_stores(stores: Path, work: Path, teach_times: dict) -> dict:
+def bench_stores(stores: Path, work: Path, teach_times: dict, sources=SOURCES, fusion: bool = True) -> dict:
     from fusechat.align.stage import align
     from fusechat.fuse import fuse
     from fusechat.store import TopKStore
@@ -208,7 +208,7 @@ def bench_stores(stores: Path, work: Path, teach_times: dict) -> dict:
     piv = stores / PIVOT
     out = {}
     aligned = []
-    for src in SOURCES:
+    for src in sources:
         for vmap in MAPS:
             for alignment in ("offsets",) if vmap != "exact" else ("offsets", "dtw"):
                 dest = work / f"{src}-{vmap}-{alignment}"
@@ -230,7 +230,7 @@ def bench_stores(stores: Path, work: Path, teach_times: dict) -> dict:
                 out[f"{src}/{vmap}/{alignment}"] = row
                 if vmap == "prefix":
                     aligned.append(dest)
-    for method in ("mince", "avgce", "token-mince"):
+    for method in ("mince", "avgce", "token-mince") if fusion else ():
         t0 = time.perf_counter()
         dest = fuse(piv, aligned, work / f"multi-{method}", method=method)
         secs = time.perf_counter() - t0
@@ -248,6 +248,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--skip-mined", action="store_true")
     ap.add_argument("--only", choices=("dtw", "maps", "stores"))
+    ap.add_argument("--sources", nargs="+", default=list(SOURCES), help="sources for the stores section")
+    ap.add_argument("--no-fusion", action="store_true", help="stores section: align only")
     a = ap.parse_args()
     real = all(installed(m) for m in (PIVOT, *SOURCES))
     results: dict = {"real_models": real}
@@ -263,10 +265,11 @@ def main() -> None:
             times = {
                 ln.split()[0]: float(ln.split()[1]) for ln in a.teach_times.read_text().splitlines() if ln
             }
-        results["stores"] = bench_stores(a.stores, a.work, times)
+        results["stores"] = bench_stores(a.stores, a.work, times, a.sources, not a.no_fusion)
         print(json.dumps({"stores": results["stores"]}, indent=1), flush=True)
     a.work.mkdir(parents=True, exist_ok=True)
-    (a.work / f"results-{a.only or 'all'}.json").write_text(json.dumps(results, indent=1))
+    tag = "-".join([a.only or "all", *(a.sources if a.only == "stores" else [])])
+    (a.work / f"results-{tag}.json").write_text(json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":
