@@ -135,3 +135,12 @@ def test_columnar_reader_equals_the_store_reader(world, tmp_path):
                 assert x.extra.keys() == y.extra.keys()
                 for key in x.extra:
                     assert np.array_equal(np.asarray(x.extra[key]), np.asarray(y.extra[key]))
+
+
+def test_dtw_refuses_a_table_too_large_for_memory(world, tmp_path, monkeypatch):
+    from fusechat.align import stage
+
+    monkeypatch.setattr(stage, "DTW_MAX_CELLS", 100)
+    s = world["stores"]["bytelevel"]
+    with pytest.raises(FusechatError, match="use --alignment offsets"):
+        align(s, world["stores"]["metaspace"], tmp_path / "d", alignment="dtw")
