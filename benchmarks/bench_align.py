@@ -20,6 +20,7 @@ import multiprocessing as mp
 import resource
 import statistics
 import time
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -157,15 +158,23 @@ def _stats_child(src, piv, queue) -> None:
     pv, _ = _load_vocab(piv)
     rng = np.random.default_rng(0)
     n = 2_000_000  # co-aligned pairs as a 100k-conversation corpus would give (a few distinct per token)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    tracemalloc.start()  # numpy and Python allocations of the counting and the map itself
     pairs = np.stack([rng.integers(0, len(sv), n), rng.integers(0, len(pv), n)], axis=1)
     uniq, counts = maps.count_pairs(pairs)
+    del pairs
     t1 = time.perf_counter()
     maps.stats_map(sv, pv, uniq, counts)
+    traced_peak = tracemalloc.get_traced_memory()[1] / 2**20
+    tracemalloc.stop()
     queue.put(
         {
             "stats_map_s": time.perf_counter() - t1,
             "total_s": time.perf_counter() - t0,
             "pairs": int(n),
+            "distinct_pairs": int(len(uniq)),
+            "peak_rss_before_counting_mb": before,
+            "counting_and_map_traced_peak_mb": traced_peak,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         }
     )

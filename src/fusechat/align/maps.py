@@ -91,8 +91,11 @@ def mined_map_reference(source: Vocab, pivot: Vocab) -> np.ndarray:
     return out
 
 
-def stats_map(source: Vocab, pivot: Vocab, pairs: np.ndarray, counts: np.ndarray) -> np.ndarray:
+def stats_map(
+    source: Vocab, pivot: Vocab, pairs: np.ndarray, counts: np.ndarray, chunk: int = 1 << 16
+) -> np.ndarray:
     """(V_s,) int32 from co-alignment counts: `pairs` (m, 2) distinct (source id, pivot id), `counts` (m,)."""
+    from rapidfuzz import process
     from rapidfuzz.distance import Levenshtein
 
     out = exact_map(source, pivot)
@@ -102,11 +105,16 @@ def stats_map(source: Vocab, pivot: Vocab, pairs: np.ndarray, counts: np.ndarray
     if len(pairs) == 0:
         return out
     s_texts, p_texts = source.texts(), pivot.texts()
-    dist = np.fromiter(
-        (Levenshtein.distance(s_texts[s], p_texts[p]) for s, p in pairs.tolist()),
-        dtype=np.float64,
-        count=len(pairs),
-    )
+    dist = np.empty(len(pairs), dtype=np.float64)
+    for lo in range(0, len(pairs), chunk):  # element-wise distances in C++, a chunk of pairs at a time
+        part = pairs[lo : lo + chunk]
+        dist[lo : lo + len(part)] = process.cpdist(
+            [s_texts[i] for i in part[:, 0].tolist()],
+            [p_texts[i] for i in part[:, 1].tolist()],
+            scorer=Levenshtein.distance,
+            dtype=np.int32,
+            workers=1,
+        )
     with np.errstate(divide="ignore"):
         score = np.log(dist) - np.logaddexp(0.0, counts)  # log(edit distance x sigmoid(-count)), no underflow
     order = np.lexsort((pairs[:, 1], -counts, score, pairs[:, 0]))
@@ -154,6 +162,8 @@ def count_pairs(pairs: np.ndarray, weights: np.ndarray | None = None) -> tuple[n
     pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
     if len(pairs) == 0:
         return pairs, np.zeros(0, dtype=np.int64)
-    uniq, inverse = np.unique(pairs, axis=0, return_inverse=True)
+    width = int(pairs[:, 1].max()) + 1  # one int64 key per pair: no (m, 2) row sort
+    keys, inverse = np.unique(pairs[:, 0] * width + pairs[:, 1], return_inverse=True)
     w = np.ones(len(pairs), dtype=np.int64) if weights is None else np.asarray(weights, dtype=np.int64)
-    return uniq, np.bincount(inverse.reshape(-1), weights=w, minlength=len(uniq)).astype(np.int64)
+    sums = np.bincount(inverse.reshape(-1), weights=w, minlength=len(keys)).astype(np.int64)
+    return np.stack([keys // width, keys % width], axis=1), sums
