@@ -22,6 +22,7 @@ COMMANDS = (
     "fusechat.teacher.command",
     "fusechat.verify",
     "fusechat.run_command",
+    "fusechat.align.command",
 )
 
 
