@@ -1,0 +1,86 @@
+"""Task arithmetic and its sparsified, sign-elected variants (TIES, DARE) as one computation.
+
+All of them add a combination of task vectors δᵢ = xᵢ − base to the base; they differ only in how each δᵢ is
+sparsified, whether a majority sign is elected per entry, and whether the sum is normalised by the weights
+(see docs/merging.md for the table). One function with those switches keeps the shared arithmetic in one place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from enum import StrEnum
+
+import torch
+
+from fusechat.merge.methods.sparsify import magnitude_prune_, random_prune_
+
+
+class Sparsify(StrEnum):
+    NONE = "none"
+    MAGNITUDE = "magnitude"  # TIES: keep the largest |δ|
+    RANDOM = "random"  # DARE: keep a random subset
+
+
+def task_arithmetic(
+    base: torch.Tensor,
+    tensors: Sequence[torch.Tensor],
+    weights: Sequence[float],
+    *,
+    densities: Sequence[float] | None = None,
+    sparsify: Sparsify = Sparsify.NONE,
+    sign_election: bool = False,
+    normalize: bool = False,
+    rescale: bool = False,
+    lambda_: float = 1.0,
+    generators: Sequence[torch.Generator] | None = None,
+) -> torch.Tensor:
+    """base + λ · combine(wᵢ · sparsify(xᵢ − base)).
+
+    base: (...) float; tensors: n of (...); weights, densities: n floats; generators: n, for random sparsify.
+    With `sign_election`, an entry of wᵢδᵢ is kept only where its sign matches sign(Σⱼ wⱼδⱼ) (a zero sum counts
+    as +, zero entries never match), and the divisor is the sum of the kept weights (0 → 1); without it, the
+    sum of all weights (|Σ| < 1e-8 → 1). The sum is divided by the divisor only when `normalize`.
+    Returns (...) in base's dtype. Inputs are not modified.
+    """
+    n = len(tensors)
+    if len(weights) != n:
+        raise ValueError(f"{n} tensors but {len(weights)} weights")
+    densities = list(densities) if densities is not None else [1.0] * n
+    deltas = []
+    for i, x in enumerate(tensors):
+        delta = x - base
+        if sparsify is Sparsify.MAGNITUDE:
+            magnitude_prune_(delta, densities[i], rescale=rescale)
+        elif sparsify is Sparsify.RANDOM:
+            if generators is None:
+                raise ValueError("random sparsification needs one generator per tensor")
+            random_prune_(delta, densities[i], generators[i], rescale=rescale)
+        delta.mul_(float(weights[i]))
+        deltas.append(delta)
+
+    if sign_election:
+        total = deltas[0].clone()
+        for delta in deltas[1:]:
+            total.add_(delta)
+        positive = total >= 0
+        del total
+        mixed = torch.zeros_like(base)
+        divisor = torch.zeros_like(base) if normalize else None
+        for delta, w in zip(deltas, weights, strict=True):
+            keep = torch.where(positive, delta > 0, delta < 0)
+            mixed.add_(delta.mul_(keep))
+            if divisor is not None:
+                divisor.add_(keep.to(divisor.dtype), alpha=float(w))
+        if divisor is not None:
+            divisor.masked_fill_(divisor == 0, 1.0)
+            mixed.div_(divisor)
+    else:
+        mixed = deltas[0]
+        for delta in deltas[1:]:
+            mixed.add_(delta)
+        if normalize:
+            total = float(sum(weights))
+            mixed.div_(total if abs(total) >= 1e-8 else 1.0)
+    if lambda_ != 1:
+        mixed.mul_(lambda_)
+    return mixed.add_(base)
