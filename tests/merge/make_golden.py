@@ -102,6 +102,14 @@ CASES: dict[str, dict] = {
     "sce_all": {"merge_method": "sce", "base_model": BASE, "models": [{"model": A}, {"model": B}]},
 }
 
+# mergekit does these in bf16 arithmetic (`dtype: bfloat16`); fusechat matches them only with
+# mergekit_arithmetic=True and is closer to the exact result by default (tests/merge/test_dtypes.py).
+BF16_CASES: dict[str, dict] = {
+    "ties_bf16": {**CASES["ties"], "dtype": "bfloat16"},
+    "task_arithmetic_bf16": {**CASES["task_arithmetic"], "dtype": "bfloat16"},
+    "sce_bf16": {**CASES["sce"], "dtype": "bfloat16"},
+}
+
 
 def substitute(obj, mapping: dict[str, str]):
     if isinstance(obj, dict):
@@ -121,7 +129,7 @@ def main() -> None:
     (GOLDEN / "configs").mkdir(parents=True)
     base, a, b = make_family(GOLDEN / "inputs", seed=1234)
     mapping = {BASE: str(base), A: str(a), B: str(b)}
-    for name, case in CASES.items():
+    for name, case in {**CASES, **BF16_CASES}.items():
         (GOLDEN / "configs" / f"{name}.yml").write_text(yaml.safe_dump(case, sort_keys=False))
         with tempfile.TemporaryDirectory() as tmp:
             cfg = Path(tmp) / "config.yml"
