@@ -15,7 +15,12 @@ from safetensors.torch import save_file
 
 
 def llama_config(
-    hidden: int = 16, intermediate: int = 32, layers: int = 3, vocab: int = 64, heads: int = 2, kv_heads: int = 1,
+    hidden: int = 16,
+    intermediate: int = 32,
+    layers: int = 3,
+    vocab: int = 64,
+    heads: int = 2,
+    kv_heads: int = 1,
     tie: bool = False,
 ) -> dict:
     return {
@@ -40,7 +45,9 @@ def tensor_shapes(config: dict) -> dict[str, tuple[int, ...]]:
     """Names and shapes of a config's weights, from transformers, without allocating them."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    cfg = LlamaConfig(**{k: v for k, v in config.items() if k not in ("architectures", "model_type", "dtype")})
+    cfg = LlamaConfig(
+        **{k: v for k, v in config.items() if k not in ("architectures", "model_type", "dtype")}
+    )
     with torch.device("meta"):
         model = LlamaForCausalLM(cfg)
     shapes = {n: tuple(p.shape) for n, p in model.state_dict().items()}
@@ -49,7 +56,9 @@ def tensor_shapes(config: dict) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def write_checkpoint(directory: Path, config: dict, tensors: dict[str, torch.Tensor], shards: int = 1) -> Path:
+def write_checkpoint(
+    directory: Path, config: dict, tensors: dict[str, torch.Tensor], shards: int = 1
+) -> Path:
     """Write config.json and the tensors as `shards` safetensors files (with an index when more than one)."""
     directory.mkdir(parents=True, exist_ok=True)
     dtype = next(iter(tensors.values())).dtype
@@ -65,7 +74,9 @@ def write_checkpoint(directory: Path, config: dict, tensors: dict[str, torch.Ten
         fname = f"model-{s + 1:05d}-of-{shards:05d}.safetensors"
         save_file({n: tensors[n].contiguous() for n in part}, str(directory / fname))
         weight_map.update({n: fname for n in part})
-    (directory / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    (directory / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {}, "weight_map": weight_map})
+    )
     return directory
 
 
@@ -82,7 +93,7 @@ def base_tensors(config: dict, seed: int) -> dict[str, torch.Tensor]:
 def target_tensors(
     base: dict[str, torch.Tensor], seed: int, scale: float, unchanged: tuple[str, ...] = ()
 ) -> dict[str, torch.Tensor]:
-    """base + deltas of per-tensor random size around `scale`; tensors containing a name in `unchanged` stay equal."""
+    """base + deltas of per-tensor random size around `scale`; names containing an `unchanged` entry stay."""
     g = torch.Generator().manual_seed(seed)
     out = {}
     for name, t in base.items():
@@ -102,7 +113,7 @@ def make_family(
     shards: tuple[int, int, int] = (1, 1, 1),
     unchanged: tuple[str, ...] = ("layers.0.input_layernorm",),
 ) -> tuple[Path, Path, Path]:
-    """A base ("pivot") and two targets fine-tuned from it, written under `root`; returns their directories."""
+    """A base ("pivot") and two targets fine-tuned from it, written under `root`; returns the directories."""
     config = config or llama_config()
     base = base_tensors(config, seed)
     a = target_tensors(base, seed + 1, 0.02, unchanged)

@@ -49,10 +49,18 @@ CASES: dict[str, dict] = {
         "models": [{"model": A, "parameters": {"weight": 0.3}}, {"model": B, "parameters": {"weight": 0.2}}],
         "parameters": {"normalize": False},
     },
-    "slerp": {"merge_method": "slerp", "base_model": BASE, "models": [{"model": BASE}, {"model": B}],
-              "parameters": {"t": 0.3}},
-    "slerp_gradient": {"merge_method": "slerp", "base_model": BASE, "models": [{"model": BASE}, {"model": A}],
-                       "parameters": {"t": SLERP_T}},
+    "slerp": {
+        "merge_method": "slerp",
+        "base_model": BASE,
+        "models": [{"model": BASE}, {"model": B}],
+        "parameters": {"t": 0.3},
+    },
+    "slerp_gradient": {
+        "merge_method": "slerp",
+        "base_model": BASE,
+        "models": [{"model": BASE}, {"model": A}],
+        "parameters": {"t": SLERP_T},
+    },
     "task_arithmetic": {
         "merge_method": "task_arithmetic",
         "base_model": BASE,
@@ -97,8 +105,12 @@ CASES: dict[str, dict] = {
             {"model": B, "parameters": {"weight": 0.5, "density": 1.0}},
         ],
     },
-    "sce": {"merge_method": "sce", "base_model": BASE, "models": [{"model": A}, {"model": B}],
-            "parameters": {"select_topk": 0.1}},
+    "sce": {
+        "merge_method": "sce",
+        "base_model": BASE,
+        "models": [{"model": A}, {"model": B}],
+        "parameters": {"select_topk": 0.1},
+    },
     "sce_all": {"merge_method": "sce", "base_model": BASE, "models": [{"model": A}, {"model": B}]},
 }
 
@@ -123,7 +135,9 @@ def main() -> None:
     venv = Path(os.environ.get("MERGEKIT_VENV", "/work/venv-mergekit"))
     mergekit = venv / "bin" / "mergekit-yaml"
     if not mergekit.exists():
-        sys.exit(f"{mergekit} not found; install mergekit==0.1.5 in a separate venv (see this file's docstring)")
+        sys.exit(
+            f"{mergekit} not found; install mergekit==0.1.5 in a separate venv (see this file's docstring)"
+        )
     if GOLDEN.exists():
         shutil.rmtree(GOLDEN)
     (GOLDEN / "configs").mkdir(parents=True)
@@ -135,8 +149,16 @@ def main() -> None:
             cfg = Path(tmp) / "config.yml"
             cfg.write_text(yaml.safe_dump(substitute(case, mapping), sort_keys=False))
             out = Path(tmp) / "out"
-            cmd = [str(mergekit), str(cfg), str(out), "--no-copy-tokenizer", "--no-write-model-card", "--quiet",
-                   "--random-seed", "0"]
+            cmd = [
+                str(mergekit),
+                str(cfg),
+                str(out),
+                "--no-copy-tokenizer",
+                "--no-write-model-card",
+                "--quiet",
+                "--random-seed",
+                "0",
+            ]
             subprocess.run(cmd, check=True)
             tensors = {}
             for f in sorted(out.glob("*.safetensors")):

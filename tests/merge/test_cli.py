@@ -13,12 +13,16 @@ from tests.merge.checkpoints import make_family
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 # cli.main with only this stage's command registered: the other stages' command modules live on other branches
-ENTRY = "import sys; from fusechat import cli; cli.COMMANDS = ('fusechat.merge.command',); sys.exit(cli.main())"
+ENTRY = (
+    "import sys; from fusechat import cli; cli.COMMANDS = ('fusechat.merge.command',); sys.exit(cli.main())"
+)
 
 
 def fusechat(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-c", ENTRY, *args], capture_output=True, text=True, env=env, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-c", ENTRY, *args], capture_output=True, text=True, env=env, timeout=300
+    )
 
 
 def test_cli_merge_explain_and_errors(tmp_path):
@@ -46,8 +50,15 @@ def test_cli_merge_explain_and_errors(tmp_path):
     assert again.stderr.strip().count("\n") == 0 and "already exists" in again.stderr
 
     bad = tmp_path / "bad.yml"
-    bad.write_text(yaml.safe_dump({"merge_method": "ties", "base_model": str(base),
-                                   "models": [{"model": str(a), "parameters": {"weight": 1, "density": 2}}]}))
+    bad.write_text(
+        yaml.safe_dump(
+            {
+                "merge_method": "ties",
+                "base_model": str(base),
+                "models": [{"model": str(a), "parameters": {"weight": 1, "density": 2}}],
+            }
+        )
+    )
     failed = fusechat("merge", str(bad), str(tmp_path / "out2"))
     assert failed.returncode == 2
     assert "models[0].parameters.density: must be in (0, 1], got 2" in failed.stderr

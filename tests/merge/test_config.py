@@ -22,7 +22,10 @@ def test_gradients_filters_and_precedence():
             "merge_method": "ties",
             "base_model": "P",
             "models": [
-                {"model": "A", "parameters": {"weight": 1, "density": [{"filter": "mlp", "value": [0.2, 0.6]}]}},
+                {
+                    "model": "A",
+                    "parameters": {"weight": 1, "density": [{"filter": "mlp", "value": [0.2, 0.6]}]},
+                },
                 {"model": "B", "parameters": {"weight": 2}},
             ],
             "parameters": {"density": 0.9, "lambda": [1.0, 2.0, 3.0]},
@@ -45,7 +48,10 @@ def test_gradients_filters_and_precedence():
         ({"merge_methd": "ties"}, "merge_methd: unknown key"),
         ({"parameters": {"densty": 0.5}}, "parameters.densty: ties has no parameter 'densty'"),
         ({"parameters": {"normalize": "yes"}}, "parameters.normalize: expected bool"),
-        ({"parameters": {"lambda": [{"filter": 3, "value": 1}]}}, r"parameters.lambda\[0\].filter: must be a string"),
+        (
+            {"parameters": {"lambda": [{"filter": 3, "value": 1}]}},
+            r"parameters.lambda\[0\].filter: must be a string",
+        ),
         ({"dtype": "bf17"}, "dtype: unknown dtype 'bf17'"),
         ({"base_model": None}, "base_model: ties needs a base model"),
         ({"models": [{"model": "A"}]}, r"models\[0\].parameters.weight: ties needs a 'weight'"),
@@ -59,24 +65,56 @@ def test_refusals_name_the_key(kw, message):
 
 
 def test_method_specific_refusals():
-    with pytest.raises(FusechatError, match="task_arithmetic has no parameter 'density'.*ignores it silently"):
-        load_config({"merge_method": "task_arithmetic", "base_model": "P",
-                     "models": [{"model": "A", "parameters": {"weight": 1, "density": 0.5}}]})
+    with pytest.raises(
+        FusechatError, match="task_arithmetic has no parameter 'density'.*ignores it silently"
+    ):
+        load_config(
+            {
+                "merge_method": "task_arithmetic",
+                "base_model": "P",
+                "models": [{"model": "A", "parameters": {"weight": 1, "density": 0.5}}],
+            }
+        )
     with pytest.raises(FusechatError, match="slerp takes exactly 1 model"):
-        load_config({"merge_method": "slerp", "base_model": "P", "models": [{"model": "A"}, {"model": "B"}],
-                     "parameters": {"t": 0.5}})
+        load_config(
+            {
+                "merge_method": "slerp",
+                "base_model": "P",
+                "models": [{"model": "A"}, {"model": "B"}],
+                "parameters": {"t": 0.5},
+            }
+        )
     with pytest.raises(FusechatError, match="parameters.t: required by slerp"):
         load_config({"merge_method": "slerp", "base_model": "P", "models": [{"model": "A"}]})
     with pytest.raises(FusechatError, match="parameters.granularity: must be one of"):
-        load_config({"merge_method": "varm", "base_model": "P", "models": [{"model": "A"}],
-                     "parameters": {"granularity": "row"}})
-    with pytest.raises(FusechatError, match=r"models\[0\].parameters.normalize: 'normalize' applies to the whole"):
-        load_config({"merge_method": "linear", "models": [{"model": "A", "parameters": {"weight": 1,
-                                                                                        "normalize": False}}]})
+        load_config(
+            {
+                "merge_method": "varm",
+                "base_model": "P",
+                "models": [{"model": "A"}],
+                "parameters": {"granularity": "row"},
+            }
+        )
+    with pytest.raises(
+        FusechatError, match=r"models\[0\].parameters.normalize: 'normalize' applies to the whole"
+    ):
+        load_config(
+            {
+                "merge_method": "linear",
+                "models": [{"model": "A", "parameters": {"weight": 1, "normalize": False}}],
+            }
+        )
 
 
 def test_fusechat_sce_config_loads():
     """The follow-up's SCE config shape (select_topk on top) runs unchanged."""
-    c = load_config({"merge_method": "sce", "base_model": "P", "models": [{"model": "A"}, {"model": "B"}],
-                     "parameters": {"select_topk": 0.1}, "dtype": "bfloat16"})
+    c = load_config(
+        {
+            "merge_method": "sce",
+            "base_model": "P",
+            "models": [{"model": "A"}, {"model": "B"}],
+            "parameters": {"select_topk": 0.1},
+            "dtype": "bfloat16",
+        }
+    )
     assert [m.model for m in c.merged_models()] == ["A", "B"] and c.dtype == "bfloat16"

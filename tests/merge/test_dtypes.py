@@ -1,8 +1,6 @@
-"""bf16: fusechat computes in fp32 and casts once at the end; mergekit's bf16 arithmetic is available on request."""
+"""bf16: fusechat computes in fp32 and casts once at the end; mergekit's bf16 arithmetic on request."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import pytest
 import torch
@@ -26,8 +24,13 @@ def exact(case: str) -> dict[str, torch.Tensor]:
     for name in base:
         if case.startswith("ties"):
             out[name] = task_arithmetic(
-                base[name], [a[name], b[name]], [0.25, 0.5], densities=[0.5, 0.5],
-                sparsify=Sparsify.MAGNITUDE, sign_election=True, normalize=True,
+                base[name],
+                [a[name], b[name]],
+                [0.25, 0.5],
+                densities=[0.5, 0.5],
+                sparsify=Sparsify.MAGNITUDE,
+                sign_election=True,
+                normalize=True,
             )
         elif case.startswith("task_arithmetic"):
             out[name] = task_arithmetic(base[name], [a[name], b[name]], [0.25, 0.5])
@@ -67,7 +70,9 @@ def test_fp32_arithmetic_is_closer_to_exact_than_mergekit(case, tmp_path):
     reference = exact(case)
     base = {k: v.to(torch.bfloat16).double() for k, v in load_dir(GOLDEN / "inputs" / "base").items()}
     for n in reference:  # fp32 arithmetic, one rounding at the end: within one bf16 rounding of exact
-        torch.testing.assert_close(ours[n].double(), reference[n].to(torch.bfloat16).double(), atol=2e-2, rtol=1e-2)
+        torch.testing.assert_close(
+            ours[n].double(), reference[n].to(torch.bfloat16).double(), atol=2e-2, rtol=1e-2
+        )
     assert delta_error(ours, reference, base) < delta_error(golden, reference, base)
 
 
@@ -76,7 +81,9 @@ def test_out_dtype_and_bf16_inputs(tmp_path):
 
     base, a, b = make_family(tmp_path / "in", seed=3, dtype=torch.bfloat16)
     config = {
-        "merge_method": "ties", "base_model": str(base), "out_dtype": "float32",
+        "merge_method": "ties",
+        "base_model": str(base),
+        "out_dtype": "float32",
         "models": [{"model": str(m), "parameters": {"weight": 0.5, "density": 0.5}} for m in (a, b)],
     }
     out = load_dir(merge(config, tmp_path / "out"))

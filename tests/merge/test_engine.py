@@ -30,8 +30,14 @@ def whole_model_ties(base, a, b, sparsify=Sparsify.MAGNITUDE, seed=0):
     for name in tb:
         gens = [tensor_generator(seed, name, i) for i in range(2)] if sparsify is Sparsify.RANDOM else None
         out[name] = task_arithmetic(
-            tb[name], [ta[name], tt[name]], [0.6, 0.4], densities=[0.5, 0.7], sparsify=sparsify,
-            sign_election=True, normalize=sparsify is Sparsify.MAGNITUDE, rescale=sparsify is Sparsify.RANDOM,
+            tb[name],
+            [ta[name], tt[name]],
+            [0.6, 0.4],
+            densities=[0.5, 0.7],
+            sparsify=sparsify,
+            sign_election=True,
+            normalize=sparsify is Sparsify.MAGNITUDE,
+            rescale=sparsify is Sparsify.RANDOM,
             generators=gens,
         )
     return out
@@ -64,7 +70,13 @@ def test_output_loads_in_transformers_with_files_and_card(tmp_path):
     (base / "tokenizer.json").write_text("{}")
     (base / "chat_template.jinja").write_text("{{ messages }}")
     out = merge(simple_config("varm", base, [a, b], dtype="bfloat16"), tmp_path / "out")
-    for f in ("generation_config.json", "tokenizer.json", "chat_template.jinja", "README.md", "manifest.json"):
+    for f in (
+        "generation_config.json",
+        "tokenizer.json",
+        "chat_template.jinja",
+        "README.md",
+        "manifest.json",
+    ):
         assert (out / f).is_file(), f
     assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
     card = (out / "README.md").read_text()
@@ -107,13 +119,15 @@ def test_dare_statistics():
     g = tensor_generator(0, "w", 0)
     base = torch.zeros(200_000)
     x = torch.randn(200_000, generator=torch.Generator().manual_seed(1))
-    out = task_arithmetic(base, [x], [1.0], densities=[0.3], sparsify=Sparsify.RANDOM, rescale=True, generators=[g])
+    out = task_arithmetic(
+        base, [x], [1.0], densities=[0.3], sparsify=Sparsify.RANDOM, rescale=True, generators=[g]
+    )
     kept = float((out != 0).float().mean())
     assert abs(kept - 0.3) < 0.005
     assert float(out.abs().sum()) == pytest.approx(float(x.abs().sum()), rel=1e-5)  # L1 preserved
 
 
-# ---- bad input: one clear error, nothing written --------------------------------------------------------------
+# ---- bad input: one clear error, nothing written ----
 
 
 def assert_refused(tmp_path, config, match, **kw):
@@ -126,16 +140,22 @@ def assert_refused(tmp_path, config, match, **kw):
 def test_refuses_different_architectures(tmp_path):
     base, a, _ = make_family(tmp_path / "in", seed=1)
     cfg = json.loads((a / "config.json").read_text())
-    (a / "config.json").write_text(json.dumps({**cfg, "model_type": "mistral", "architectures": ["MistralForCausalLM"]}))
+    (a / "config.json").write_text(
+        json.dumps({**cfg, "model_type": "mistral", "architectures": ["MistralForCausalLM"]})
+    )
     assert_refused(tmp_path, simple_config("ties", base, [a], weights=[1], densities=[0.5]), "model_type")
 
 
 def test_refuses_different_shapes_and_vocabularies(tmp_path):
     base, _, _ = make_family(tmp_path / "in", seed=1)
     wide, _, _ = make_family(tmp_path / "wide", config=llama_config(intermediate=48), seed=1)
-    assert_refused(tmp_path, simple_config("linear", None, [base, wide], weights=[1, 1]), "differ in architecture")
+    assert_refused(
+        tmp_path, simple_config("linear", None, [base, wide], weights=[1, 1]), "differ in architecture"
+    )
     vocab, _, _ = make_family(tmp_path / "vocab", config=llama_config(vocab=80), seed=1)
-    assert_refused(tmp_path, simple_config("linear", None, [base, vocab], weights=[1, 1]), "vocabularies differ")
+    assert_refused(
+        tmp_path, simple_config("linear", None, [base, vocab], weights=[1, 1]), "vocabularies differ"
+    )
 
 
 def test_refuses_missing_tensor(tmp_path):
@@ -144,7 +164,9 @@ def test_refuses_missing_tensor(tmp_path):
     tensors.pop("model.layers.1.mlp.up_proj.weight")
     (a / "model.safetensors").unlink()
     save_file(tensors, str(a / "model.safetensors"))
-    assert_refused(tmp_path, simple_config("linear", None, [base, a], weights=[1, 1]), "has no tensor model.layers.1.mlp")
+    assert_refused(
+        tmp_path, simple_config("linear", None, [base, a], weights=[1, 1]), "has no tensor model.layers.1.mlp"
+    )
 
 
 def test_refuses_bad_parameters(tmp_path):
@@ -166,7 +188,9 @@ def test_refuses_pickle_unless_allowed(tmp_path):
     assert_refused(tmp_path, cfg, "pickled")
     merged = load(merge(cfg, tmp_path / "out", allow_pickle=True))
     tb = load(base)
-    torch.testing.assert_close(merged["model.norm.weight"], (tb["model.norm.weight"] + tensors["model.norm.weight"]) / 2)
+    torch.testing.assert_close(
+        merged["model.norm.weight"], (tb["model.norm.weight"] + tensors["model.norm.weight"]) / 2
+    )
 
 
 def test_refuses_existing_output_and_skips_a_finished_one(tmp_path):

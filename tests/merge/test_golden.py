@@ -13,7 +13,11 @@ from fusechat.merge import merge
 from tests.merge.make_golden import CASES, substitute
 
 GOLDEN = Path(__file__).parent / "golden"
-INPUTS = {"BASE": str(GOLDEN / "inputs" / "base"), "A": str(GOLDEN / "inputs" / "a"), "B": str(GOLDEN / "inputs" / "b")}
+INPUTS = {
+    "BASE": str(GOLDEN / "inputs" / "base"),
+    "A": str(GOLDEN / "inputs" / "a"),
+    "B": str(GOLDEN / "inputs" / "b"),
+}
 TOLERANCE = {"slerp": 1e-5, "slerp_gradient": 1e-5}
 
 
@@ -34,7 +38,9 @@ def test_equals_mergekit(case, tmp_path):
     tol = TOLERANCE.get(case, 1e-6)
     for name, expected in golden.items():
         assert ours[name].dtype == expected.dtype, name
-        torch.testing.assert_close(ours[name], expected, atol=tol, rtol=tol, msg=lambda m, n=name: f"{n}: {m}")
+        torch.testing.assert_close(
+            ours[name], expected, atol=tol, rtol=tol, msg=lambda m, n=name: f"{n}: {m}"
+        )
 
 
 def test_goldens_are_not_trivial():

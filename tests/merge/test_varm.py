@@ -1,4 +1,4 @@
-"""VaRM against a hand computation of the paper's formula, at every granularity and both variation measures."""
+"""VaRM against a hand computation of the paper's formula, at every granularity and both measures."""
 
 from __future__ import annotations
 

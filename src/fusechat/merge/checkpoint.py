@@ -97,8 +97,8 @@ class Checkpoint:
             raise FusechatError(f"{self.directory}: no weights (*.safetensors) found")
         if not allow_pickle:
             raise FusechatError(
-                f"{self.directory}: weights are pickled ({pickled[0].name}); loading a pickle can run arbitrary "
-                "code. Convert them to safetensors, or pass --allow-pickle if you trust the source"
+                f"{self.directory}: weights are pickled ({pickled[0].name}); loading a pickle can run "
+                "arbitrary code. Convert them to safetensors, or pass --allow-pickle if you trust the source"
             )
         for p in pickled:  # mmap: tensors are paged in when read, not all at once
             state = torch.load(p, map_location="cpu", mmap=True, weights_only=True)
@@ -160,7 +160,7 @@ class OutputTensor:
 
 
 def plan_shards(tensors: Sequence[OutputTensor], max_shard_bytes: int) -> list[list[OutputTensor]]:
-    """Split tensors, in order, into shards of at most `max_shard_bytes` (a bigger tensor gets its own shard)."""
+    """Split tensors, in order, into shards of at most `max_shard_bytes` (a bigger tensor gets its own)."""
     shards: list[list[OutputTensor]] = [[]]
     size = 0
     for t in tensors:

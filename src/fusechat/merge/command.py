@@ -1,4 +1,4 @@
-"""`fusechat merge CONFIG.yml OUT`: merge checkpoints from a mergekit-style YAML config (VaRM and baselines)."""
+"""`fusechat merge CONFIG.yml OUT`: merge checkpoints from a mergekit-style YAML config (VaRM, baselines)."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--mergekit-arithmetic",
         action="store_true",
-        help="compute TIES/DARE/TA/SCE in the config's dtype like mergekit (default: float32, cast at the end)",
+        help="compute TIES/DARE/TA/SCE in the config's dtype like mergekit (default: fp32, cast at the end)",
     )
     p.set_defaults(func=run)
 

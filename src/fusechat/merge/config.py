@@ -119,7 +119,7 @@ class MergeConfig(_Strict):
         return METHODS[self.merge_method]
 
     def merged_models(self) -> list[InputModel]:
-        """The inputs the method combines, in config order: every model but the base (linear: the base too)."""
+        """The inputs the method combines, in config order: all but the base (linear: the base too)."""
         if self.method.base_required:
             return [m for m in self.models if m.model != self.base_model]
         listed = list(self.models)
@@ -176,7 +176,7 @@ def _check_against_method(cfg: MergeConfig, spec: MethodSpec) -> None:
     for p in spec.per_model:
         if p.default is not REQUIRED or p.name in cfg.parameters:
             continue
-        for i, m in enumerate(merged):
+        for m in merged:
             if p.name not in m.parameters:
                 idx = next((j for j, x in enumerate(cfg.models) if x.model == m.model), None)
                 where = f"models[{idx}].parameters.{p.name}" if idx is not None else f"base_model ({m.model})"
@@ -226,7 +226,7 @@ def _format_error(e: ValidationError, source: str) -> FusechatError:
 
 
 def load_config(source: MergeConfig | Mapping[str, Any] | str | os.PathLike) -> MergeConfig:
-    """Validate a config given as an object, a mapping, or a YAML file path; raise FusechatError on any problem."""
+    """Validate a config given as an object, a mapping or a YAML path; raise FusechatError on any problem."""
     if isinstance(source, MergeConfig):
         return source
     label = "config"

@@ -1,10 +1,10 @@
 """The streaming merge: read one tensor from every input, merge it, write it, and move on.
 
-Three stages overlap: a reader thread fetches the next tensor's inputs while the main thread merges the current
-one and a writer thread writes the previous one, so the disk stays busy during compute. Peak memory is a few
-tensors (the largest tensor's inputs in fp32 plus its temporaries), whatever the size of the model. The output
-is built in a hidden sibling directory and renamed into place only when complete, so a failed or killed merge
-leaves nothing that looks like a model.
+Three stages overlap: a reader thread fetches the next tensor's inputs while the main thread merges the
+current one and a writer thread writes the previous one, so the disk stays busy during compute. Peak memory
+is a few tensors (the largest tensor's inputs in fp32 plus its temporaries), whatever the size of the model.
+The output is built in a hidden sibling directory and renamed into place only when complete, so a failed or
+killed merge leaves nothing that looks like a model.
 """
 
 from __future__ import annotations
@@ -125,7 +125,7 @@ def _tokenizer_dir(cfg: MergeConfig, plan: MergePlan) -> Path:
 
 
 class _Settings:
-    """Per-tensor parameter resolution for the method (precedence: a model's own, then top level, then default)."""
+    """Per-tensor parameter values (precedence: a model's own, then top level, then the default)."""
 
     def __init__(self, cfg: MergeConfig, num_layers: int) -> None:
         self.cfg, self.spec, self.num_layers = cfg, cfg.method, num_layers
@@ -249,7 +249,7 @@ def group_of(name: str, granularity: Granularity) -> str:
     """The VaRM group of a tensor: '' (model), its layer, its module, or itself (matrix).
 
     Inside a layer, the module is the first name component after the layer number (`self_attn`, `mlp`,
-    `input_layernorm`); outside the layers, a tensor is its own layer and module (embeddings, final norm, head).
+    `input_layernorm`); outside the layers, a tensor is its own layer and module (embeddings, norm, head).
     """
     if granularity is Granularity.MODEL:
         return ""

@@ -1,4 +1,4 @@
-"""Where each part of a VaRM merge comes from: the weights per tensor as a table and a plot by layer and module.
+"""Where each part of a VaRM merge comes from: weights per tensor as a table and a plot by layer and module.
 
 VaRM gives each target a weight per parameter group from how far that target moved; seeing those weights by
 layer and module tells a user which source's knowledge dominates which part of the fused model.
@@ -16,7 +16,7 @@ from fusechat.merge.params import layer_index
 
 
 def module_label(name: str) -> str:
-    """A tensor's name without its layer prefix and `.weight`: `self_attn.q_proj`, `mlp.down_proj`, `lm_head`."""
+    """A tensor's name without layer prefix and `.weight`: `self_attn.q_proj`, `mlp.down_proj`, `lm_head`."""
     parts = name.split(".")
     index = layer_index(name)
     if index is not None:
@@ -29,7 +29,7 @@ def module_label(name: str) -> str:
 def write_explanation(
     directory: Path, rows: Sequence[tuple[str, list[float]]], models: list[str], parameters: dict[str, Any]
 ) -> None:
-    """Write varm_weights.csv, varm_weights.json and varm_weights.png (one heat map per target) in `directory`."""
+    """Write varm_weights.csv, .json and .png (one heat map per target) in `directory`."""
     directory.mkdir(parents=True, exist_ok=True)
     with open(directory / "varm_weights.csv", "w", newline="") as f:
         w = csv.writer(f)

@@ -51,7 +51,7 @@ def normalise_setting(raw: Any, where: str) -> Setting:
             return tuple(_conditional(v, f"{where}[{i}]") for i, v in enumerate(raw))
     raise ConfigProblem(
         where,
-        f"expected a number, a list of numbers (a gradient) or a list of {{filter, value}} entries, got {raw!r}",
+        f"expected a number, a list of numbers (a gradient) or a list of {{filter, value}}, got {raw!r}",
     )
 
 
@@ -101,7 +101,7 @@ def _at(value: Scalar | tuple[Scalar, ...], t: float) -> Scalar:
 
 
 def resolve(settings: Iterable[Mapping[str, Setting] | None], name: str, tensor_name: str, t: float) -> Any:
-    """The first non-None value of parameter `name` across `settings` (highest precedence first), else None."""
+    """The first non-None value of parameter `name` in `settings` (highest precedence first), else None."""
     for scope in settings:
         if scope and name in scope:
             value = evaluate(scope[name], tensor_name, t)

@@ -55,7 +55,7 @@ def open_checkpoint(spec: str, allow_pickle: bool, cache: dict[Path, Checkpoint]
 
 
 def tied_source(ckpt: Checkpoint, name: str) -> str | None:
-    """The tensor a missing `name` is tied to in this checkpoint (lm_head → embeddings), read from transformers."""
+    """The tensor a missing `name` is tied to here (lm_head → embeddings), as transformers declares it."""
     if ckpt.config.get("tie_word_embeddings") is False:
         return None
     import transformers
@@ -84,7 +84,7 @@ def plan_merge(
             if ckpt.config.get(key) != base.config.get(key):
                 raise FusechatError(
                     f"{labels[id(ckpt)]}: {key} is {ckpt.config.get(key)!r} but the base's is "
-                    f"{base.config.get(key)!r}; only models of one architecture can be merged in parameter space"
+                    f"{base.config.get(key)!r}; only models of one architecture merge in parameter space"
                 )
 
     names = iter_names_sorted(base.names())
@@ -129,8 +129,12 @@ def plan_merge(
 def _shape_problem(name: str, model: str, shape: tuple, base: str, base_shape: tuple, vocab: bool) -> str:
     if vocab and len(shape) == len(base_shape) and shape[1:] == base_shape[1:]:
         return (
-            f"{model}: {name} has {shape[0]} rows but {base}'s has {base_shape[0]}: the vocabularies differ in size. "
+            f"{model}: {name} has {shape[0]} rows but {base}'s has {base_shape[0]}: the vocabularies differ "
+            "in size. "
             "Merge models that share one tokenizer (FuseChat's targets all use the pivot's), or resize the "
             "embeddings to one vocabulary first"
         )
-    return f"{model}: {name} has shape {list(shape)} but {base}'s is {list(base_shape)}; the models differ in architecture"
+    return (
+        f"{model}: {name} has shape {list(shape)} but {base}'s is {list(base_shape)}; "
+        "the models differ in architecture"
+    )

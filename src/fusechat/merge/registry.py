@@ -1,4 +1,4 @@
-"""The one list of merge methods: their parameters (with defaults and valid ranges) and how the engine calls them.
+"""The one list of merge methods: their parameters (defaults, valid ranges) and how the engine calls them.
 
 Adding a method means writing its pure tensor function in `methods/` and one entry in `METHODS` below; the
 config loader validates parameters against these specs, so a typo or an out-of-range value fails at load time.

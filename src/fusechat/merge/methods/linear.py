@@ -10,7 +10,7 @@ import torch
 def linear(tensors: Sequence[torch.Tensor], weights: Sequence[float], normalize: bool = True) -> torch.Tensor:
     """out = Σᵢ wᵢ xᵢ, divided by Σᵢ wᵢ when `normalize`.
 
-    tensors: n tensors of one shape (...), floating point; weights: n floats. Returns (...) in the inputs' dtype.
+    tensors: n tensors of one shape (...), floating point; weights: n floats. Returns (...), inputs' dtype.
     The accumulation order (zero, then each term, then the division) is mergekit's, so fp32 results agree.
     """
     if len(tensors) != len(weights):

@@ -16,8 +16,9 @@ MIN_DIVISOR = 1e-6
 def sce(base: torch.Tensor, tensors: Sequence[torch.Tensor], select_topk: float = 1.0) -> torch.Tensor:
     """base + Σᵢ wᵢ mᵢ τᵢ / max(Σᵢ wᵢ mᵢ, 1e-6), τᵢ = xᵢ − base.
 
-    base: (...) float; tensors: n of (...). Select: when select_topk < 1, only the int(nnz·select_topk) entries
-    of largest variance across the τᵢ (population variance; nnz = its non-zero count) are kept in every τᵢ.
+    base: (...) float; tensors: n of (...). Select: when select_topk < 1, only the int(nnz·select_topk)
+    entries of largest variance across the τᵢ (population variance; nnz = its non-zero count) are kept in
+    every τᵢ.
     Calculate: wᵢ = mean(τᵢ²) / Σⱼ mean(τⱼ²) on the selected τ (equal weights when the sum is below 1e-6).
     Erase: mᵢ = [sign(τᵢ) = sign(Σⱼ τⱼ)], a zero sum counting as +. Returns (...) in base's dtype.
     """

@@ -2,7 +2,7 @@
 
 All of them add a combination of task vectors δᵢ = xᵢ − base to the base; they differ only in how each δᵢ is
 sparsified, whether a majority sign is elected per entry, and whether the sum is normalised by the weights
-(see docs/merging.md for the table). One function with those switches keeps the shared arithmetic in one place.
+(docs/merging.md has the table). One function with those switches keeps the shared arithmetic in one place.
 """
 
 from __future__ import annotations
@@ -37,9 +37,9 @@ def task_arithmetic(
     """base + λ · combine(wᵢ · sparsify(xᵢ − base)).
 
     base: (...) float; tensors: n of (...); weights, densities: n floats; generators: n, for random sparsify.
-    With `sign_election`, an entry of wᵢδᵢ is kept only where its sign matches sign(Σⱼ wⱼδⱼ) (a zero sum counts
-    as +, zero entries never match), and the divisor is the sum of the kept weights (0 → 1); without it, the
-    sum of all weights (|Σ| < 1e-8 → 1). The sum is divided by the divisor only when `normalize`.
+    With `sign_election`, an entry of wᵢδᵢ is kept only where its sign matches sign(Σⱼ wⱼδⱼ) (a zero sum
+    counts as +, zero entries never match), and the divisor is the sum of the kept weights (0 → 1); without
+    it, the sum of all weights (|Σ| < 1e-8 → 1). The sum is divided by the divisor only when `normalize`.
     Returns (...) in base's dtype. Inputs are not modified.
     """
     n = len(tensors)

@@ -45,7 +45,7 @@ def weights_from_variations(variations: Sequence[float]) -> list[float]:
 
 
 def varm(targets: Sequence[torch.Tensor], weights: Sequence[float]) -> torch.Tensor:
-    """θ = Σⱼ Wⱼ θⱼ. targets: n of (...); weights: n floats (summing to 1). Returns (...) in the targets' dtype."""
+    """θ = Σⱼ Wⱼ θⱼ. targets: n of (...); weights: n floats (summing to 1). Returns (...), targets' dtype."""
     out = torch.zeros_like(targets[0])
     for x, w in zip(targets, weights, strict=True):
         out.add_(x, alpha=float(w))
