@@ -133,16 +133,40 @@ def config_for(method: str, pivot: Path, a: Path, b: Path) -> dict:
     return {"merge_method": method, **cfg, "dtype": "bfloat16"}
 
 
-def run(cmd: list[str], env: dict | None = None) -> tuple[float, float]:
-    """Run `cmd` in a new process; returns (wall seconds, peak RSS in GB) of that process alone."""
+def run(cmd: list[str], env: dict | None = None) -> tuple[float, float, float]:
+    """Run `cmd` in a new process; returns (wall s, CPU s, peak RSS GB) of that process alone.
+
+    Peak RSS is the kernel's high-water mark (VmHWM) of the process after exec, polled every 20 ms; rusage's
+    ru_maxrss is not used because it keeps the forking parent's RSS from before the exec.
+    """
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - start
+    peak = 0
+    status_path = Path(f"/proc/{proc.pid}/status")
+
+    def poll() -> None:
+        nonlocal peak
+        while proc.returncode is None:
+            try:
+                for line in status_path.read_text().splitlines():
+                    if line.startswith("VmHWM:"):
+                        peak = max(peak, int(line.split()[1]) * 1024)
+            except (FileNotFoundError, ProcessLookupError):
+                return
+            time.sleep(0.02)
+
+    import threading
+
+    watcher = threading.Thread(target=poll, daemon=True)
+    watcher.start()
     err = proc.stderr.read().decode() if proc.stderr else ""
-    if os.waitstatus_to_exitcode(status) != 0:
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.perf_counter() - start
+    watcher.join()
+    if proc.returncode != 0:
         raise RuntimeError(f"{cmd[0]} failed: {err[-2000:]}")
-    return wall, usage.ru_maxrss / 1e6
+    return wall, usage.ru_utime + usage.ru_stime, peak / 1e9
 
 
 def ensure_mergekit() -> Path:
@@ -205,14 +229,16 @@ def main() -> None:
                     "0",
                     "--quiet",
                 ]
-            wall, rss = run(cmd, env)
+            wall, cpu, rss = run(cmd, env)
             written = sum(f.stat().st_size for f in out.glob("*.safetensors"))
             floor = read_bytes / read_bw + written / write_bw
             row[tool] = {
                 "wall_s": round(wall, 1),
+                "cpu_s": round(cpu, 1),
                 "floor_s": round(floor, 2),
                 "x_floor": round(wall / floor, 2),
                 "peak_rss_gb": round(rss, 2),
+                "load_avg_1min": round(os.getloadavg()[0], 1),
             }
             if tool == "fusechat":
                 row[tool]["merge_s"] = json.loads((out / "manifest.json").read_text())["seconds"]
@@ -221,25 +247,22 @@ def main() -> None:
             print(json.dumps({"method": method, tool: row[tool]}), flush=True)
         rows.append(row)
     print(
-        "\n| method | floor s | fusechat s (merge only) | × floor | mergekit s | × floor | speed-up "
-        "| RSS GB fusechat / mergekit | RSS ratio |"
+        "\n| method | floor s | fusechat wall s (merge only) | × floor | CPU s | mergekit wall s | × floor "
+        "| CPU s | wall speed-up | CPU ratio | peak RSS GB fusechat / mergekit | RSS ratio |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         f, m = r["fusechat"], r.get("mergekit")
-        mk = (
-            (
-                f"{m['wall_s']} | {m['x_floor']} | {m['wall_s'] / f['wall_s']:.1f}× | "
-                f"{f['peak_rss_gb']} / {m['peak_rss_gb']} | "
+        ours = f"{f['wall_s']} ({f['merge_s']}) | {f['x_floor']} ({f['merge_x_floor']}) | {f['cpu_s']}"
+        if m:
+            theirs = (
+                f"{m['wall_s']} | {m['x_floor']} | {m['cpu_s']} | {m['wall_s'] / f['wall_s']:.1f}× | "
+                f"{m['cpu_s'] / f['cpu_s']:.1f}× | {f['peak_rss_gb']} / {m['peak_rss_gb']} | "
                 f"{f['peak_rss_gb'] / m['peak_rss_gb']:.2f}"
             )
-            if m
-            else f"– | – | – | {f['peak_rss_gb']} / – | –"
-        )
-        print(
-            f"| {r['method']} | {f['floor_s']} | {f['wall_s']} ({f['merge_s']}) | "
-            f"{f['x_floor']} ({f['merge_x_floor']}) | {mk} |"
-        )
+        else:
+            theirs = f"– | – | – | – | – | {f['peak_rss_gb']} / – | –"
+        print(f"| {r['method']} | {f['floor_s']} | {ours} | {theirs} |")
 
 
 if __name__ == "__main__":

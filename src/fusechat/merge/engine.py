@@ -172,9 +172,9 @@ def _run(
         compute = input_dtype
 
     def load(tp: TensorPlan) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
-        base = plan.base.read(tp.base_source) if tp.base_source is not None else None
         if not tp.mergeable:
-            return base, []
+            return plan.base.read(tp.base_source), []
+        base = plan.base.read(tp.base_source) if spec.base_required else None  # linear: the base is an input
         return base, [c.read(s) for c, s in zip(plan.inputs, tp.sources, strict=True)]
 
     def prepare(x: torch.Tensor) -> torch.Tensor:
@@ -188,12 +188,18 @@ def _run(
     writer = ShardedWriter(tmp, plan_shards([t.out for t in plan.tensors], max_shard_bytes), {"format": "pt"})
     explained: list[tuple[str, list[float]]] = []
     with ThreadPoolExecutor(1, "merge-read") as reader, ThreadPoolExecutor(1, "merge-write") as wpool:
-        pending: Future | None = reader.submit(load, plan.tensors[0]) if plan.tensors else None
+        sizes = [_raw_bytes(plan, tp, spec.base_required) for tp in plan.tensors]
+        budget = max(sizes, default=0)  # bytes read ahead: never two of the largest tensors at once
+        pending: Future | None = None
         written: Future | None = None
         try:
             for i, tp in enumerate(plan.tensors):
+                if pending is None:
+                    pending = reader.submit(load, tp)
                 base_raw, raws = pending.result()
-                pending = reader.submit(load, plan.tensors[i + 1]) if i + 1 < len(plan.tensors) else None
+                pending = None
+                if i + 1 < len(plan.tensors) and sizes[i] + sizes[i + 1] <= budget:
+                    pending = reader.submit(load, plan.tensors[i + 1])
                 if not tp.mergeable:
                     result = base_raw
                 else:
@@ -203,7 +209,14 @@ def _run(
                     del raws
                     shared, per_model = settings.job(tp.out.name)
                     job = TensorJob(
-                        tp.out.name, base, inputs, shared, per_model, seed, group_weights.get(tp.out.name)
+                        tp.out.name,
+                        base,
+                        inputs,
+                        shared,
+                        per_model,
+                        seed,
+                        group_weights.get(tp.out.name),
+                        True,
                     )
                     try:
                         result, weights = spec.merge(job)
@@ -236,6 +249,13 @@ def _run(
         "bytes_written": writer.bytes_written,
         "seconds": round(elapsed, 3),
     }
+
+
+def _raw_bytes(plan: MergePlan, tp: TensorPlan, with_base: bool) -> int:
+    total = plan.base.nbytes(tp.base_source) if (with_base or not tp.mergeable) else 0
+    if tp.mergeable:
+        total += sum(c.nbytes(s) for c, s in zip(plan.inputs, tp.sources, strict=True))
+    return total
 
 
 def _needs_groups(cfg: MergeConfig) -> bool:

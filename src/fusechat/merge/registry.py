@@ -43,9 +43,8 @@ class TensorJob:
     shared: dict[str, Any]
     per_model: list[dict[str, Any]]
     seed: int = 0
-    group_weights: list[float] | None = (
-        None  # VaRM at coarse granularity: precomputed for this tensor's group
-    )
+    group_weights: list[float] | None = None  # coarse VaRM: the weights of this tensor's group
+    consume: bool = False  # the engine gives up `inputs`: methods may reuse their buffers
 
 
 @dataclass(frozen=True)
@@ -119,6 +118,7 @@ def _gta(sparsify: Sparsify, sign_election: bool) -> Callable[[TensorJob], tuple
             rescale=job.shared.get("rescale", False),
             lambda_=job.shared["lambda"],
             generators=generators,
+            consume=job.consume,
         )
         return out, None
 
@@ -126,7 +126,7 @@ def _gta(sparsify: Sparsify, sign_election: bool) -> Callable[[TensorJob], tuple
 
 
 def _sce(job: TensorJob) -> tuple[torch.Tensor, None]:
-    return sce(job.base, job.inputs, job.shared["select_topk"]), None
+    return sce(job.base, job.inputs, job.shared["select_topk"], consume=job.consume), None
 
 
 def _varm(job: TensorJob) -> tuple[torch.Tensor, list[float]]:

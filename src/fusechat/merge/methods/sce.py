@@ -8,12 +8,15 @@ from collections.abc import Sequence
 import torch
 
 from fusechat.merge.methods.select import topk_mask
+from fusechat.merge.methods.task_arithmetic import sign_agrees
 
 UNIFORM_BELOW = 1e-6  # Σ mean(τ²) below this: equal weights (mergekit's tolerance)
 MIN_DIVISOR = 1e-6
 
 
-def sce(base: torch.Tensor, tensors: Sequence[torch.Tensor], select_topk: float = 1.0) -> torch.Tensor:
+def sce(
+    base: torch.Tensor, tensors: Sequence[torch.Tensor], select_topk: float = 1.0, consume: bool = False
+) -> torch.Tensor:
     """base + Σᵢ wᵢ mᵢ τᵢ / max(Σᵢ wᵢ mᵢ, 1e-6), τᵢ = xᵢ − base.
 
     base: (...) float; tensors: n of (...). Select: when select_topk < 1, only the int(nnz·select_topk)
@@ -21,11 +24,12 @@ def sce(base: torch.Tensor, tensors: Sequence[torch.Tensor], select_topk: float 
     every τᵢ.
     Calculate: wᵢ = mean(τᵢ²) / Σⱼ mean(τⱼ²) on the selected τ (equal weights when the sum is below 1e-6).
     Erase: mᵢ = [sign(τᵢ) = sign(Σⱼ τⱼ)], a zero sum counting as +. Returns (...) in base's dtype.
+    With `consume`, the τᵢ are built in the input tensors' buffers (the caller gives them up).
     """
     n = len(tensors)
     if n == 0:
         return base.clone()
-    taus = [x - base for x in tensors]
+    taus = [x.sub_(base) if consume else x - base for x in tensors]
     if select_topk <= 0:
         for tau in taus:
             tau.zero_()
@@ -40,7 +44,7 @@ def sce(base: torch.Tensor, tensors: Sequence[torch.Tensor], select_topk: float 
         del mean
         variance.div_(n)
         k = int(int(torch.count_nonzero(variance)) * select_topk)
-        keep = topk_mask(variance, k)
+        keep = topk_mask(variance, k).to(base.dtype)
         del variance
         for tau in taus:
             tau.mul_(keep)
@@ -62,7 +66,7 @@ def sce(base: torch.Tensor, tensors: Sequence[torch.Tensor], select_topk: float 
     merged = torch.zeros_like(base)
     divisor = torch.zeros_like(base)
     for tau, w in zip(taus, weights.tolist(), strict=True):
-        keep = torch.where(positive, tau > 0, tau < 0)
+        keep = sign_agrees(tau, positive).to(tau.dtype)
         merged.add_(tau.mul_(keep), alpha=w)
-        divisor.add_(keep.to(divisor.dtype), alpha=w)
+        divisor.add_(keep, alpha=w)
     return merged.div_(divisor.clamp_(min=MIN_DIVISOR)).add_(base)

@@ -21,13 +21,15 @@ def kth_largest(values: torch.Tensor, k: int) -> tuple[float, int, int]:
     n = values.numel()
     if not 1 <= k <= n:
         raise ValueError(f"k={k} outside [1, {n}]")
-    bits = values.view(torch.int32)
-    high = bits >> 16  # sign bit is 0: buckets 0..32767, ordered like the values
+    high = values.view(torch.int32) >> 16  # sign bit is 0: buckets 0..32767, ordered like the values
     counts = torch.bincount(high, minlength=1 << 15)
     above = counts.flip(0).cumsum(0).flip(0)  # above[b] = number of values in buckets >= b
     bucket = int(torch.nonzero(above >= k).max())
     n_above_bucket = int(above[bucket + 1]) if bucket + 1 < above.numel() else 0
-    candidates = values[high == bucket]
+    in_bucket = high == bucket
+    del high
+    candidates = values[in_bucket]
+    del in_bucket
     rank = k - n_above_bucket  # rank of the threshold among the candidates, from the top
     threshold = torch.kthvalue(candidates, candidates.numel() - rank + 1).values
     n_greater = n_above_bucket + int(torch.count_nonzero(candidates > threshold))

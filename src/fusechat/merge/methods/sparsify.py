@@ -26,8 +26,10 @@ def magnitude_prune_(delta: torch.Tensor, density: float, rescale: bool = False)
         return delta
     k = max(1, int(density * delta.numel()))
     before = float(delta.abs().sum(dtype=torch.float64)) if rescale else 0.0
-    keep = topk_mask(delta.abs(), k)
-    delta.mul_(keep)
+    magnitude = delta.abs()
+    keep = topk_mask(magnitude, k)
+    del magnitude
+    delta.mul_(keep.to(delta.dtype))
     if rescale:
         _rescale_l1_(delta, before)
     return delta
@@ -45,7 +47,7 @@ def random_prune_(
         return delta
     before = float(delta.abs().sum(dtype=torch.float64)) if rescale else 0.0
     keep = torch.rand(delta.shape, generator=generator, dtype=torch.float32) < density
-    delta.mul_(keep)
+    delta.mul_(keep.to(delta.dtype))
     if rescale:
         _rescale_l1_(delta, before)
     return delta

@@ -15,6 +15,11 @@ import torch
 from fusechat.merge.methods.sparsify import magnitude_prune_, random_prune_
 
 
+def sign_agrees(delta: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
+    """Where `delta` is non-zero with the elected sign (`positive`: True for +); bool, delta's shape."""
+    return (delta > 0).eq_(positive).logical_and_(delta != 0)
+
+
 class Sparsify(StrEnum):
     NONE = "none"
     MAGNITUDE = "magnitude"  # TIES: keep the largest |δ|
@@ -33,6 +38,7 @@ def task_arithmetic(
     rescale: bool = False,
     lambda_: float = 1.0,
     generators: Sequence[torch.Generator] | None = None,
+    consume: bool = False,
 ) -> torch.Tensor:
     """base + λ · combine(wᵢ · sparsify(xᵢ − base)).
 
@@ -40,7 +46,8 @@ def task_arithmetic(
     With `sign_election`, an entry of wᵢδᵢ is kept only where its sign matches sign(Σⱼ wⱼδⱼ) (a zero sum
     counts as +, zero entries never match), and the divisor is the sum of the kept weights (0 → 1); without
     it, the sum of all weights (|Σ| < 1e-8 → 1). The sum is divided by the divisor only when `normalize`.
-    Returns (...) in base's dtype. Inputs are not modified.
+    Returns (...) in base's dtype. With `consume`, the task vectors are built in the input tensors' own
+    buffers (the caller gives them up; saves one tensor of memory per input); otherwise inputs are untouched.
     """
     n = len(tensors)
     if len(weights) != n:
@@ -48,7 +55,7 @@ def task_arithmetic(
     densities = list(densities) if densities is not None else [1.0] * n
     deltas = []
     for i, x in enumerate(tensors):
-        delta = x - base
+        delta = x.sub_(base) if consume else x - base
         if sparsify is Sparsify.MAGNITUDE:
             magnitude_prune_(delta, densities[i], rescale=rescale)
         elif sparsify is Sparsify.RANDOM:
@@ -64,15 +71,17 @@ def task_arithmetic(
             total.add_(delta)
         positive = total >= 0
         del total
-        mixed = torch.zeros_like(base)
-        divisor = torch.zeros_like(base) if normalize else None
+        mixed = divisor = None
         for delta, w in zip(deltas, weights, strict=True):
-            keep = torch.where(positive, delta > 0, delta < 0)
-            mixed.add_(delta.mul_(keep))
-            if divisor is not None:
-                divisor.add_(keep.to(divisor.dtype), alpha=float(w))
+            keep = sign_agrees(delta, positive).to(delta.dtype)  # float masks: bool products are slow on CPU
+            delta.mul_(keep)
+            mixed = delta if mixed is None else mixed.add_(delta)
+            if normalize:
+                divisor = keep.mul_(float(w)) if divisor is None else divisor.add_(keep, alpha=float(w))
+            del keep
+        del positive
         if divisor is not None:
-            divisor.masked_fill_(divisor == 0, 1.0)
+            divisor.add_((divisor == 0).to(divisor.dtype))  # 0 → 1
             mixed.div_(divisor)
     else:
         mixed = deltas[0]
