@@ -33,3 +33,10 @@ def test_ties_and_extremes(values, data):
     mask = topk_mask(scores, k)
     assert int(mask.sum()) == k
     assert torch.equal(mask, reference(scores, k))
+
+
+@pytest.mark.parametrize("n,k", [(10, 3), (1000, 500), (100_000, 1)])
+def test_by_magnitude_equals_abs(n, k):
+    values = torch.randn(n, generator=torch.Generator().manual_seed(n))
+    values[::7] = -values[1::7][: values[::7].numel()]  # equal magnitudes of both signs
+    assert torch.equal(topk_mask(values, k, by_magnitude=True), reference(values.abs(), k))

@@ -205,8 +205,9 @@ def _run(
                 else:
                     base = prepare(base_raw) if spec.base_required else None
                     del base_raw
-                    inputs = [prepare(r) for r in raws]
-                    del raws
+                    inputs = []
+                    while raws:  # convert one at a time, dropping each raw buffer as soon as it is converted
+                        inputs.append(prepare(raws.pop(0)))
                     shared, per_model = settings.job(tp.out.name)
                     job = TensorJob(
                         tp.out.name,

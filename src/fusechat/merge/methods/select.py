@@ -12,16 +12,19 @@ from __future__ import annotations
 import torch
 
 
-def kth_largest(values: torch.Tensor, k: int) -> tuple[float, int, int]:
-    """The k-th largest of non-negative float32 `values` (1-D), with how many are above and equal to it.
+def kth_largest(values: torch.Tensor, k: int, signed: bool = False) -> tuple[float, int, int]:
+    """The k-th largest of float32 magnitudes |values| (1-D), with how many are above and equal to it.
 
-    values: (n,) float32, all >= 0 (NaN-free); 1 <= k <= n. Returns (threshold, number strictly greater,
-    number equal to it).
+    values: (n,) float32, NaN-free, all >= 0 unless `signed` (then their absolute values are ranked without
+    building |values|: the sign bit is masked off in the integer view). 1 <= k <= n.
+    Returns (threshold, number strictly greater, number equal to it).
     """
     n = values.numel()
     if not 1 <= k <= n:
         raise ValueError(f"k={k} outside [1, {n}]")
-    high = values.view(torch.int32) >> 16  # sign bit is 0: buckets 0..32767, ordered like the values
+    bits = values.view(torch.int32)
+    high = bits.bitwise_and(0x7FFFFFFF) if signed else bits.clone()
+    high >>= 16  # buckets 0..32767, ordered like the magnitudes
     counts = torch.bincount(high, minlength=1 << 15)
     above = counts.flip(0).cumsum(0).flip(0)  # above[b] = number of values in buckets >= b
     bucket = int(torch.nonzero(above >= k).max())
@@ -30,6 +33,8 @@ def kth_largest(values: torch.Tensor, k: int) -> tuple[float, int, int]:
     del high
     candidates = values[in_bucket]
     del in_bucket
+    if signed:
+        candidates.abs_()
     rank = k - n_above_bucket  # rank of the threshold among the candidates, from the top
     threshold = torch.kthvalue(candidates, candidates.numel() - rank + 1).values
     n_greater = n_above_bucket + int(torch.count_nonzero(candidates > threshold))
@@ -37,10 +42,11 @@ def kth_largest(values: torch.Tensor, k: int) -> tuple[float, int, int]:
     return float(threshold), n_greater, n_equal
 
 
-def topk_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """A boolean mask of the k largest entries of non-negative `scores`, ties broken by position.
+def topk_mask(scores: torch.Tensor, k: int, by_magnitude: bool = False) -> torch.Tensor:
+    """A boolean mask of the k largest entries of `scores` (|scores| if `by_magnitude`), ties by position.
 
-    scores: any shape, float32, >= 0. Returns a bool tensor of the same shape with exactly k True entries.
+    scores: any shape, float32 (>= 0 unless by_magnitude). Returns a bool tensor of the same shape with
+    exactly k True entries.
     """
     n = scores.numel()
     if k >= n:
@@ -50,10 +56,10 @@ def topk_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
     flat = scores.reshape(-1)
     if flat.dtype != torch.float32:
         flat = flat.float()
-    threshold, n_greater, n_equal = kth_largest(flat, k)
-    mask = flat >= threshold
+    threshold, n_greater, n_equal = kth_largest(flat, k, signed=by_magnitude)
+    mask = (flat.abs() if by_magnitude else flat) >= threshold
     surplus = n_equal - (k - n_greater)
     if surplus > 0:  # more ties at the threshold than places left: keep the first ones
-        tied = torch.nonzero(flat == threshold).squeeze(1)
+        tied = torch.nonzero((flat.abs() if by_magnitude else flat) == threshold).squeeze(1)
         mask[tied[tied.numel() - surplus :]] = False
     return mask.view(scores.shape)

@@ -26,9 +26,7 @@ def magnitude_prune_(delta: torch.Tensor, density: float, rescale: bool = False)
         return delta
     k = max(1, int(density * delta.numel()))
     before = float(delta.abs().sum(dtype=torch.float64)) if rescale else 0.0
-    magnitude = delta.abs()
-    keep = topk_mask(magnitude, k)
-    del magnitude
+    keep = topk_mask(delta, k, by_magnitude=True)
     delta.mul_(keep.to(delta.dtype))
     if rescale:
         _rescale_l1_(delta, before)
