@@ -80,7 +80,7 @@ def test_output_loads_in_transformers_with_files_and_card(tmp_path):
         assert (out / f).is_file(), f
     assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
     card = (out / "README.md").read_text()
-    assert "merge_method: varm" in card and str(a) in card
+    assert "merge_method: varm" in card and str(a) in card and card.splitlines()[6] == "# out"
     assert json.loads((out / "manifest.json").read_text())["complete"] is True
     model = AutoModelForCausalLM.from_pretrained(out)
     merged = load(out)

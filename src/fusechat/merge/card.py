@@ -52,27 +52,31 @@ def copy_model_files(
         atomic_write_bytes(out / "chat_template.jinja", chat_template.encode())
 
 
-def write_model_card(out: Path, cfg: MergeConfig, options: dict[str, Any]) -> None:
+def write_model_card(out: Path, cfg: MergeConfig, options: dict[str, Any], title: str | None = None) -> None:
     """README.md: what was merged, how, and the exact config to reproduce it."""
     spec = cfg.method
     models = "\n".join(f"- `{m.model}`" for m in cfg.models)
     base = f"\nBase model: `{cfg.base_model}`\n" if cfg.base_model else ""
     config_yaml = yaml.safe_dump(card_config(cfg), sort_keys=False)
+    arithmetic = (
+        "Arithmetic in the config's dtype, as mergekit does (requested)."
+        if options.get("mergekit_arithmetic")
+        else "Arithmetic in float32, cast to the output dtype once at the end."
+    )
     text = f"""---
 library_name: transformers
 tags:
 - merge
 - fusechat
 ---
-# {cfg.name or out.name}
+# {cfg.name or title or out.name}
 
 A merge of {len(cfg.models)} models with **{spec.name}** ({spec.summary}), made with fusechat {__version__}.
 {base}
 Merged models:
 {models}
 
-Options: `{json.dumps(options)}`. Arithmetic in float32, cast to the output dtype at the end
-{"(mergekit's arithmetic in the config's dtype was requested)" if options.get("mergekit_arithmetic") else ""}.
+Options: `{json.dumps(options)}`. {arithmetic}
 
 ## Configuration
 ```yaml

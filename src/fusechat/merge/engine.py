@@ -78,7 +78,7 @@ def merge(
         try:
             stats = _run(cfg, plan, tmp, seed, max_shard_bytes, mergekit_arithmetic, explain_weights)
             card.copy_model_files(plan.base.directory, tokenizer_dir, tmp, out_dtype, cfg.chat_template)
-            card.write_model_card(tmp, cfg, options)
+            card.write_model_card(tmp, cfg, options, title=out.name)
             manifest = {"stage": STAGE, "format_version": FORMAT_VERSION, "fingerprint": fp, **stats}
             write_manifest(tmp, manifest, complete=True)
             os.replace(tmp, out)
