@@ -7,7 +7,8 @@ from collections.abc import Sequence
 
 import torch
 
-from fusechat.merge.methods.select import topk_mask
+from fusechat.merge.methods.blocks import blocks, sum_squares
+from fusechat.merge.methods.select import keep_top_k_
 from fusechat.merge.methods.task_arithmetic import sign_agrees
 
 UNIFORM_BELOW = 1e-6  # Σ mean(τ²) below this: equal weights (mergekit's tolerance)
@@ -30,43 +31,47 @@ def sce(
     if n == 0:
         return base.clone()
     taus = [x.sub_(base) if consume else x - base for x in tensors]
+    flats = [t.reshape(-1) for t in taus]
+    size = base.numel()
     if select_topk <= 0:
         for tau in taus:
             tau.zero_()
     elif select_topk < 1:
-        mean = taus[0].clone()
-        for tau in taus[1:]:
-            mean.add_(tau)
-        mean.div_(n)
-        variance = torch.zeros_like(base)
-        for tau in taus:
-            variance.add_((tau - mean).square_())
-        del mean
-        variance.div_(n)
+        variance = torch.empty(size, dtype=base.dtype)
+        for s in blocks(size):  # population variance across the targets, block by block
+            parts = [f[s] for f in flats]
+            mean = parts[0].clone()
+            for part in parts[1:]:
+                mean.add_(part)
+            mean.div_(n)
+            var = variance[s].zero_()
+            for part in parts:
+                var.add_((part - mean).square_())
+            var.div_(n)
         k = int(int(torch.count_nonzero(variance)) * select_topk)
-        keep = topk_mask(variance, k).to(base.dtype)
+        keep_top_k_(variance, k, taus)
         del variance
-        for tau in taus:
-            tau.mul_(keep)
-        del keep
 
-    energies = torch.tensor(
-        [float(tau.square().mean(dtype=torch.float64)) for tau in taus], dtype=torch.float64
-    )
-    total = float(energies.sum())
-    weights = (
-        (energies / total) if abs(total) >= UNIFORM_BELOW else torch.full((n,), 1.0 / n, dtype=torch.float64)
-    )
+    energies = [sum_squares(tau) / max(size, 1) for tau in taus]
+    total = sum(energies)
+    weights = [e / total for e in energies] if abs(total) >= UNIFORM_BELOW else [1.0 / n] * n
 
-    summed = taus[0].clone()
-    for tau in taus[1:]:
-        summed.add_(tau)
-    positive = summed >= 0
-    del summed
-    merged = torch.zeros_like(base)
-    divisor = torch.zeros_like(base)
-    for tau, w in zip(taus, weights.tolist(), strict=True):
-        keep = sign_agrees(tau, positive).to(tau.dtype)
-        merged.add_(tau.mul_(keep), alpha=w)
-        divisor.add_(keep, alpha=w)
-    return merged.div_(divisor.clamp_(min=MIN_DIVISOR)).add_(base)
+    flat_base = base.reshape(-1)
+    for s in blocks(size):  # the result accumulates in the first task vector's buffer
+        parts = [f[s] for f in flats]
+        summed = parts[0].clone()
+        for part in parts[1:]:
+            summed.add_(part)
+        positive = summed >= 0
+        del summed
+        divisor = None
+        for i, (part, w) in enumerate(zip(parts, weights, strict=True)):
+            keep = sign_agrees(part, positive).to(part.dtype)
+            part.mul_(keep)
+            if i == 0:
+                part.mul_(w)
+            else:
+                parts[0].add_(part, alpha=w)
+            divisor = keep.mul_(w) if divisor is None else divisor.add_(keep, alpha=w)
+        parts[0].div_(divisor.clamp_(min=MIN_DIVISOR)).add_(flat_base[s])
+    return taus[0]

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import torch
 
+from fusechat.merge.methods.blocks import blocks
+
 
 def kth_largest(values: torch.Tensor, k: int, signed: bool = False) -> tuple[float, int, int]:
     """The k-th largest of float32 magnitudes |values| (1-D), with how many are above and equal to it.
@@ -63,3 +65,44 @@ def topk_mask(scores: torch.Tensor, k: int, by_magnitude: bool = False) -> torch
         tied = torch.nonzero((flat.abs() if by_magnitude else flat) == threshold).squeeze(1)
         mask[tied[tied.numel() - surplus :]] = False
     return mask.view(scores.shape)
+
+
+def keep_top_k_(
+    scores: torch.Tensor, k: int, targets: list[torch.Tensor], by_magnitude: bool = False
+) -> None:
+    """Zero, in place in every `targets` tensor, the entries outside the k largest of `scores`.
+
+    scores: (...) float32 (>= 0 unless by_magnitude, then |scores| ranks); targets: tensors of the same shape
+    (scores itself may be one). Same selection as `topk_mask`, applied block by block without a full mask.
+    """
+    flat = scores.reshape(-1)
+    if flat.dtype != torch.float32:
+        flat = flat.float()
+    n = flat.numel()
+    if k >= n:
+        return
+    outs = [t.reshape(-1) for t in targets]
+    if k <= 0:
+        for t in outs:
+            t.zero_()
+        return
+    threshold, n_greater, n_equal = kth_largest(flat, k, signed=by_magnitude)
+    surplus = n_equal - (k - n_greater)
+    drop = None
+    if surplus > 0:  # ties at the threshold beyond k: the last ones in memory order are dropped
+        tied = [
+            torch.nonzero(_score(flat[s], by_magnitude) == threshold).squeeze(1) + s.start for s in blocks(n)
+        ]
+        tied_all = torch.cat(tied)
+        drop = tied_all[tied_all.numel() - surplus :]
+    for s in blocks(n):
+        keep = (_score(flat[s], by_magnitude) >= threshold).to(outs[0].dtype)
+        for t in outs:
+            t[s].mul_(keep)
+    if drop is not None:
+        for t in outs:
+            t[drop] = 0
+
+
+def _score(block: torch.Tensor, by_magnitude: bool) -> torch.Tensor:
+    return block.abs() if by_magnitude else block

@@ -11,7 +11,8 @@ import hashlib
 
 import torch
 
-from fusechat.merge.methods.select import topk_mask
+from fusechat.merge.methods.blocks import blocks, sum_abs
+from fusechat.merge.methods.select import keep_top_k_
 
 RESCALE_EPS = 1e-7  # a norm below this skips the rescale (mergekit's tolerance)
 
@@ -25,9 +26,8 @@ def magnitude_prune_(delta: torch.Tensor, density: float, rescale: bool = False)
     if density >= 1 or delta.numel() == 0:
         return delta
     k = max(1, int(density * delta.numel()))
-    before = float(delta.abs().sum(dtype=torch.float64)) if rescale else 0.0
-    keep = topk_mask(delta, k, by_magnitude=True)
-    delta.mul_(keep.to(delta.dtype))
+    before = sum_abs(delta) if rescale else 0.0
+    keep_top_k_(delta, k, [delta], by_magnitude=True)
     if rescale:
         _rescale_l1_(delta, before)
     return delta
@@ -43,16 +43,18 @@ def random_prune_(
     """
     if density >= 1 or delta.numel() == 0:
         return delta
-    before = float(delta.abs().sum(dtype=torch.float64)) if rescale else 0.0
-    keep = torch.rand(delta.shape, generator=generator, dtype=torch.float32) < density
-    delta.mul_(keep.to(delta.dtype))
+    before = sum_abs(delta) if rescale else 0.0
+    flat = delta.reshape(-1)
+    for s in blocks(flat.numel()):  # the mask is drawn block by block from one generator: reproducible
+        keep = torch.rand(s.stop - s.start, generator=generator, dtype=torch.float32) < density
+        flat[s].mul_(keep.to(delta.dtype))
     if rescale:
         _rescale_l1_(delta, before)
     return delta
 
 
 def _rescale_l1_(delta: torch.Tensor, before: float) -> None:
-    after = float(delta.abs().sum(dtype=torch.float64))
+    after = sum_abs(delta)
     if before >= RESCALE_EPS and after >= RESCALE_EPS:
         delta.mul_(before / after)
 

@@ -12,6 +12,7 @@ from enum import StrEnum
 
 import torch
 
+from fusechat.merge.methods.blocks import blocks
 from fusechat.merge.methods.sparsify import magnitude_prune_, random_prune_
 
 
@@ -65,31 +66,39 @@ def task_arithmetic(
         delta.mul_(float(weights[i]))
         deltas.append(delta)
 
-    if sign_election:
-        total = deltas[0].clone()
-        for delta in deltas[1:]:
-            total.add_(delta)
-        positive = total >= 0
-        del total
-        mixed = divisor = None
-        for delta, w in zip(deltas, weights, strict=True):
-            keep = sign_agrees(delta, positive).to(delta.dtype)  # float masks: bool products are slow on CPU
-            delta.mul_(keep)
-            mixed = delta if mixed is None else mixed.add_(delta)
+    total_weight = float(sum(weights))
+    flats = [d.reshape(-1) for d in deltas]
+    flat_base = base.reshape(-1)
+    for s in blocks(flat_base.numel()):  # the result accumulates in the first task vector's buffer
+        parts = [f[s] for f in flats]
+        if sign_election:
+            _elect_(parts, weights, normalize)
+        else:
+            for part in parts[1:]:
+                parts[0].add_(part)
             if normalize:
-                divisor = keep.mul_(float(w)) if divisor is None else divisor.add_(keep, alpha=float(w))
-            del keep
-        del positive
-        if divisor is not None:
-            divisor.add_((divisor == 0).to(divisor.dtype))  # 0 → 1
-            mixed.div_(divisor)
-    else:
-        mixed = deltas[0]
-        for delta in deltas[1:]:
-            mixed.add_(delta)
+                parts[0].div_(total_weight if abs(total_weight) >= 1e-8 else 1.0)
+        if lambda_ != 1:
+            parts[0].mul_(lambda_)
+        parts[0].add_(flat_base[s])
+    return deltas[0]
+
+
+def _elect_(parts: list[torch.Tensor], weights: Sequence[float], normalize: bool) -> None:
+    """Sign election on one block of the weighted task vectors; the result is left in parts[0]."""
+    total = parts[0].clone()
+    for part in parts[1:]:
+        total.add_(part)
+    positive = total >= 0
+    del total
+    divisor = None
+    for i, (part, w) in enumerate(zip(parts, weights, strict=True)):
+        keep = sign_agrees(part, positive).to(part.dtype)  # float masks: bool products are slow on CPU
+        part.mul_(keep)
+        if i:
+            parts[0].add_(part)
         if normalize:
-            total = float(sum(weights))
-            mixed.div_(total if abs(total) >= 1e-8 else 1.0)
-    if lambda_ != 1:
-        mixed.mul_(lambda_)
-    return mixed.add_(base)
+            divisor = keep.mul_(float(w)) if divisor is None else divisor.add_(keep, alpha=float(w))
+    if divisor is not None:
+        divisor.add_((divisor == 0).to(divisor.dtype))  # 0 → 1
+        parts[0].div_(divisor)

@@ -14,6 +14,8 @@ from enum import StrEnum
 
 import torch
 
+from fusechat.merge.methods.blocks import sum_abs, sum_squares
+
 
 class Variation(StrEnum):
     SQUARED = "squared"  # mean(Δ²), the paper's
@@ -30,9 +32,7 @@ class Granularity(StrEnum):
 
 def variation_sum(delta: torch.Tensor, measure: Variation) -> float:
     """Σ Δ² (or Σ |Δ|) over all entries of `delta` (any shape), accumulated in float64."""
-    if measure is Variation.SQUARED:
-        return float(torch.linalg.vector_norm(delta, dtype=torch.float64) ** 2)
-    return float(delta.abs().sum(dtype=torch.float64))
+    return sum_squares(delta) if measure is Variation.SQUARED else sum_abs(delta)
 
 
 def weights_from_variations(variations: Sequence[float]) -> list[float]:
