@@ -24,17 +24,13 @@ def kth_largest(values: torch.Tensor, k: int, signed: bool = False) -> tuple[flo
     n = values.numel()
     if not 1 <= k <= n:
         raise ValueError(f"k={k} outside [1, {n}]")
-    bits = values.view(torch.int32)
-    high = bits.bitwise_and(0x7FFFFFFF) if signed else bits.clone()
-    high >>= 16  # buckets 0..32767, ordered like the magnitudes
-    counts = torch.bincount(high, minlength=1 << 15)
+    counts = torch.zeros(1 << 15, dtype=torch.int64)
+    for s in blocks(n):  # histogram of the top 16 bits (sign masked off): buckets ordered like |values|
+        counts += torch.bincount(_high_bits(values[s], signed), minlength=1 << 15)
     above = counts.flip(0).cumsum(0).flip(0)  # above[b] = number of values in buckets >= b
     bucket = int(torch.nonzero(above >= k).max())
     n_above_bucket = int(above[bucket + 1]) if bucket + 1 < above.numel() else 0
-    in_bucket = high == bucket
-    del high
-    candidates = values[in_bucket]
-    del in_bucket
+    candidates = torch.cat([values[s][_high_bits(values[s], signed) == bucket] for s in blocks(n)])
     if signed:
         candidates.abs_()
     rank = k - n_above_bucket  # rank of the threshold among the candidates, from the top
@@ -42,6 +38,12 @@ def kth_largest(values: torch.Tensor, k: int, signed: bool = False) -> tuple[flo
     n_greater = n_above_bucket + int(torch.count_nonzero(candidates > threshold))
     n_equal = int(torch.count_nonzero(candidates == threshold))
     return float(threshold), n_greater, n_equal
+
+
+def _high_bits(block: torch.Tensor, signed: bool) -> torch.Tensor:
+    bits = block.view(torch.int32)
+    high = bits.bitwise_and(0x7FFFFFFF) if signed else bits.clone()
+    return high.bitwise_right_shift_(16)
 
 
 def topk_mask(scores: torch.Tensor, k: int, by_magnitude: bool = False) -> torch.Tensor:
