@@ -29,7 +29,7 @@ from tests.merge.checkpoints import llama_config, tensor_shapes  # noqa: E402
 
 MERGEKIT_VENV = Path(os.environ.get("MERGEKIT_VENV", "/work/venv-mergekit"))
 CONFIG = llama_config(hidden=1024, intermediate=4096, layers=28, vocab=32000, heads=16, kv_heads=8)
-METHODS = ("linear", "slerp", "task_arithmetic", "ties", "dare_ties", "dare_linear", "sce", "varm")
+METHODS = ("ties", "sce", "dare_ties", "task_arithmetic", "linear", "slerp", "dare_linear", "varm")
 
 
 def build(root: Path) -> tuple[Path, Path, Path]:
