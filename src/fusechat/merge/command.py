@@ -33,6 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="compute TIES/DARE/TA/SCE in the config's dtype like mergekit (default: fp32, cast at the end)",
     )
+    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads while merging (default 1)")
     p.set_defaults(func=run)
 
 
@@ -47,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
         explain_weights=args.explain,
         max_shard_bytes=int(args.max_shard_size),
         mergekit_arithmetic=args.mergekit_arithmetic,
+        threads=args.threads,
     )
     log.info("merged into %s", out)
     print(out)
