@@ -23,6 +23,7 @@ COMMANDS = (
     "fusechat.verify",
     "fusechat.run_command",
     "fusechat.align.command",
+    "fusechat.merge.command",
 )
 
 

@@ -1,0 +1,265 @@
+"""Merging speed and memory against the disk floor and against mergekit, measured side by side in one run.
+
+Builds three ~500M-parameter Llama-style bf16 checkpoints under /tmp (a pivot and two targets fine-tuned from
+it, two shards each), measures this disk's read and write bandwidth, then for every method runs fusechat and
+mergekit 0.1.5 (installed in its own venv, by this script if absent) on the same config, each in a fresh
+process with the inputs evicted from the page cache first. Prints, per method: wall time, wall time over the
+disk floor (bytes read / read bandwidth + bytes written / write bandwidth), peak RSS, and the ratios.
+
+    python benchmarks/bench_merge.py [--methods ties,sce] [--skip-mergekit] [--root /tmp/fusechat-bench-merge]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from tests.merge.checkpoints import llama_config, tensor_shapes  # noqa: E402
+
+MERGEKIT_VENV = Path(os.environ.get("MERGEKIT_VENV", "/work/venv-mergekit"))
+CONFIG = llama_config(hidden=1024, intermediate=4096, layers=28, vocab=32000, heads=16, kv_heads=8)
+METHODS = ("ties", "sce", "dare_ties", "task_arithmetic", "linear", "slerp", "dare_linear", "varm")
+
+
+def build(root: Path) -> tuple[Path, Path, Path]:
+    """The three checkpoints, built tensor by tensor (bf16, two shards each); reused when already there."""
+    dirs = [root / n for n in ("pivot", "target_a", "target_b")]
+    if all((d / "config.json").is_file() for d in dirs):
+        return dirs[0], dirs[1], dirs[2]
+    from safetensors.torch import save_file
+
+    shapes = sorted(tensor_shapes(CONFIG).items())
+    n_params = sum(torch.Size(s).numel() for _, s in shapes)
+    print(f"building 3 checkpoints of {n_params / 1e6:.0f}M parameters in {root}", flush=True)
+    halves = [shapes[: len(shapes) // 2], shapes[len(shapes) // 2 :]]
+    for d in dirs:
+        d.mkdir(parents=True, exist_ok=True)
+    for s, part in enumerate(halves):
+        out = [{}, {}, {}]
+        for i, (name, shape) in enumerate(part):
+            g = torch.Generator().manual_seed(s * 100_000 + i)
+            base = torch.randn(shape, generator=g) * 0.02 + (1.0 if "norm" in name else 0.0)
+            out[0][name] = base.to(torch.bfloat16)
+            for j, scale in ((1, 2e-3), (2, 4e-3)):
+                out[j][name] = (base + torch.randn(shape, generator=g) * scale).to(torch.bfloat16)
+        for d, tensors in zip(dirs, out, strict=True):
+            save_file(tensors, str(d / f"model-{s + 1:05d}-of-00002.safetensors"), metadata={"format": "pt"})
+    for d in dirs:
+        weight_map = {}
+        for f in sorted(d.glob("*.safetensors")):
+            from safetensors import safe_open
+
+            with safe_open(str(f), "pt") as h:
+                weight_map.update({k: f.name for k in h.keys()})  # noqa: SIM118
+        (d / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+        (d / "config.json").write_text(json.dumps({**CONFIG, "dtype": "bfloat16"}, indent=2))
+    return dirs[0], dirs[1], dirs[2]
+
+
+def evict(paths: list[Path]) -> None:
+    """Drop these files' pages from the page cache, so the next read comes from disk (only our files)."""
+    for p in paths:
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def disk_bandwidth(root: Path, size: int = 1 << 30) -> tuple[float, float]:
+    """(read, write) bytes/s: write `size` bytes with fsync, evict them, read them back."""
+    path = root / "bandwidth.tmp"
+    block = os.urandom(1 << 24)
+    start = time.perf_counter()
+    with open(path, "wb") as f:
+        for _ in range(size // len(block)):
+            f.write(block)
+        f.flush()
+        os.fsync(f.fileno())
+    write = size / (time.perf_counter() - start)
+    evict([path])
+    start = time.perf_counter()
+    with open(path, "rb", buffering=0) as f:
+        while f.read(1 << 24):
+            pass
+    read = size / (time.perf_counter() - start)
+    path.unlink()
+    return read, write
+
+
+def config_for(method: str, pivot: Path, a: Path, b: Path) -> dict:
+    two = [
+        {"model": str(a), "parameters": {"weight": 0.25}},
+        {"model": str(b), "parameters": {"weight": 0.5}},
+    ]
+    sparse = [{"model": m["model"], "parameters": {**m["parameters"], "density": 0.5}} for m in two]
+    cfg = {
+        "linear": {
+            "models": [
+                {"model": str(a), "parameters": {"weight": 1.0}},
+                {"model": str(b), "parameters": {"weight": 2.0}},
+            ]
+        },
+        "slerp": {
+            "base_model": str(pivot),
+            "models": [{"model": str(pivot)}, {"model": str(a)}],
+            "parameters": {"t": 0.5},
+        },
+        "task_arithmetic": {"base_model": str(pivot), "models": two},
+        "ties": {"base_model": str(pivot), "models": sparse},
+        "dare_ties": {"base_model": str(pivot), "models": sparse},
+        "dare_linear": {"base_model": str(pivot), "models": sparse},
+        "sce": {
+            "base_model": str(pivot),
+            "models": [{"model": str(a)}, {"model": str(b)}],
+            "parameters": {"select_topk": 0.1},
+        },
+        "varm": {"base_model": str(pivot), "models": [{"model": str(a)}, {"model": str(b)}]},
+    }[method]
+    return {"merge_method": method, **cfg, "dtype": "bfloat16"}
+
+
+def run(cmd: list[str], env: dict | None = None) -> tuple[float, float, float]:
+    """Run `cmd` in a new process; returns (wall s, CPU s, peak RSS GB) of that process alone.
+
+    Peak RSS is the kernel's high-water mark (VmHWM) of the process after exec, polled every 20 ms; rusage's
+    ru_maxrss is not used because it keeps the forking parent's RSS from before the exec.
+    """
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    peak = 0
+    status_path = Path(f"/proc/{proc.pid}/status")
+
+    def poll() -> None:
+        nonlocal peak
+        while proc.returncode is None:
+            try:
+                for line in status_path.read_text().splitlines():
+                    if line.startswith("VmHWM:"):
+                        peak = max(peak, int(line.split()[1]) * 1024)
+            except (FileNotFoundError, ProcessLookupError):
+                return
+            time.sleep(0.02)
+
+    import threading
+
+    watcher = threading.Thread(target=poll, daemon=True)
+    watcher.start()
+    err = proc.stderr.read().decode() if proc.stderr else ""
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.perf_counter() - start
+    watcher.join()
+    if proc.returncode != 0:
+        raise RuntimeError(f"{cmd[0]} failed: {err[-2000:]}")
+    return wall, usage.ru_utime + usage.ru_stime, peak / 1e9
+
+
+def ensure_mergekit() -> Path:
+    exe = MERGEKIT_VENV / "bin" / "mergekit-yaml"
+    if not exe.exists():
+        print(f"installing mergekit 0.1.5 into {MERGEKIT_VENV}", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", str(MERGEKIT_VENV)], check=True)
+        pip = str(MERGEKIT_VENV / "bin" / "pip")
+        subprocess.run([pip, "install", "-q", "torch==2.13.0"], check=True)  # first, so no CUDA build is pulled
+        subprocess.run([pip, "install", "-q", "mergekit==0.1.5"], check=True)
+    return exe
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--root", type=Path, default=Path("/tmp/fusechat-bench-merge"))
+    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--skip-mergekit", action="store_true")
+    args = ap.parse_args()
+    args.root.mkdir(parents=True, exist_ok=True)
+    pivot, a, b = build(args.root)
+    mergekit = None if args.skip_mergekit else ensure_mergekit()
+    read_bw, write_bw = disk_bandwidth(args.root)
+    print(f"disk: read {read_bw / 1e6:.0f} MB/s, write {write_bw / 1e6:.0f} MB/s (this run)", flush=True)
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    rows = []
+    for method in args.methods.split(","):
+        cfg = config_for(method, pivot, a, b)
+        path = args.root / f"{method}.yml"
+        path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        inputs = {Path(m["model"]) for m in cfg["models"]} | (
+            {Path(cfg["base_model"])} if "base_model" in cfg else set()
+        )
+        files = [f for d in sorted(inputs) for f in sorted(d.glob("*.safetensors"))]
+        read_bytes = sum(f.stat().st_size for f in files)
+        row = {"method": method}
+        for tool in ("fusechat", "mergekit"):
+            if tool == "mergekit" and (mergekit is None or method == "varm"):
+                continue
+            out = args.root / f"out-{tool}-{method}"
+            shutil.rmtree(out, ignore_errors=True)
+            evict(files)
+            if tool == "fusechat":
+                cmd = [
+                    sys.executable,
+                    "-c",
+                    "import sys; from fusechat.merge import merge; merge(sys.argv[1], sys.argv[2])",
+                    str(path),
+                    str(out),
+                ]
+            else:
+                cmd = [
+                    str(mergekit),
+                    str(path),
+                    str(out),
+                    "--no-copy-tokenizer",
+                    "--random-seed",
+                    "0",
+                    "--quiet",
+                ]
+            wall, cpu, rss = run(cmd, env)
+            written = sum(f.stat().st_size for f in out.glob("*.safetensors"))
+            floor = read_bytes / read_bw + written / write_bw
+            row[tool] = {
+                "wall_s": round(wall, 1),
+                "cpu_s": round(cpu, 1),
+                "floor_s": round(floor, 2),
+                "x_floor": round(wall / floor, 2),
+                "peak_rss_gb": round(rss, 2),
+                "load_avg_1min": round(os.getloadavg()[0], 1),
+            }
+            if tool == "fusechat":
+                row[tool]["merge_s"] = json.loads((out / "manifest.json").read_text())["seconds"]
+                row[tool]["merge_x_floor"] = round(row[tool]["merge_s"] / floor, 2)
+            shutil.rmtree(out, ignore_errors=True)
+            print(json.dumps({"method": method, tool: row[tool]}), flush=True)
+        rows.append(row)
+    print(
+        "\n| method | floor s | fusechat wall s (merge only) | × floor | CPU s | mergekit wall s | × floor "
+        "| CPU s | wall speed-up | CPU ratio | peak RSS GB fusechat / mergekit | RSS ratio |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        f, m = r["fusechat"], r.get("mergekit")
+        ours = f"{f['wall_s']} ({f['merge_s']}) | {f['x_floor']} ({f['merge_x_floor']}) | {f['cpu_s']}"
+        if m:
+            theirs = (
+                f"{m['wall_s']} | {m['x_floor']} | {m['cpu_s']} | {m['wall_s'] / f['wall_s']:.1f}× | "
+                f"{m['cpu_s'] / f['cpu_s']:.1f}× | {f['peak_rss_gb']} / {m['peak_rss_gb']} | "
+                f"{f['peak_rss_gb'] / m['peak_rss_gb']:.2f}"
+            )
+        else:
+            theirs = f"– | – | – | – | – | {f['peak_rss_gb']} / – | –"
+        print(f"| {r['method']} | {f['floor_s']} | {ours} | {theirs} |")
+
+
+if __name__ == "__main__":
+    main()

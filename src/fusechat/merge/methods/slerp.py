@@ -1,0 +1,44 @@
+"""Spherical linear interpolation between a base tensor and one other, treating each tensor as one vector.
+
+Interpolating along the great circle keeps the norm of the result close to the inputs' norms, where a
+straight average of two dissimilar weight vectors shrinks it. Nearly parallel vectors fall back to a straight
+interpolation, where the spherical formula is numerically unstable.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+PARALLEL_DOT = 0.9995  # |cos| above this: straight interpolation (mergekit's threshold)
+TINY_NORM = 1e-8  # vectors with a norm at or below this are not normalised
+
+
+def slerp(base: torch.Tensor, other: torch.Tensor, t: float) -> torch.Tensor:
+    """Interpolate from `base` (t = 0) to `other` (t = 1) along the arc between the two flattened tensors.
+
+    base, other: (...) of one shape, float32 or float64; t: float. Returns (...) in the inputs' dtype:
+    sin((1−t)θ)/sin θ · base + sin(tθ)/sin θ · other, θ the angle between them, computed on the unnormalised
+    tensors; when |cos θ| > 0.9995, (1−t)·base + t·other.
+    """
+    a = base.reshape(-1)
+    b = other.reshape(-1)
+    if a.numel() == 0:
+        return base.clone()
+    norm_a = float(torch.linalg.vector_norm(a, dtype=torch.float64))
+    norm_b = float(torch.linalg.vector_norm(b, dtype=torch.float64))
+    norm_a = norm_a if norm_a > TINY_NORM else 1.0
+    norm_b = norm_b if norm_b > TINY_NORM else 1.0
+    dot = float(torch.dot(a, b).double()) / (norm_a * norm_b)
+    dot = min(1.0, max(-1.0, dot))
+    if abs(dot) > PARALLEL_DOT:
+        coef_a, coef_b = 1.0 - t, t
+    else:
+        theta = math.acos(dot)
+        sin_theta = math.sin(theta)
+        coef_a = math.sin((1.0 - t) * theta) / sin_theta
+        coef_b = math.sin(t * theta) / sin_theta
+    out = base.mul(coef_a)
+    out.add_(other, alpha=coef_b)
+    return out

@@ -1,0 +1,116 @@
+"""The config loader: mergekit's parameter syntax (filters, gradients, precedence) and load-time refusals."""
+
+from __future__ import annotations
+
+import pytest
+
+from fusechat.errors import FusechatError
+from fusechat.merge.config import load_config
+from fusechat.merge.engine import _Settings
+from fusechat.merge.params import layer_t
+
+
+def cfg(**kw):
+    raw = {"merge_method": "ties", "base_model": "P", "models": [{"model": "A", "parameters": {"weight": 1}}]}
+    raw.update(kw)
+    return load_config(raw)
+
+
+def test_gradients_filters_and_precedence():
+    c = load_config(
+        {
+            "merge_method": "ties",
+            "base_model": "P",
+            "models": [
+                {
+                    "model": "A",
+                    "parameters": {"weight": 1, "density": [{"filter": "mlp", "value": [0.2, 0.6]}]},
+                },
+                {"model": "B", "parameters": {"weight": 2}},
+            ],
+            "parameters": {"density": 0.9, "lambda": [1.0, 2.0, 3.0]},
+        }
+    )
+    s = _Settings(c, num_layers=5)
+    shared, per = s.job("model.layers.2.mlp.up_proj.weight")  # t = 0.5
+    assert shared["lambda"] == pytest.approx(2.0)
+    assert per[0]["density"] == pytest.approx(0.4) and per[1]["density"] == 0.9
+    shared, per = s.job("model.layers.2.self_attn.q_proj.weight")  # A's filter misses: falls to top level
+    assert per[0]["density"] == 0.9 and per[0]["weight"] == 1.0
+    shared, _ = s.job("model.embed_tokens.weight")  # outside the layers t = 0
+    assert shared["lambda"] == 1.0
+    assert layer_t("model.layers.0.mlp.w", 1) == 1.0
+
+
+@pytest.mark.parametrize(
+    "kw,message",
+    [
+        ({"merge_methd": "ties"}, "merge_methd: unknown key"),
+        ({"parameters": {"densty": 0.5}}, "parameters.densty: ties has no parameter 'densty'"),
+        ({"parameters": {"normalize": "yes"}}, "parameters.normalize: expected bool"),
+        (
+            {"parameters": {"lambda": [{"filter": 3, "value": 1}]}},
+            r"parameters.lambda\[0\].filter: must be a string",
+        ),
+        ({"dtype": "bf17"}, "dtype: unknown dtype 'bf17'"),
+        ({"base_model": None}, "base_model: ties needs a base model"),
+        ({"models": [{"model": "A"}]}, r"models\[0\].parameters.weight: ties needs a 'weight'"),
+        ({"tokenizer_source": 3}, "tokenizer_source"),
+        ({"slices": []}, "slices: layer slicing is not supported"),
+    ],
+)
+def test_refusals_name_the_key(kw, message):
+    with pytest.raises(FusechatError, match=message):
+        cfg(**kw)
+
+
+def test_method_specific_refusals():
+    with pytest.raises(FusechatError, match="task_arithmetic has no parameter 'density'.*ignores it silently"):
+        load_config(
+            {
+                "merge_method": "task_arithmetic",
+                "base_model": "P",
+                "models": [{"model": "A", "parameters": {"weight": 1, "density": 0.5}}],
+            }
+        )
+    with pytest.raises(FusechatError, match="slerp takes exactly 1 model"):
+        load_config(
+            {
+                "merge_method": "slerp",
+                "base_model": "P",
+                "models": [{"model": "A"}, {"model": "B"}],
+                "parameters": {"t": 0.5},
+            }
+        )
+    with pytest.raises(FusechatError, match="parameters.t: required by slerp"):
+        load_config({"merge_method": "slerp", "base_model": "P", "models": [{"model": "A"}]})
+    with pytest.raises(FusechatError, match="parameters.granularity: must be one of"):
+        load_config(
+            {
+                "merge_method": "varm",
+                "base_model": "P",
+                "models": [{"model": "A"}],
+                "parameters": {"granularity": "row"},
+            }
+        )
+    with pytest.raises(FusechatError, match=r"models\[0\].parameters.normalize: 'normalize' applies to the whole"):
+        load_config(
+            {
+                "merge_method": "linear",
+                "models": [{"model": "A", "parameters": {"weight": 1, "normalize": False}}],
+            }
+        )
+
+
+def test_fusechat_sce_config_loads():
+    """The follow-up's SCE config shape (select_topk on top) runs unchanged."""
+    c = load_config(
+        {
+            "merge_method": "sce",
+            "base_model": "P",
+            "models": [{"model": "A"}, {"model": "B"}],
+            "parameters": {"select_topk": 0.1},
+            "dtype": "bfloat16",
+        }
+    )
+    assert [m.model for m in c.merged_models()] == ["A", "B"] and c.dtype == "bfloat16"
