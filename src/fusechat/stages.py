@@ -129,9 +129,11 @@ def merger(pivot: str, checkpoints: list[Path], out: Path, cfg: MergeMethod) -> 
                 raise FusechatError(f"merge slerp needs exactly two targets, the recipe gives {len(checkpoints)}")
             config = simple_config("slerp", str(checkpoints[0]), [str(checkpoints[1])], parameters=cfg.parameters)
             return merge(config, out, exist_ok=True)
+        # linear averages the targets alone; the task-vector methods and VaRM measure change from the pivot.
+        base = None if cfg.method == "linear" else str(resolve_model_dir(pivot))
         config = simple_config(
             cfg.method,
-            str(resolve_model_dir(pivot)),
+            base,
             [str(c) for c in checkpoints],
             weights=cfg.weights,
             densities=densities,
