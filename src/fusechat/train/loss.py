@@ -110,43 +110,54 @@ def _chunk_loss_and_grad(
     """
     c = z.shape[0]
     rows = torch.arange(c, device=z.device)
-    grad = torch.zeros_like(z) if need_grad else None
-    clm = torch.zeros(c, dtype=z.dtype, device=z.device)
-    fuse = torch.zeros(c, dtype=z.dtype, device=z.device)
+    zero = torch.zeros(c, dtype=z.dtype, device=z.device)
+    clm = fuse = zero
+    fusing = lam < 1 and q is not None
+    lse = torch.logsumexp(z, dim=-1)
+    p = torch.exp(z - lse[:, None]) if need_grad else None  # (c, V); becomes the gradient, in place
     if lam > 0:
-        lse = torch.logsumexp(z, dim=-1)
         clm = lse - z[rows, labels]
-        if grad is not None:
-            grad.add_(torch.exp(z - lse[:, None]), alpha=lam)
-            grad[rows, labels] -= lam
-    if lam < 1 and q is not None:
-        zt = z / temperature if temperature != 1.0 else z
+    if not fusing:
+        if p is not None:
+            p.mul_(lam)
+            p[rows, labels] -= lam
+        return clm, fuse, p
+    if temperature == 1.0:
+        zt, lse_t, p_t = z, lse, p
+    else:
+        zt = z / temperature
         lse_t = torch.logsumexp(zt, dim=-1)
-        logp_kept = zt.gather(1, ids) - lse_t[:, None]
-        fuse = -(q * logp_kept).masked_fill(q == 0, 0.0).sum(dim=-1)
-        w = (1.0 - lam) / temperature
-        if q_tail is not None:
-            # The tail bucket: every id outside the kept set. Counting (not scattering booleans) keeps
-            # repeated padding indices harmless.
-            kept = torch.zeros_like(z).scatter_add_(1, ids, valid.to(z.dtype)) > 0
-            lse_rest = torch.logsumexp(zt.masked_fill(kept, float("-inf")), dim=-1)
-            has_tail = (q_tail > 0) & torch.isfinite(lse_rest)
-            log_tail = torch.where(has_tail, lse_rest - lse_t, torch.zeros_like(lse_t))
-            fuse = fuse - torch.where(has_tail, q_tail * log_tail, torch.zeros_like(log_tail))
-        if grad is not None:
-            # d/dz of -sum q log softmax(z/T) is (p_T * sum(q) - q) / T; sum(q) is 1 (or 0 for an empty row)
-            # once the tail bucket is counted, whose own share is spread over the tail ids in proportion to
-            # p_T.
-            q_total = q.sum(dim=-1)
-            if q_tail is not None:
-                q_total = q_total + torch.where(has_tail, q_tail, torch.zeros_like(q_tail))
-            p_t = torch.exp(zt - lse_t[:, None])
-            grad.add_(p_t * (w * q_total)[:, None])
-            grad.scatter_add_(1, ids, -w * q)
-            if q_tail is not None:
-                share = torch.exp(zt - lse_rest[:, None]).masked_fill(kept, 0.0)
-                coef = torch.where(has_tail, q_tail, torch.zeros_like(q_tail)) * w
-                grad.sub_(share * coef[:, None])
+        p_t = torch.exp(zt - lse_t[:, None]) if need_grad else None
+    fuse = -(q * (zt.gather(1, ids) - lse_t[:, None])).masked_fill(q == 0, 0.0).sum(dim=-1)
+    w = (1.0 - lam) / temperature
+    q_total = q.sum(dim=-1)  # 1, or 0 for a row of padding only (no fusion term)
+    kept = tail_share = None
+    if q_tail is not None:
+        # The tail bucket: every id outside the kept set. Counting (not scattering booleans) keeps repeated
+        # padding indices harmless.
+        kept = torch.zeros_like(z).scatter_add_(1, ids, valid.to(z.dtype)) > 0
+        lse_rest = torch.logsumexp(zt.masked_fill(kept, float("-inf")), dim=-1)
+        has_tail = (q_tail > 0) & torch.isfinite(lse_rest)
+        q_tail = torch.where(has_tail, q_tail, zero)
+        log_tail = torch.where(has_tail, lse_rest - lse_t, zero)
+        fuse = fuse - q_tail * log_tail
+        q_total = q_total + q_tail
+        # d/dz_j of -q_tail log P_tail is -q_tail p_j / P_tail for j in the tail
+        tail_share = w * q_tail * torch.exp(-log_tail)
+    if p is None:
+        return clm, fuse, None
+    # d/dz of -sum q log softmax(z/T) is (p_T * sum(q) - q) / T, sum(q) including the tail bucket's mass.
+    # The tail term has to use p_T before p is overwritten when the two are one tensor (temperature 1).
+    if p_t is p:
+        a = (lam + w * q_total)[:, None]
+        grad = p.mul_(a if tail_share is None else torch.where(kept, a, a - tail_share[:, None]))
+    else:
+        grad = p.mul_(lam).add_(p_t * (w * q_total)[:, None])
+        if tail_share is not None:
+            grad.sub_((p_t * tail_share[:, None]).masked_fill_(kept, 0.0))
+    if lam > 0:
+        grad[rows, labels] -= lam
+    grad.scatter_add_(1, ids, -w * q)
     return clm, fuse, grad
 
 
