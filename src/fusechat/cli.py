@@ -20,6 +20,7 @@ COMMANDS = (
     "fusechat.models_command",
     "fusechat.teacher.command",
     "fusechat.merge.command",
+    "fusechat.train.command",
 )
 
 
