@@ -45,7 +45,7 @@ def conversation(rng: np.random.Generator, n_turns: int) -> tuple[str, list[tupl
     return text, spans
 
 
-def make_tokenizer(directory: Path) -> None:
+def make_tokenizer(directory: Path, vocab_size: int = 300) -> None:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -55,7 +55,7 @@ def make_tokenizer(directory: Path) -> None:
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=300,
+        vocab_size=vocab_size,
         special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
