@@ -130,19 +130,22 @@ def test_bad_input_fails_before_compute(tiny, tmp_path):
     (foreign / "weights.safetensors").write_bytes(b"x")
     one_line_error(run_cli(*base, "--out", str(foreign)), str(foreign), "not a fusechat")
     assert sorted(p.name for p in foreign.iterdir()) == ["weights.safetensors"]
-    # targets made for another tokenizer
+
+
+def test_targets_for_another_tokenizer_and_unknown_options_are_refused(tiny, tmp_path):
     other = tmp_path / "other"
     make_tokenizer(other, vocab_size=280)
     from transformers import AutoTokenizer
 
     make_model(other, len(AutoTokenizer.from_pretrained(other)), seed=3)
-    one_line_error(
-        run_cli("--pivot", str(other), "--targets", str(tiny["targets"]), "--out", str(tmp_path / "b")),
-        "tokenizer",
-        str(tiny["targets"]),
-    )
-    # an unknown Trainer option
-    one_line_error(run_cli(*base, "--out", str(tmp_path / "c"), "--trainer-arg", "no_such=1"), "no_such")
+    with pytest.raises(FusechatError, match="tokenizer") as e:
+        train(other, tiny["targets"], tmp_path / "b", max_steps=1)
+    assert str(tiny["targets"]) in str(e.value)
+    with pytest.raises(FusechatError, match="no_such"):
+        train(tiny["pivot"], tiny["targets"], tmp_path / "c", no_such=1)
+    with pytest.raises(FusechatError, match="set by fusechat"):
+        train(tiny["pivot"], tiny["targets"], tmp_path / "d", output_dir="elsewhere")
+    assert not any((tmp_path / n).exists() for n in "bcd")
 
 
 def test_empty_target_set_is_refused(tiny, tmp_path):

@@ -9,6 +9,7 @@ the same command after an interruption resumes from the newest one.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.util
 import json
@@ -41,6 +42,7 @@ PAPER_DEFAULTS: dict[str, Any] = {
     "lr_scheduler_type": "cosine",
     "warmup_steps": 0.03,
     "weight_decay": 0.0,
+    "ddp_find_unused_parameters": False,  # the loss uses every parameter; the extra graph walk is waste
 }
 # Options that change how a run is watched or stored, not what it computes (left out of the fingerprint).
 NOT_FINGERPRINTED = {"logging_steps", "report_to", "save_steps", "save_total_limit", "save_strategy"}
@@ -220,17 +222,19 @@ def train(
     manifest["fingerprint"] = fingerprint(fp_inputs)
 
     args = _training_args(out, dict(trainer_options))
-    with args.main_process_first(local=False, desc="prepare the output directory"):
-        prepare_output_dir(out, STAGE)
-        resume = _previous_run(out, manifest["fingerprint"])
-    if resume == "done":
-        log.info("%s: already trained with the same inputs; nothing to do", out)
-        return out
     run = _Run(args, settings, pivot_dir, tokenizer, dataset, manifest, out, callbacks)
-    if not args.should_save:
-        return run(resume)
-    with locked(out):
-        write_manifest(out, manifest, complete=False)
+    with contextlib.ExitStack() as stack:
+        # The main process claims the directory and writes its incomplete manifest before the others look.
+        with args.main_process_first(local=False, desc="prepare the output directory"):
+            if args.should_save:
+                prepare_output_dir(out, STAGE)
+                stack.enter_context(locked(out))
+            resume = _previous_run(out, manifest["fingerprint"])
+            if args.should_save and resume != "done":
+                write_manifest(out, manifest, complete=False)
+        if resume == "done":
+            log.info("%s: already trained with the same inputs; nothing to do", out)
+            return out
         return run(resume)
 
 
