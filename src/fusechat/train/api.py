@@ -122,6 +122,13 @@ def _training_args(out: Path, options: dict[str, Any]) -> Any:
     opts.update(options)
     opts.update(output_dir=str(out / CHECKPOINTS), remove_unused_columns=False, label_names=["labels"])
     opts["bf16"] = bool(bf16)
+    if opts.get("fsdp") and not torch.cuda.is_available():
+        # Found on transformers 5.23 / accelerate 1.15: with use_cpu the FSDP request is silently dropped and
+        # plain DDP runs; without it TrainingArguments refuses. Say so instead of pretending to shard.
+        raise FusechatError(
+            "FSDP needs GPUs with this transformers/accelerate (on CPU the Trainer would silently run DDP); "
+            "drop the fsdp option to train with DDP (torchrun --nproc_per_node N)"
+        )
     unknown = sorted(set(opts) - {f.name for f in dataclasses.fields(TrainingArguments)})
     if unknown:
         raise FusechatError(f"unknown trainer options {unknown}; see transformers.TrainingArguments")
