@@ -48,14 +48,31 @@ def dense_fusion_loss(
     """The same loss as `fusion_loss`, densely. `hidden` (..., H), `labels` (...) with -100 where
     unsupervised, `target_ids`/`target_logprobs` (..., k) (ignored where labels are -100). Returns a
     scalar."""
+    logits = head.logits(hidden)  # (..., V): the full logits, at once
+    return dense_loss_from_logits(
+        logits, labels, target_ids, target_logprobs, lam, temperature, tail, normalizer
+    )
+
+
+def dense_loss_from_logits(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    target_ids: torch.Tensor | None = None,
+    target_logprobs: torch.Tensor | None = None,
+    lam: float = 0.9,
+    temperature: float = 1.0,
+    tail: bool = False,
+    normalizer: float | None = None,
+) -> torch.Tensor:
+    """The dense loss from full logits (..., V), as a forward pass returns them; see `dense_fusion_loss`."""
     mask = labels != IGNORE
     n = int(mask.sum())
-    logits = head.logits(hidden)  # (..., V): the full logits, at once
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
     vocab = logits.shape[-1]
     logp = torch.log_softmax(logits, dim=-1)
     clm = -logp.gather(-1, labels.clamp_min(0).long().unsqueeze(-1)).squeeze(-1)
     clm_sum = clm.masked_fill(~mask, 0.0).sum()
-    fuse_sum = torch.zeros((), dtype=logits.dtype, device=hidden.device)
+    fuse_sum = torch.zeros((), dtype=logits.dtype, device=logits.device)
     if lam < 1.0:
         # (..., V) dense targets, as a reference collator builds them
         q, q_tail = dense_targets(target_ids, target_logprobs, vocab, temperature, tail, logits.dtype)
