@@ -166,3 +166,14 @@ def test_bad_arguments_are_refused():
         fusion_loss(h, Head(w), labels, ids, lp, temperature=2.0, tail=True)
     with pytest.raises(ValueError, match="required"):
         fusion_loss(h, Head(w), labels, lam=0.5)
+
+
+def test_upstream_gradient_scales_the_result():
+    h, w, b, labels, ids, lp = make_case(seed=14, bias=True)
+    grads = []
+    for factor in (1.0, 3.0):
+        hd, wd, bd = (t.clone().requires_grad_(True) for t in (h, w, b))
+        (fusion_loss(hd, Head(wd, bd), labels, ids, lp, lam=0.6).loss * factor).backward()
+        grads.append((hd.grad, wd.grad, bd.grad))
+    for one, three in zip(*grads, strict=True):
+        torch.testing.assert_close(three, 3 * one)

@@ -218,10 +218,17 @@ class _ChunkedFusionLoss(torch.autograd.Function):
     def backward(ctx, grad_loss, _clm, _fuse):
         grad_h, grad_w, grad_b = ctx.saved_tensors
         w_dtype, b_dtype = ctx.dtypes
-        out_h = None if grad_h is None else grad_h * grad_loss.to(grad_h.dtype)
-        out_w = None if grad_w is None else (grad_w * grad_loss).to(w_dtype)
-        out_b = None if grad_b is None else (grad_b * grad_loss).to(b_dtype)
-        return out_h, out_w, out_b, None, None, None, None, None, None
+        # The buffers are used once (no double backward), so they are scaled in place: no second copy of a
+        # vocabulary-sized gradient. The usual upstream gradient is exactly 1 and needs no scaling at all.
+        scale = None if bool(grad_loss == 1) else grad_loss
+        out = []
+        for g, dtype in ((grad_h, None), (grad_w, w_dtype), (grad_b, b_dtype)):
+            if g is not None:
+                if scale is not None:
+                    g = g.mul_(scale.to(g.dtype))
+                g = g if dtype is None else g.to(dtype)
+            out.append(g)
+        return (*out, None, None, None, None, None, None)
 
 
 def fusion_loss(
