@@ -145,7 +145,10 @@ def test_targets_for_another_tokenizer_and_unknown_options_are_refused(tiny, tmp
         train(tiny["pivot"], tiny["targets"], tmp_path / "c", no_such=1)
     with pytest.raises(FusechatError, match="set by fusechat"):
         train(tiny["pivot"], tiny["targets"], tmp_path / "d", output_dir="elsewhere")
-    assert not any((tmp_path / n).exists() for n in "bcd")
+    if not torch.cuda.is_available():
+        with pytest.raises(FusechatError, match="FSDP needs GPUs"):
+            train(tiny["pivot"], tiny["targets"], tmp_path / "e", fsdp=True)
+    assert not any((tmp_path / n).exists() for n in "bcde")
 
 
 def test_empty_target_set_is_refused(tiny, tmp_path):
