@@ -188,3 +188,32 @@ def test_non_finite_batches_are_skipped_and_counted(tiny, tmp_path):
     for k, v in AutoModelForCausalLM.from_pretrained(tiny["pivot"]).state_dict().items():
         assert torch.isfinite(trained[k]).all()
         torch.testing.assert_close(trained[k], v)  # zero gradients, no weight decay: the weights did not move
+
+
+def test_lora_adapters_are_merged_into_a_plain_checkpoint(tiny, tmp_path):
+    pytest.importorskip("peft")
+    from safetensors.torch import load_file
+
+    out = train(
+        tiny["pivot"],
+        tiny["targets"],
+        tmp_path / "lora",
+        lam=0.5,
+        lora_rank=4,
+        max_steps=4,
+        per_device_train_batch_size=4,
+        learning_rate=1e-2,
+        warmup_steps=0,
+        disable_tqdm=True,
+    )
+    merged, pivot = (
+        load_file(str(out / "model.safetensors")),
+        load_file(str(tiny["pivot"] / "model.safetensors")),
+    )
+    assert merged.keys() == pivot.keys()  # no adapter tensors left
+    torch.testing.assert_close(merged["model.embed_tokens.weight"], pivot["model.embed_tokens.weight"])
+    assert (
+        merged["model.layers.0.self_attn.q_proj.weight"] - pivot["model.layers.0.self_attn.q_proj.weight"]
+    ).abs().max() > 0
+    assert read_json(out / "manifest.json")["lora"] == {"rank": 4, "alpha": 8}
+    assert dataset_loss(out, tiny["targets"], 0.5) < dataset_loss(tiny["pivot"], tiny["targets"], 0.5)

@@ -62,6 +62,8 @@ class Settings:
     pack: bool
     chunk_size: int | None
     keep_checkpoints: bool
+    lora_rank: int | None = None
+    lora_alpha: float | None = None
 
     def check(self) -> None:
         if not 0.0 <= self.lam <= 1.0:
@@ -74,6 +76,11 @@ class Settings:
             raise FusechatError(f"--max-length must be at least 2, got {self.max_length}")
         if self.pack and self.max_length is None:
             raise FusechatError("--pack needs --max-length (the length of a packed row)")
+        if self.lora_rank is not None:
+            if self.lora_rank < 1:
+                raise FusechatError(f"--lora-rank must be a positive integer, got {self.lora_rank}")
+            if importlib.util.find_spec("peft") is None:
+                raise FusechatError("--lora-rank needs peft: pip install 'fusechat[lora]' (peft==0.21.2)")
 
 
 def _open_targets(targets: str | os.PathLike, clm_only: bool, pivot_fp: str) -> Any:
@@ -174,6 +181,8 @@ def train(
     pack: bool = False,
     chunk_size: int | None = None,
     keep_checkpoints: bool = False,
+    lora_rank: int | None = None,
+    lora_alpha: float | None = None,
     callbacks: list | None = None,
     **trainer_options: Any,
 ) -> Path:
@@ -184,14 +193,27 @@ def train(
     (num_train_epochs, learning_rate, lr_scheduler_type, warmup_steps, per_device_train_batch_size,
     gradient_accumulation_steps, gradient_checkpointing, seed, max_steps, save_steps, fsdp, deepspeed, ...);
     `bf16="auto"` (the default) uses bf16 where CUDA supports it. An interrupted run resumes from its newest
-    checkpoint when rerun with the same arguments; a finished one is not redone. Returns `out`.
+    checkpoint when rerun with the same arguments; a finished one is not redone. `lora_rank` trains LoRA
+    adapters (peft, on every linear layer but the head; alpha defaults to 2 x rank) and merges them into full
+    weights at the end. Returns `out`.
     """
     from transformers import AutoConfig
 
     from fusechat.models import check_model_dir, load_tokenizer, resolve_model_dir, tokenizer_fingerprint
     from fusechat.train.data import TargetsDataset
 
-    settings = Settings(lam, clm_only, temperature, tail, max_length, pack, chunk_size, keep_checkpoints)
+    settings = Settings(
+        lam,
+        clm_only,
+        temperature,
+        tail,
+        max_length,
+        pack,
+        chunk_size,
+        keep_checkpoints,
+        lora_rank,
+        lora_alpha,
+    )
     settings.check()
     out = Path(out)
     pivot_dir = resolve_model_dir(pivot)
@@ -220,6 +242,7 @@ def train(
         "tail_bucket": tail,
         "max_length": max_length,
         "pack": pack,
+        "lora": None if lora_rank is None else {"rank": lora_rank, "alpha": lora_alpha or 2 * lora_rank},
         "trainer_options": dict(sorted(trainer_options.items())),
     }
     fp_inputs = dict(manifest)
@@ -245,6 +268,16 @@ def train(
         return run(resume)
 
 
+def _with_lora(model: Any, rank: int, alpha: float | None) -> Any:
+    """The model with LoRA adapters on every linear layer except the output head (peft's "all-linear")."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        r=rank, lora_alpha=alpha or 2 * rank, target_modules="all-linear", task_type="CAUSAL_LM"
+    )
+    return get_peft_model(model, config)
+
+
 @dataclass
 class _Run:
     """One training run once its inputs are checked: load, train, save, describe."""
@@ -267,6 +300,8 @@ class _Run:
         s, args = self.settings, self.args
         model = load_model(self.pivot_dir)
         model.config.use_cache = False
+        if s.lora_rank is not None:
+            model = _with_lora(model, s.lora_rank, s.lora_alpha)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         collator = FusionCollator(pad_id=pad, pack=s.pack, max_length=s.max_length)
         check_head(model, collator([self.dataset[0]]))
@@ -292,7 +327,13 @@ class _Run:
         staging = self.out / ".final.tmp"
         if args.should_save and staging.exists():
             shutil.rmtree(staging)
-        trainer.save_model(str(staging))  # every process calls it (FSDP gathers the weights); rank 0 writes
+        if s.lora_rank is not None:
+            if args.should_save:  # adapters merged into full weights: a plain checkpoint, no peft needed
+                merged = trainer.accelerator.unwrap_model(trainer.model).merge_and_unload()
+                merged.save_pretrained(str(staging))
+                self.tokenizer.save_pretrained(str(staging))
+        else:
+            trainer.save_model(str(staging))  # every process calls it (FSDP gathers weights); rank 0 writes
         if args.should_save:
             self._finish(staging, trainer, result)
         return self.out

@@ -49,6 +49,7 @@ L = λ·L_CLM + (1 − λ)·L_fuse over assistant tokens only.
 | steps / epochs | {m.get("steps")} / {m.get("epochs")} |
 | global batch (conversations) | {m.get("global_batch")} over {m.get("world_size")} process(es) |
 | max length / packing | {m.get("max_length")} / {m.get("pack")} |
+| LoRA (merged into the weights) | {m.get("lora") or "no: full fine-tuning"} |
 | final training loss | {m.get("train_loss")} |
 | batches skipped (non-finite loss) | {m.get("nonfinite_batches_skipped")} |
 

@@ -55,6 +55,8 @@ def register(subparsers: Any) -> None:
     add("--chunk-size", type=int, help="supervised positions per chunk of logits (default: auto)")
     add("--gradient-checkpointing", action="store_true", help="recompute activations in backward")
     add("--bf16", choices=("auto", "on", "off"), default="auto", help="bf16 mixed precision (auto: on GPUs)")
+    add("--lora-rank", type=int, help="train LoRA adapters of this rank (needs peft), merged at the end")
+    add("--lora-alpha", type=float, help="LoRA alpha (default 2 x rank)")
     add("--keep-checkpoints", action="store_true", help="keep the Trainer checkpoints at the end")
     for flag, (_, typ, text) in OPTIONS.items():
         p.add_argument(flag, type=typ, help=text)
@@ -96,6 +98,8 @@ def run(args: argparse.Namespace) -> int:
         pack=args.pack,
         chunk_size=args.chunk_size,
         keep_checkpoints=args.keep_checkpoints,
+        lora_rank=args.lora_rank,
+        lora_alpha=args.lora_alpha,
         **options,
     )
     print(out)
