@@ -179,6 +179,7 @@ def run_variant(spec: dict) -> dict:
 
 def main_pivot(args) -> None:
     spec = dict(batch=args.batch, length=args.length, k=10, lam=0.9, steps=args.steps, threads=args.threads)
+    spec["checkpointing"] = args.checkpointing
     if REAL_PIVOT.is_dir() and not args.random:
         spec["pivot"] = str(REAL_PIVOT)
         what = "SmolLM2-135M-Instruct (real weights)"
@@ -261,6 +262,9 @@ def main() -> None:
     p.add_argument("--order", default="fusion,clm,reference,fusion,clm", help="variants, in the order run")
     p.add_argument(
         "--random", action="store_true", help="use the same-shape random config, not the real pivot"
+    )
+    p.add_argument(
+        "--checkpointing", action="store_true", help="gradient checkpointing (the paper's setting)"
     )
     p.add_argument("--vocab-sweep", action="store_true")
     p.add_argument("--plot", default="docs/train_memory_vs_vocab.png")

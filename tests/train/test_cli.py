@@ -217,3 +217,29 @@ def test_lora_adapters_are_merged_into_a_plain_checkpoint(tiny, tmp_path):
     ).abs().max() > 0
     assert read_json(out / "manifest.json")["lora"] == {"rank": 4, "alpha": 8}
     assert dataset_loss(out, tiny["targets"], 0.5) < dataset_loss(tiny["pivot"], tiny["targets"], 0.5)
+
+
+def test_trainer_options_pass_through(tiny, tmp_path):
+    """Packing, gradient checkpointing, accumulation, bf16 autocast and the tail bucket in one short run."""
+    out = train(
+        tiny["pivot"],
+        tiny["targets"],
+        tmp_path / "opts",
+        lam=0.5,
+        tail=True,
+        pack=True,
+        max_length=256,
+        max_steps=2,
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=2,
+        gradient_checkpointing=True,
+        bf16=True,
+        learning_rate=1e-3,
+        disable_tqdm=True,
+        keep_checkpoints=True,
+        save_steps=1,
+    )
+    m = read_json(out / "manifest.json")
+    assert m["complete"] and m["steps"] == 2 and m["global_batch"] == 4 and m["tail_bucket"] and m["pack"]
+    assert m["nonfinite_batches_skipped"] == 0 and np.isfinite(m["train_loss"])
+    assert (out / "checkpoints" / "checkpoint-2").is_dir()
