@@ -76,7 +76,7 @@ def build_model(spec: dict):
 
 
 def make_batch(vocab: int, batch: int, length: int, k: int, seed: int = 0) -> dict:
-    """Random tokens; the second half of each row supervised in a few assistant spans; sparse top-k targets."""
+    """Random tokens, about 60% of them supervised in four assistant spans per row; sparse top-k targets."""
     import torch
 
     g = torch.Generator().manual_seed(seed)
@@ -195,7 +195,8 @@ def main_pivot(args) -> None:
         results.setdefault(variant, []).append(r)
         print(
             f"  {variant:9s} peak {r['peak_mb']:8.0f} MB (step adds {r['step_peak_mb']:7.0f} MB, base "
-            f"{r['base_mb']:6.0f}, maxrss {r['maxrss_mb']:6.0f})  {r['tokens_per_s']:6.1f} tok/s  loss {r['loss']:.3f}",
+            f"{r['base_mb']:6.0f}, maxrss {r['maxrss_mb']:6.0f})  {r['tokens_per_s']:6.1f} tok/s  "
+            f"loss {r['loss']:.3f}",
             flush=True,
         )
 
@@ -230,7 +231,8 @@ def main_sweep(args) -> None:
             row[variant] = run_variant(dict(spec, vocab=v, variant=variant))["step_peak_mb"]
         rows.append(row)
         print(
-            f"  vocab {v:6d}: fusion {row['fusion']:7.0f}  clm {row['clm']:7.0f}  reference {row['reference']:7.0f}"
+            f"  vocab {v:6d}: fusion {row['fusion']:7.0f}  clm {row['clm']:7.0f}  "
+            f"reference {row['reference']:7.0f}"
             f"  fusion/reference {row['fusion'] / row['reference']:.3f}",
             flush=True,
         )
