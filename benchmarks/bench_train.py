@@ -165,6 +165,31 @@ def child(spec: dict) -> dict:
     }
 
 
+def alternate(spec: dict) -> dict:
+    """Throughput side by side in one process: fusion and CLM-only steps alternate on the same model, so
+    load from other processes hits both alike. Returns the median step time of each."""
+    import torch
+
+    torch.set_num_threads(spec["threads"])
+    model = build_model(spec)
+    model.config.use_cache = False
+    model.train()
+    vocab = model.get_output_embeddings().weight.shape[0]
+    batch = make_batch(vocab, spec["batch"], spec["length"], spec["k"])
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=0.0)
+    times: dict[str, list[float]] = {"fusion": [], "clm": []}
+    for r in range(spec["rounds"] + 1):
+        order = ("fusion", "clm") if r % 2 == 0 else ("clm", "fusion")
+        for variant in order:
+            t0 = time.perf_counter()
+            step_loss(variant, model, batch, spec["lam"]).backward()
+            opt.step()
+            opt.zero_grad(set_to_none=False)
+            if r > 0:  # round 0 warms up
+                times[variant].append(time.perf_counter() - t0)
+    return {v: sorted(t)[len(t) // 2] for v, t in times.items()} | {"all": times}
+
+
 def run_variant(spec: dict) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS=str(spec["threads"]))
     src = Path(__file__).resolve().parents[1] / "src"
@@ -268,12 +293,29 @@ def main() -> None:
     p.add_argument(
         "--checkpointing", action="store_true", help="gradient checkpointing (the paper's setting)"
     )
+    p.add_argument("--alternate", type=int, metavar="ROUNDS", help="throughput: alternate fusion/CLM steps")
     p.add_argument("--vocab-sweep", action="store_true")
     p.add_argument("--plot", default="docs/train_memory_vs_vocab.png")
     p.add_argument("--json", help="also write the raw figures here")
     args = p.parse_args()
     if args.child:
         print(json.dumps(child(json.loads(args.child))))
+    elif args.alternate:
+        spec = dict(
+            batch=args.batch, length=args.length, k=10, lam=0.9, threads=args.threads, rounds=args.alternate
+        )
+        if REAL_PIVOT.is_dir() and not args.random:
+            spec["pivot"] = str(REAL_PIVOT)
+        else:
+            spec.update(vocab=49152, hidden=576, intermediate=1536, layers=30, heads=9, kv_heads=3)
+        r = alternate(spec)
+        tokens = args.batch * args.length
+        print(
+            f"alternating fusion / CLM-only steps, {args.alternate} rounds, {args.batch} x {args.length} tokens"
+        )
+        print(f"  step times fusion {r['all']['fusion']}, clm {r['all']['clm']}")
+        print(f"  median: fusion {tokens / r['fusion']:.1f} tok/s, clm {tokens / r['clm']:.1f} tok/s")
+        print(f"  throughput fusion/clm: {r['clm'] / r['fusion']:.3f}")
     elif args.vocab_sweep:
         main_sweep(args)
     else:
