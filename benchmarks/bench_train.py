@@ -298,6 +298,7 @@ def main() -> None:
     p.add_argument("--plot", default="docs/train_memory_vs_vocab.png")
     p.add_argument("--json", help="also write the raw figures here")
     args = p.parse_args()
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # this checkout's fusechat
     if args.child:
         print(json.dumps(child(json.loads(args.child))))
     elif args.alternate:
@@ -310,9 +311,7 @@ def main() -> None:
             spec.update(vocab=49152, hidden=576, intermediate=1536, layers=30, heads=9, kv_heads=3)
         r = alternate(spec)
         tokens = args.batch * args.length
-        print(
-            f"alternating fusion / CLM-only steps, {args.alternate} rounds, {args.batch} x {args.length} tokens"
-        )
+        print(f"alternating fusion / CLM-only steps, {args.alternate} rounds, {tokens} tokens a step")
         print(f"  step times fusion {r['all']['fusion']}, clm {r['all']['clm']}")
         print(f"  median: fusion {tokens / r['fusion']:.1f} tok/s, clm {tokens / r['clm']:.1f} tok/s")
         print(f"  throughput fusion/clm: {r['clm'] / r['fusion']:.3f}")
