@@ -178,16 +178,27 @@ def alternate(spec: dict) -> dict:
     batch = make_batch(vocab, spec["batch"], spec["length"], spec["k"])
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=0.0)
     times: dict[str, list[float]] = {"fusion": [], "clm": []}
+    cpu: dict[str, list[float]] = {"fusion": [], "clm": []}
     for r in range(spec["rounds"] + 1):
         order = ("fusion", "clm") if r % 2 == 0 else ("clm", "fusion")
         for variant in order:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             step_loss(variant, model, batch, spec["lam"]).backward()
             opt.step()
             opt.zero_grad(set_to_none=False)
             if r > 0:  # round 0 warms up
                 times[variant].append(time.perf_counter() - t0)
-    return {v: sorted(t)[len(t) // 2] for v, t in times.items()} | {"all": times}
+                cpu[variant].append(time.process_time() - c0)
+
+    def median(xs: list[float]) -> float:
+        return sorted(xs)[len(xs) // 2]
+
+    return {
+        "wall": {v: median(t) for v, t in times.items()},
+        "cpu": {v: median(t) for v, t in cpu.items()},
+        "all_wall": times,
+        "all_cpu": cpu,
+    }
 
 
 def run_variant(spec: dict) -> dict:
@@ -312,9 +323,13 @@ def main() -> None:
         r = alternate(spec)
         tokens = args.batch * args.length
         print(f"alternating fusion / CLM-only steps, {args.alternate} rounds, {tokens} tokens a step")
-        print(f"  step times fusion {r['all']['fusion']}, clm {r['all']['clm']}")
-        print(f"  median: fusion {tokens / r['fusion']:.1f} tok/s, clm {tokens / r['clm']:.1f} tok/s")
-        print(f"  throughput fusion/clm: {r['clm'] / r['fusion']:.3f}")
+        for kind in ("wall", "cpu"):
+            f, c = r[kind]["fusion"], r[kind]["clm"]
+            steps = r["all_" + kind]
+            print(f"  {kind} seconds a step: fusion {steps['fusion']}, clm {steps['clm']}")
+            print(
+                f"  {kind}: fusion {tokens / f:.1f} tok/s, clm {tokens / c:.1f} tok/s, fusion/clm {c / f:.3f}"
+            )
     elif args.vocab_sweep:
         main_sweep(args)
     else:
