@@ -235,6 +235,7 @@ def test_trainer_options_pass_through(tiny, tmp_path):
         gradient_checkpointing=True,
         bf16=True,
         learning_rate=1e-3,
+        warmup_ratio=0.5,  # the transformers 4 name, still what people pass
         disable_tqdm=True,
         keep_checkpoints=True,
         save_steps=1,

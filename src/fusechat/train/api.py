@@ -118,6 +118,12 @@ def _training_args(out: Path, options: dict[str, Any]) -> Any:
     clash = fixed & set(options)
     if clash:
         raise FusechatError(f"trainer options {sorted(clash)} are set by fusechat; remove them")
+    if "warmup_ratio" in options:
+        # transformers 5 folded warmup_ratio into warmup_steps (a float < 1 is a fraction): accept both.
+        ratio = options.pop("warmup_ratio")
+        if "warmup_steps" in options or not 0 <= float(ratio) < 1:
+            raise FusechatError(f"warmup_ratio {ratio}: give a fraction in [0, 1), and not with warmup_steps")
+        options["warmup_steps"] = float(ratio)
     opts = dict(PAPER_DEFAULTS)
     opts["report_to"] = "tensorboard" if importlib.util.find_spec("tensorboard") else "none"
     opts["use_cpu"] = not torch.cuda.is_available()
