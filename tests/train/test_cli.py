@@ -124,11 +124,13 @@ def test_bad_input_fails_before_compute(tiny, tmp_path):
     base = ["--pivot", str(tiny["pivot"]), "--targets", str(tiny["targets"])]
     one_line_error(run_cli(*base, "--out", str(tmp_path / "a"), "--lambda", "1.5"), "--lambda", "1.5")
     assert not (tmp_path / "a").exists()
-    # an existing directory that is not ours
+    # an existing directory that is not ours (through the API: one CLI round trip above shows the format)
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "weights.safetensors").write_bytes(b"x")
-    one_line_error(run_cli(*base, "--out", str(foreign)), str(foreign), "not a fusechat")
+    with pytest.raises(FusechatError, match="not a fusechat") as e:
+        train(tiny["pivot"], tiny["targets"], foreign, max_steps=1)
+    assert str(foreign) in str(e.value)
     assert sorted(p.name for p in foreign.iterdir()) == ["weights.safetensors"]
 
 

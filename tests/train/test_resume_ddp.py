@@ -74,7 +74,11 @@ def one_process(tiny, tmp_path_factory):
     return weights(out)
 
 
-@pytest.mark.parametrize("extra", [(), ("--grad-accum", "2")], ids=["ddp", "ddp+accumulation"])
+@pytest.mark.parametrize(
+    "extra",
+    [(), pytest.param(("--grad-accum", "2"), marks=pytest.mark.slow)],
+    ids=["ddp", "ddp+accumulation"],
+)
 def test_two_processes_equal_one_with_the_same_global_batch(tiny, tmp_path, one_process, extra):
     accum = 2 if extra else 1
     two = cli_train(tiny, tmp_path / "two", 4 // (2 * accum), 2, *extra)
