@@ -24,6 +24,7 @@ COMMANDS = (
     "fusechat.run_command",
     "fusechat.align.command",
     "fusechat.merge.command",
+    "fusechat.train.command",
 )
 
 

@@ -1,0 +1,99 @@
+"""The Hugging Face Trainer with the fusion loss: `compute_loss` is the only method replaced.
+
+Everything else (optimiser, schedule, gradient accumulation, checkpoints and resume, DDP / FSDP / DeepSpeed
+through accelerate, logging) is the stock Trainer. The loss is normalised by the number of supervised
+positions of the whole optimiser step (all accumulation steps, all processes: the Trainer's
+`num_items_in_batch`), so any split of one global batch over processes and accumulation steps gives the same
+gradient.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformers import Trainer
+
+from fusechat.train.head import final_hidden, head_of
+from fusechat.train.loss import fusion_loss
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Settings of the fusion loss: weight of the CLM term, temperature, tail bucket, logits per chunk."""
+
+    lam: float = 0.9
+    temperature: float = 1.0
+    tail: bool = False
+    chunk_size: int | None = None
+
+
+class FusionTrainer(Trainer):
+    """A `transformers.Trainer` whose loss is `fusion_loss` over supervised positions.
+
+    Batches come from `FusionCollator`. A batch whose loss is not finite is skipped (zero gradient, counted in
+    `nonfinite_batches`) instead of poisoning the weights.
+    """
+
+    loss_is_scaled_for_ga = True  # normalised by the whole step's supervised positions
+
+    def __init__(self, *args: Any, loss_config: LossConfig, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.loss_config = loss_config
+        self.nonfinite_batches = 0
+        # The Trainer counts supervised labels across accumulation steps and processes only for models that
+        # "accept loss kwargs"; our compute_loss uses that count whatever the model's signature.
+        self.model_accepts_loss_kwargs = True
+
+    def compute_loss(
+        self,
+        model: torch.nn.Module,
+        inputs: dict[str, torch.Tensor],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, Any]:
+        cfg = self.loss_config
+        labels = inputs["labels"]
+        supervised = labels[:, 1:] != -100  # (B, L-1): position t predicts labels[t + 1]
+        hidden = final_hidden(model, inputs)[:, :-1][supervised]  # (N, H), (row, position) order
+        gold = labels[:, 1:][supervised]
+        lam = 1.0 if "target_ids" not in inputs else cfg.lam
+        normalizer = num_items_in_batch if num_items_in_batch is not None else max(int(gold.numel()), 1)
+        parts = fusion_loss(
+            hidden,
+            head_of(model),
+            gold,
+            inputs.get("target_ids"),
+            inputs.get("target_logprobs"),
+            lam=lam,
+            temperature=cfg.temperature,
+            tail=cfg.tail,
+            normalizer=normalizer,
+            chunk_size=cfg.chunk_size,
+        )
+        loss = parts.loss
+        if num_items_in_batch is not None and self.args.average_tokens_across_devices:
+            # DDP averages gradients over processes while the normaliser already counts every process.
+            loss = loss * self.accelerator.num_processes
+        if not math.isfinite(float(loss.detach())):
+            self.nonfinite_batches += 1
+            log.warning(
+                "non-finite loss in a batch at step %d: skipped (%d so far)",
+                self.state.global_step,
+                self.nonfinite_batches,
+            )
+            loss = self._zero_loss(model)
+        return (loss, {"clm_sum": parts.clm_sum, "fuse_sum": parts.fuse_sum}) if return_outputs else loss
+
+    @staticmethod
+    def _zero_loss(model: torch.nn.Module) -> torch.Tensor:
+        """A zero loss touching every trainable parameter (finite values only), so backward gives zero
+        gradients everywhere (and DDP still sees every parameter) without going through the non-finite
+        activations."""
+        params = [p for p in model.parameters() if p.requires_grad]
+        return torch.stack([p.reshape(-1)[0].float() for p in params]).sum() * 0.0

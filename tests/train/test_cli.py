@@ -1,0 +1,244 @@
+"""`fusechat train` end to end on a tiny Llama-style pivot, and its refusals of bad input before compute."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+from conftest import CLI, cli_env, make_model, make_targets, make_tokenizer, read_json
+
+from fusechat.errors import FusechatError
+from fusechat.store import TopKStore
+from fusechat.train.api import train
+from fusechat.train.data import FusionCollator, TargetsDataset
+from fusechat.train.head import final_hidden, head_of
+from fusechat.train.loss import fusion_loss
+
+FAST = ["--max-steps", "4", "--batch-size", "4", "--lr", "3e-3", "--warmup", "0", "--logging-steps", "1"]
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLI, "train", *args], env=cli_env(), capture_output=True, text=True, timeout=300)
+
+
+def dataset_loss(model_dir, targets, lam=0.0) -> float:
+    """Mean fusion loss of a checkpoint over the whole target set (one batch)."""
+    from fusechat.models import load_model
+
+    model = load_model(model_dir).eval()
+    ds = TargetsDataset(TopKStore(targets))
+    batch = FusionCollator()([ds[i] for i in range(len(ds))])
+    sup = batch["labels"][:, 1:] != -100
+    with torch.no_grad():
+        hidden = final_hidden(model, batch)[:, :-1][sup]
+        gold = batch["labels"][:, 1:][sup]
+        parts = fusion_loss(hidden, head_of(model), gold, batch["target_ids"], batch["target_logprobs"], lam=lam)
+    return float(parts.loss)
+
+
+def test_train_end_to_end_through_the_cli(tiny, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = tmp_path / "target"
+    r = run_cli("--pivot", str(tiny["pivot"]), "--targets", str(tiny["targets"]), "--out", str(out), *FAST)
+    assert r.returncode == 0, r.stderr[-3000:]
+    m = read_json(out / "manifest.json")
+    assert m["complete"] is True and m["stage"] == "train" and m["steps"] == 4 and m["lambda"] == 0.9
+    assert m["nonfinite_batches_skipped"] == 0
+    assert not (out / "checkpoints").exists() and not list(out.glob("*.bin"))
+    card = (out / "README.md").read_text()
+    for fact in (
+        "base_model:",
+        str(tiny["pivot"]),
+        "tiny-source",
+        "| λ | 0.9 |",
+        "| steps / epochs | 4 /",
+        "mince",
+    ):
+        assert fact in card
+    model = AutoModelForCausalLM.from_pretrained(out)  # loads as is: a plain Hugging Face directory
+    tok = AutoTokenizer.from_pretrained(out)
+    assert tok.chat_template and (out / "generation_config.json").is_file()
+    assert any(
+        model.state_dict()[k].ne(v).any()
+        for k, v in AutoModelForCausalLM.from_pretrained(tiny["pivot"]).state_dict().items()
+    )
+    # the training objective went down
+    assert dataset_loss(out, tiny["targets"], 0.9) < dataset_loss(tiny["pivot"], tiny["targets"], 0.9) - 0.05
+    # the same command again: already done, nothing recomputed
+    before = (out / "model.safetensors").stat().st_mtime_ns
+    r = run_cli("--pivot", str(tiny["pivot"]), "--targets", str(tiny["targets"]), "--out", str(out), *FAST)
+    assert r.returncode == 0 and "nothing to do" in r.stderr
+    assert (out / "model.safetensors").stat().st_mtime_ns == before
+
+
+def test_a_few_steps_of_pure_fusion_lower_the_fusion_loss(tiny, tmp_path):
+    out = train(
+        tiny["pivot"],
+        tiny["targets"],
+        tmp_path / "fuse",
+        lam=0.0,
+        max_steps=4,
+        per_device_train_batch_size=4,
+        learning_rate=3e-3,
+        warmup_steps=0,
+        disable_tqdm=True,
+    )
+    assert dataset_loss(out, tiny["targets"]) < dataset_loss(tiny["pivot"], tiny["targets"]) - 0.05
+
+
+def test_clm_only_baseline_on_the_same_data(tiny, tmp_path):
+    out = tmp_path / "clm"
+    r = run_cli(
+        "--pivot",
+        str(tiny["pivot"]),
+        "--targets",
+        str(tiny["targets"]),
+        "--out",
+        str(out),
+        "--clm-only",
+        *FAST,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    m = read_json(out / "manifest.json")
+    assert m["clm_only"] is True and m["lambda"] == 1.0
+    assert "CLM-only baseline" in (out / "README.md").read_text()
+    assert dataset_loss(out, tiny["targets"], lam=1.0) < dataset_loss(tiny["pivot"], tiny["targets"], lam=1.0)
+
+
+def one_line_error(r: subprocess.CompletedProcess, *words: str) -> None:
+    assert r.returncode == 2, r.stderr[-2000:]
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("fusechat train: error:"), r.stderr[-2000:]
+    for w in words:
+        assert w in lines[0], lines[0]
+
+
+def test_bad_input_fails_before_compute(tiny, tmp_path):
+    base = ["--pivot", str(tiny["pivot"]), "--targets", str(tiny["targets"])]
+    one_line_error(run_cli(*base, "--out", str(tmp_path / "a"), "--lambda", "1.5"), "--lambda", "1.5")
+    assert not (tmp_path / "a").exists()
+    # an existing directory that is not ours (through the API: one CLI round trip above shows the format)
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "weights.safetensors").write_bytes(b"x")
+    with pytest.raises(FusechatError, match="not a fusechat") as e:
+        train(tiny["pivot"], tiny["targets"], foreign, max_steps=1)
+    assert str(foreign) in str(e.value)
+    assert sorted(p.name for p in foreign.iterdir()) == ["weights.safetensors"]
+
+
+def test_targets_for_another_tokenizer_and_unknown_options_are_refused(tiny, tmp_path):
+    other = tmp_path / "other"
+    make_tokenizer(other, vocab_size=280)
+    from transformers import AutoTokenizer
+
+    make_model(other, len(AutoTokenizer.from_pretrained(other)), seed=3)
+    with pytest.raises(FusechatError, match="tokenizer") as e:
+        train(other, tiny["targets"], tmp_path / "b", max_steps=1)
+    assert str(tiny["targets"]) in str(e.value)
+    with pytest.raises(FusechatError, match="no_such"):
+        train(tiny["pivot"], tiny["targets"], tmp_path / "c", no_such=1)
+    with pytest.raises(FusechatError, match="set by fusechat"):
+        train(tiny["pivot"], tiny["targets"], tmp_path / "d", output_dir="elsewhere")
+    if not torch.cuda.is_available():
+        with pytest.raises(FusechatError, match="FSDP needs GPUs"):
+            train(tiny["pivot"], tiny["targets"], tmp_path / "e", fsdp=True)
+    assert not any((tmp_path / n).exists() for n in "bcde")
+
+
+def test_empty_target_set_is_refused(tiny, tmp_path):
+    empty = make_targets(tmp_path / "empty", tiny["pivot"], tiny["source"], n=0, n_shards=1)
+    with pytest.raises(FusechatError, match="empty"):
+        train(tiny["pivot"], empty, tmp_path / "out", max_steps=1)
+    assert not (tmp_path / "out").exists()
+
+
+def test_non_finite_batches_are_skipped_and_counted(tiny, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    bad = tmp_path / "nan-targets"
+    shutil.copytree(tiny["targets"], bad)
+    # rewrite every shard with NaN log-probs: every batch's loss is NaN
+    store = TopKStore(bad)
+    from fusechat.store import ShardWriter, finalize
+
+    records = [list(store.read_shard(i)) for i in range(store.n_shards)]
+    import pyarrow as pa
+
+    for i, recs in enumerate(records):
+        w = ShardWriter(bad, i, store.n_shards, store.k, extra=pa.schema([("teacher", pa.int32())]))
+        for r in recs:
+            r.topk_logprobs = np.full_like(r.topk_logprobs, np.nan)
+            r.extra = {"teacher": int(r.extra["teacher"])}
+            w.write(r)
+        w.close()
+    manifest = {k: v for k, v in store.manifest.items() if k not in ("shards", "counts", "complete")}
+    assert finalize(bad, manifest, store.n_shards)
+    out = train(tiny["pivot"], bad, tmp_path / "out", max_steps=2, per_device_train_batch_size=4, learning_rate=1e-2)
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["nonfinite_batches_skipped"] == 2
+    trained = AutoModelForCausalLM.from_pretrained(out).state_dict()
+    for k, v in AutoModelForCausalLM.from_pretrained(tiny["pivot"]).state_dict().items():
+        assert torch.isfinite(trained[k]).all()
+        torch.testing.assert_close(trained[k], v)  # zero gradients, no weight decay: the weights did not move
+
+
+def test_lora_adapters_are_merged_into_a_plain_checkpoint(tiny, tmp_path):
+    pytest.importorskip("peft")
+    from safetensors.torch import load_file
+
+    out = train(
+        tiny["pivot"],
+        tiny["targets"],
+        tmp_path / "lora",
+        lam=0.5,
+        lora_rank=4,
+        max_steps=4,
+        per_device_train_batch_size=4,
+        learning_rate=1e-2,
+        warmup_steps=0,
+        disable_tqdm=True,
+    )
+    merged, pivot = (
+        load_file(str(out / "model.safetensors")),
+        load_file(str(tiny["pivot"] / "model.safetensors")),
+    )
+    assert merged.keys() == pivot.keys()  # no adapter tensors left
+    torch.testing.assert_close(merged["model.embed_tokens.weight"], pivot["model.embed_tokens.weight"])
+    assert (
+        merged["model.layers.0.self_attn.q_proj.weight"] - pivot["model.layers.0.self_attn.q_proj.weight"]
+    ).abs().max() > 0
+    assert read_json(out / "manifest.json")["lora"] == {"rank": 4, "alpha": 8}
+    assert dataset_loss(out, tiny["targets"], 0.5) < dataset_loss(tiny["pivot"], tiny["targets"], 0.5)
+
+
+def test_trainer_options_pass_through(tiny, tmp_path):
+    """Packing, gradient checkpointing, accumulation, bf16 autocast and the tail bucket in one short run."""
+    out = train(
+        tiny["pivot"],
+        tiny["targets"],
+        tmp_path / "opts",
+        lam=0.5,
+        tail=True,
+        pack=True,
+        max_length=256,
+        max_steps=2,
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=2,
+        gradient_checkpointing=True,
+        bf16=True,
+        learning_rate=1e-3,
+        warmup_ratio=0.5,  # the transformers 4 name, still what people pass
+        disable_tqdm=True,
+        keep_checkpoints=True,
+        save_steps=1,
+    )
+    m = read_json(out / "manifest.json")
+    assert m["complete"] and m["steps"] == 2 and m["global_batch"] == 4 and m["tail_bucket"] and m["pack"]
+    assert m["nonfinite_batches_skipped"] == 0 and np.isfinite(m["train_loss"])
+    assert (out / "checkpoints" / "checkpoint-2").is_dir()
