@@ -13,7 +13,7 @@ from pathlib import Path
 
 from fusechat.data.readers import RawRecord, open_source
 from fusechat.errors import FusechatError
-from fusechat.manifest import atomic_write_json, fingerprint, write_manifest
+from fusechat.manifest import fingerprint, write_manifest
 from fusechat.recipe import Align, DataSource, Evaluate, MergeMethod, Recipe, Teach, Train
 
 
@@ -110,6 +110,7 @@ def trainer(pivot: str, targets: Path, out: Path, cfg: Train, seed: int, clm_onl
             warmup_ratio=cfg.warmup_ratio,
             lr_scheduler_type="cosine",
             seed=seed,
+            logging_steps=1,
         )
         if cfg.max_steps:
             options["max_steps"] = cfg.max_steps
@@ -159,10 +160,8 @@ def evaluator(models: dict[str, object], heldout: Path, out: Path, cfg: Evaluate
 
 def reporter(recipe: Recipe, work: Path) -> Callable[[], Path]:
     def run() -> Path:
-        from fusechat.report_rows import write_run_report
+        from fusechat.run_report import write_run_report
 
-        out = write_run_report(recipe, work)
-        atomic_write_json(out / "rows.json", {"recipe": recipe.name})
-        return out
+        return write_run_report(recipe, work)
 
     return run

@@ -358,6 +358,9 @@ class _Run:
             conversations_dir=store.manifest.get("conversations"),
         )
         atomic_write_bytes(out / "README.md", model_card(m).encode())
+        # The loss curve, in the Trainer's own trainer_state.json layout, for the report's plots.
+        history = json.loads(json.dumps({"log_history": trainer.state.log_history}, default=str))
+        atomic_write_bytes(out / "trainer_state.json", json.dumps(history, indent=1).encode())
         if not self.settings.keep_checkpoints:
             shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
         write_manifest(out, json.loads(json.dumps(m, default=str)), complete=True)
