@@ -18,6 +18,7 @@ from fusechat.errors import FusechatError
 COMMANDS = (
     "fusechat.models_command",
     "fusechat.teacher.command",
+    "fusechat.evaluate.command",
 )
 
 
