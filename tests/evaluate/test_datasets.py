@@ -37,3 +37,18 @@ def test_hhh_alignment():
     assert len(items) == 221
     assert {i.meta["sub"] for i in items} == set(datasets.HHH_SUBTASKS)
     assert all(len(i.options) >= 2 and 0 <= i.correct < len(i.options) for i in items)
+
+
+def test_limits_sample_across_the_whole_file():
+    assert datasets.spread(list(range(10)), 5) == [0, 2, 4, 6, 8]
+    assert datasets.spread(list(range(3)), 5) == [0, 1, 2] and datasets.spread(list(range(3)), None) == [0, 1, 2]
+    subs = {i.meta["sub"] for i in datasets.hhh_items(8)}
+    assert subs == set(datasets.HHH_SUBTASKS)  # not the first 8 "harmless" ones
+
+
+def test_math_chats_as_jsonl(tmp_path):
+    import json
+
+    chats = datasets.gsm_symbolic_chats(2)
+    path = datasets.write_chats_jsonl(chats, tmp_path / "gsm.jsonl")
+    assert [json.loads(line)["messages"] for line in path.read_text().splitlines()] == chats

@@ -49,6 +49,26 @@ def package_file(pin: str, relpath: str) -> Path:
     return path
 
 
+def spread(items: list, limit: int | None) -> list:
+    """`limit` items evenly spaced over `items` (all if no limit): files sorted by difficulty or by subtask
+    (ASDiv by grade, hhh_alignment by category) are then sampled across their whole range, not at one end."""
+    if limit is None or limit >= len(items):
+        return list(items)
+    if limit <= 0:
+        return []
+    step = len(items) / limit
+    return [items[int(i * step)] for i in range(limit)]
+
+
+def write_chats_jsonl(chats: list[list[dict]], path: str | Path) -> Path:
+    """Write chats as JSONL, one `{"messages": [...]}` per line (OpenAI format, what `fusechat prepare` reads)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    blob = "".join(json.dumps({"messages": c}, ensure_ascii=False) + "\n" for c in chats)
+    atomic_write_bytes(path, blob.encode())
+    return path
+
+
 def read_jsonl(path: Path) -> list[dict]:
     rows = []
     with open(path, encoding="utf-8") as f:
@@ -127,9 +147,7 @@ def asdiv_problems(limit: int | None = None) -> list[MathProblem]:
             continue  # a handful of ASDiv answers are ratios or text; exact numeric match cannot grade them
         question = f"{row['passage'].strip()} {row['question'].strip()}"
         out.append(MathProblem(f"asdiv-{i}", question, value))
-        if limit is not None and len(out) >= limit:
-            break
-    return out
+    return spread(out, limit)
 
 
 # ---------------------------------------------------------------- multiple choice
@@ -179,7 +197,7 @@ def hhh_task_dir() -> Path:
     return root
 
 
-def hhh_items() -> list[ChoiceItem]:
+def hhh_items(limit: int | None = None) -> list[ChoiceItem]:
     """BIG-bench hhh_alignment: 221 binary choices between two assistant replies to one human turn."""
     root = hhh_task_dir()
     out = []
@@ -191,7 +209,7 @@ def hhh_items() -> list[ChoiceItem]:
             out.append(
                 ChoiceItem(f"hhh-{sub}-{i}", ex["input"].strip(), options, scores.index(max(scores)), {"sub": sub})
             )
-    return out
+    return spread(out, limit)
 
 
 def boolq_items(limit: int | None = None) -> list[ChoiceItem]:
@@ -205,9 +223,7 @@ def boolq_items(limit: int | None = None) -> list[ChoiceItem]:
         question = row["question"].strip().rstrip("?") + "?"
         prompt = f"{row['passage'].strip()}\n\nQuestion: {question[0].upper()}{question[1:]}\nAnswer yes or no."
         out.append(ChoiceItem(f"boolq-{i}", prompt, ["Yes", "No"], 0 if answer == "true" else 1))
-        if limit is not None and len(out) >= limit:
-            break
-    return out
+    return spread(out, limit)
 
 
 def csqa_items(limit: int | None = None) -> list[ChoiceItem]:
@@ -225,9 +241,7 @@ def csqa_items(limit: int | None = None) -> list[ChoiceItem]:
         if answer not in letters:
             continue
         out.append(ChoiceItem(f"csqa-{i}", row["question"].strip(), texts, letters.index(answer)))
-        if limit is not None and len(out) >= limit:
-            break
-    return out
+    return spread(out, limit)
 
 
 # ---------------------------------------------------------------- MT-Bench

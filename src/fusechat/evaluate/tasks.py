@@ -149,10 +149,6 @@ def _run_mtbench(loaded: Loaded, questions, opts: EvalOptions) -> TaskResult:
     return answer_questions(loaded, questions, opts.mtbench_max_new_tokens, opts.batch_size, opts.progress)
 
 
-def _limited(items: list, limit: int | None) -> list:
-    return items if limit is None else items[:limit]
-
-
 TASKS: dict[str, Task] = {
     t.name: t
     for t in (
@@ -175,9 +171,7 @@ TASKS: dict[str, Task] = {
         _math_task(
             "asdiv", "ASDiv exact match, greedy, zero-shot", lambda opts, limit: datasets.asdiv_problems(limit), 200
         ),
-        _choice_task(
-            "hhh", "BIG-bench hhh_alignment, log-likelihood per byte", lambda n: _limited(datasets.hhh_items(), n), None
-        ),
+        _choice_task("hhh", "BIG-bench hhh_alignment, log-likelihood per byte", datasets.hhh_items, None),
         _choice_task("boolq", "BoolQ dev, log-likelihood per byte", datasets.boolq_items, 200),
         _choice_task("csqa", "CommonsenseQA validation, log-likelihood per byte", datasets.csqa_items, 200),
         Task(
@@ -186,7 +180,7 @@ TASKS: dict[str, Task] = {
             "answered",
             True,
             None,
-            lambda opts, limit: _limited(datasets.mtbench_questions(), limit),
+            lambda opts, limit: datasets.spread(datasets.mtbench_questions(), limit),
             lambda qs: [(q["question_id"], q["turns"]) for q in qs],
             _run_mtbench,
             lambda opts: {"max_new_tokens": opts.mtbench_max_new_tokens, "v": PROMPT_VERSION},
