@@ -68,3 +68,26 @@ def test_bits_per_byte_standard_error():
     assert value == pytest.approx(per_item.mean())
     assert se == pytest.approx(per_item.std(ddof=1) / math.sqrt(40))
     assert math.isnan(bits_per_byte(nll[:1], np.array([100]))[1])
+
+
+def test_content_scope_drops_the_end_of_turn_text(tiny, tmp_path):
+    from fusechat.evaluate import evaluate
+    from fusechat.evaluate.tasks import content_spans
+
+    conv = Conversations(tiny["conv"])
+    for i in range(len(conv)):
+        contents = [m["content"].strip() for m in conv.messages(i) if m["role"] == "assistant"]
+        spans = content_spans(conv.texts[i], conv.spans[i], conv.messages(i))
+        assert [conv.texts[i][a:b] for a, b in spans] == contents
+        assert all(conv.texts[i][a:b].endswith("<|im_end|>") for a, b in conv.spans[i])
+    common = {"conversations": tiny["conv"], "cache_dir": tmp_path / "cache", "progress": False}
+    turn = evaluate({"m": tiny["llama"]}, "bpb", tmp_path / "a", **common)["m"]["bpb"]
+    content = evaluate({"m": tiny["llama"]}, "bpb", tmp_path / "b", bpb_scope="content", **common)["m"]["bpb"]
+    dropped = sum(
+        len(m["content"].encode()) - len(m["content"].strip().encode()) + len("<|im_end|>")
+        for i in range(len(conv))
+        for m in conv.messages(i)
+        if m["role"] == "assistant"
+    )
+    assert turn["n_bytes"] - content["n_bytes"] == dropped
+    assert content["value"] != turn["value"] and content["scope"] == "content"

@@ -14,6 +14,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--suite", default="bpb,gsm,hhh", help="comma-separated: bpb,gsm,asdiv,hhh,boolq,csqa,mtbench")
     p.add_argument("--out", required=True, help="output directory (scores.json, per-item JSONL, MT-Bench answers)")
     p.add_argument("--conversations", help="held-out conversations (a `fusechat prepare` output) for bpb")
+    p.add_argument(
+        "--bpb-scope",
+        choices=("turn", "content"),
+        default="turn",
+        help="bpb over each assistant turn as trained (content + end-of-turn text), or its content only",
+    )
     p.add_argument("--limit", help="items per task: N for every task, or TASK=N,... (default: each task's own)")
     p.add_argument("--gsm-seed", type=int, help="GSM-Symbolic draw (default: the evaluation seed, not the demo's)")
     p.add_argument("--max-new-tokens", type=int, default=256, help="exact-match answer length (default 256)")
@@ -72,6 +78,7 @@ def _run(args: argparse.Namespace) -> int:
     suite = parse_suite(args.suite)
     opts = {
         "conversations": args.conversations,
+        "bpb_scope": args.bpb_scope,
         "limits": parse_limits(args.limit, suite),
         "max_new_tokens": args.max_new_tokens,
         "mtbench_max_new_tokens": args.mtbench_max_new_tokens,

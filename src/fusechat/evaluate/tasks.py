@@ -31,6 +31,7 @@ class EvalOptions:
     """Everything `evaluate` accepts besides the models, the suite and the output directory."""
 
     conversations: str | Path | None = None  # a prepared conversations dir, for bpb
+    bpb_scope: str = "turn"  # "turn": the supervised spans (content + end-of-turn text); "content": content only
     limits: dict[str, int] = field(default_factory=dict)  # items per task (default: each task's DEFAULT_LIMIT)
     gsm_seed: int = datasets.GSM_EVAL_SEED
     max_new_tokens: int = 256  # exact-match answers
@@ -76,14 +77,33 @@ def _load_conversations(opts: EvalOptions, limit: int | None):
     return conv, n
 
 
+def content_spans(text: str, spans: np.ndarray, messages: list[dict]) -> np.ndarray:
+    """The assistant contents inside the supervised spans, without the template's end-of-turn text.
+
+    The end-of-turn marker (`<|im_end|>`) is one special token for a model whose vocabulary has it and several
+    ordinary ones for a model whose does not; scoring contents only removes that advantage from the comparison.
+    """
+    contents = [m["content"].strip() for m in messages if m["role"] == "assistant"]
+    out = []
+    for (s, e), content in zip(np.asarray(spans).reshape(-1, 2), contents, strict=False):
+        at = text.find(content, int(s), int(e)) if content else -1
+        out.append([at, at + len(content)] if at >= 0 else [int(s), int(e)])
+    return np.asarray(out, dtype=np.int64).reshape(-1, 2)
+
+
 def _run_bpb(loaded: Loaded, data, opts: EvalOptions) -> TaskResult:
     conv, n = data
+    spans = conv.spans[:n]
+    if opts.bpb_scope == "content":
+        spans = [content_spans(conv.texts[i], conv.spans[i], conv.messages(i)) for i in range(n)]
+    elif opts.bpb_scope != "turn":
+        raise FusechatError(f"bpb_scope {opts.bpb_scope!r}: choose 'turn' or 'content'")
     scores = span_logprobs(
         loaded.backbone,
         loaded.head,
         loaded.tokenizer,
         conv.texts[:n],
-        conv.spans[:n],
+        spans,
         loaded.max_tokens,
         opts.batch_tokens,
         opts.max_batch,
@@ -98,7 +118,7 @@ def _run_bpb(loaded: Loaded, data, opts: EvalOptions) -> TaskResult:
         {"id": conv.ids[i], "nll_nats": float(nll[i]), "n_bytes": int(nbytes[i]), "n_tokens": s.n_tokens}
         for i, s in enumerate(scores)
     ]
-    extra = {"n_bytes": int(nbytes.sum()), "n_tokens": sum(s.n_tokens for s in scores)}
+    extra = {"n_bytes": int(nbytes.sum()), "n_tokens": sum(s.n_tokens for s in scores), "scope": opts.bpb_scope}
     extra["bytes_per_token"] = extra["n_bytes"] / max(extra["n_tokens"], 1)
     return TaskResult("bits_per_byte", value, se, n, extra, items)
 
@@ -161,6 +181,7 @@ TASKS: dict[str, Task] = {
             _load_conversations,
             lambda data: (data[0].fingerprint, data[1]),
             _run_bpb,
+            lambda opts: {"scope": opts.bpb_scope},
         ),
         _math_task(
             "gsm",
