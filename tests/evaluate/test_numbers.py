@@ -13,6 +13,7 @@ from fusechat.evaluate.numbers import extract_number, numbers_equal
         ("#### 240", 240),
         ("8 * 30 = 240 pizzas.\n#### 240", 240),
         ("First 12 + 3 = 15.\n#### 15\nHope that helps, 7 more?", 15),  # the `####` line wins over later numbers
+        ("The answer is 3164.\n#### 3164\nThe answer is 3164.\n#### 316", 3164),  # cut by the token limit
         ("The answer is $1,234.", 1234),
         ("So the answer is: **42**.", 42),
         ("The final answer is \\boxed{17}.", 17),

@@ -1,8 +1,9 @@
 """The final number of a model's answer, read robustly, and numeric equality for exact-match grading.
 
 Small chat models end their answers in many ways ("#### 42", "The answer is $1,234.", "**42**", "= 42.5 km").
-The rule: an explicit `#### N` wins; otherwise a number after "answer is"/"answer:" in the last such phrase;
-otherwise the last number in the text. Thousands separators (1,234), currency and percent signs, and trailing
+The rule: the first explicit `#### N` (or `\boxed{N}`) wins: small models often repeat "#### N" until the token
+limit cuts the last copy mid-number; otherwise the number after the last "answer is"/"answer:"; otherwise the
+last number in the text. Thousands separators (1,234), currency and percent signs, and trailing
 periods are stripped; "3/4" is read as 0.75.
 """
 
@@ -34,10 +35,10 @@ def extract_number(text: str, last: bool = True) -> float | None:
     if not last:
         m = _NUMBER.search(text)
         return _to_float(m.group(1)) if m else None
-    for pattern in (_HASHES, _BOXED, _ANSWER_IS):
+    for pattern, pick in ((_HASHES, 0), (_BOXED, 0), (_ANSWER_IS, -1)):
         found = pattern.findall(text)
         if found:
-            value = _to_float(found[-1])
+            value = _to_float(found[pick])
             if value is not None:
                 return value
     found = _NUMBER.findall(text)

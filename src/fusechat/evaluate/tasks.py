@@ -23,7 +23,7 @@ from fusechat.evaluate.likelihood import bits_per_byte, span_logprobs
 from fusechat.evaluate.prompts import MATH_INSTRUCTION
 from fusechat.manifest import fingerprint
 
-PROMPT_VERSION = 1  # bump when a prompt or a grading rule changes: cached results then recompute
+PROMPT_VERSION = 2  # bump when a prompt or a grading rule changes: cached results then recompute
 
 
 @dataclass
