@@ -91,3 +91,32 @@ def test_errors_before_any_model_is_loaded(tiny, tmp_path, monkeypatch):
     with pytest.raises(FusechatError, match="gsm_n"):
         evaluate({"m": tiny["llama"]}, "gsm", tmp_path / "o4", gsm_n=3)
     assert not (tmp_path / "o1").exists() and not (tmp_path / "o3").exists()
+
+
+def test_gsm_solution_bpb_equals_plain_computation(tiny, tmp_path):
+    import math
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from fusechat.evaluate.datasets import gsm_symbolic_problems
+    from fusechat.evaluate.exact_match import math_prompt
+
+    scores = evaluate(
+        {"m": tiny["llama"]}, "gsm_bpb", tmp_path / "o", limits={"gsm_bpb": 3}, progress=False, cache_dir=tmp_path / "c"
+    )["m"]["gsm_bpb"]
+    tok = AutoTokenizer.from_pretrained(tiny["llama"])
+    model = AutoModelForCausalLM.from_pretrained(tiny["llama"]).eval()
+    bits = nbytes = 0.0
+    for p in gsm_symbolic_problems(3):
+        prompt = math_prompt(tok, p)
+        text = prompt + p.solution
+        enc = tok(text, return_offsets_mapping=True)
+        ids, offsets = enc["input_ids"][:512], enc["offset_mapping"][:512]  # the model's 512 positions
+        with torch.no_grad():
+            logp = torch.log_softmax(model(torch.tensor([ids])).logits[0].double(), -1)
+        for t, (s, e) in enumerate(offsets):
+            if t and e > len(prompt) and e > s:
+                bits -= float(logp[t - 1, ids[t]]) / math.log(2)
+        nbytes += len(text[len(prompt) : max(e for _, e in offsets)].encode())
+    assert scores["n"] == 3 and scores["value"] == pytest.approx(bits / nbytes, rel=1e-5)

@@ -20,7 +20,7 @@ from fusechat.evaluate.base import Loaded, TaskResult
 from fusechat.evaluate.choice import run_choice
 from fusechat.evaluate.exact_match import run_exact_match
 from fusechat.evaluate.likelihood import bits_per_byte, span_logprobs
-from fusechat.evaluate.prompts import MATH_INSTRUCTION
+from fusechat.evaluate.prompts import MATH_INSTRUCTION, prompt_format
 from fusechat.manifest import fingerprint
 
 PROMPT_VERSION = 2  # bump when a prompt or a grading rule changes: cached results then recompute
@@ -162,6 +162,40 @@ def _choice_task(name: str, description: str, loader, default_limit: int | None)
     )
 
 
+def _run_solution_bpb(loaded: Loaded, problems, opts: EvalOptions) -> TaskResult:
+    """Bits per byte of the reference worked solutions, each after its question in the model's own prompt format.
+
+    Exact match of a small model is often at the floor (SmolLM2-135M solves 0 of 50 GSM-Symbolic problems); the
+    likelihood of correct solutions still moves when a target learns from a stronger math source.
+    """
+    from fusechat.evaluate.exact_match import math_prompt
+
+    texts, spans = [], []
+    for p in problems:
+        prompt = math_prompt(loaded.tokenizer, p)
+        texts.append(prompt + p.solution)
+        spans.append(np.array([[len(prompt), len(prompt) + len(p.solution)]], dtype=np.int64))
+    scores = span_logprobs(
+        loaded.backbone,
+        loaded.head,
+        loaded.tokenizer,
+        texts,
+        spans,
+        loaded.max_tokens,
+        opts.batch_tokens,
+        opts.max_batch,
+        loaded.device,
+        desc=f"gsm_bpb {loaded.name}",
+        progress=opts.progress,
+    )
+    nll = np.array([-s.logprob for s in scores])
+    nbytes = np.array([s.n_bytes for s in scores])
+    value, se = bits_per_byte(nll, nbytes)
+    items = [{"id": p.id, "nll_nats": float(nll[i]), "n_bytes": int(nbytes[i])} for i, p in enumerate(problems)]
+    extra = {"n_bytes": int(nbytes.sum()), "prompt_format": prompt_format(loaded.tokenizer)}
+    return TaskResult("bits_per_byte", value, se, len(problems), extra, items)
+
+
 # ---------------------------------------------------------------- MT-Bench
 def _run_mtbench(loaded: Loaded, questions, opts: EvalOptions) -> TaskResult:
     from fusechat.evaluate.mtbench import answer_questions
@@ -188,6 +222,17 @@ TASKS: dict[str, Task] = {
             "GSM-Symbolic exact match, greedy, zero-shot",
             lambda opts, limit: datasets.gsm_symbolic_problems(limit or 100, opts.gsm_seed),
             100,
+        ),
+        Task(
+            "gsm_bpb",
+            "bits per byte of GSM-Symbolic reference solutions after their question (lower is better)",
+            "bits_per_byte",
+            False,
+            100,
+            lambda opts, limit: datasets.gsm_symbolic_problems(limit or 100, opts.gsm_seed),
+            lambda problems: [(p.id, p.question, p.solution) for p in problems],
+            _run_solution_bpb,
+            lambda opts: {"prompt": MATH_INSTRUCTION, "v": PROMPT_VERSION},
         ),
         _math_task(
             "asdiv", "ASDiv exact match, greedy, zero-shot", lambda opts, limit: datasets.asdiv_problems(limit), 200
