@@ -25,6 +25,7 @@ COMMANDS = (
     "fusechat.align.command",
     "fusechat.merge.command",
     "fusechat.train.command",
+    "fusechat.evaluate.command",
 )
 
 

@@ -6,7 +6,6 @@ when they are called from their commands.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,12 +46,12 @@ def data_source(spec: DataSource, base: Path, work: Path) -> object:
     elif spec.kind == "sharegpt":
         inner = open_source("sharegpt")
     else:
-        from fusechat.evaluate.data import gsm_symbolic_chats
+        from fusechat.evaluate.datasets import gsm_symbolic_chats, write_chats_jsonl
 
-        path = work / f"gsm_symbolic-{spec.seed}-{spec.offset + (spec.limit or 0)}.jsonl"
+        n = spec.offset + (spec.limit or 1000)
+        path = work / f"gsm_symbolic-seed{spec.seed}-{n}.jsonl"
         if not path.is_file():
-            chats = gsm_symbolic_chats(spec.offset + (spec.limit or 1000), spec.seed)
-            path.write_text("".join(json.dumps({"messages": c}) + "\n" for c in chats))
+            write_chats_jsonl(gsm_symbolic_chats(n, seed=spec.seed), path)
         inner = open_source(str(path))
     return Window(inner, spec.offset, spec.limit)
 
@@ -149,8 +148,10 @@ def evaluator(models: dict[str, object], heldout: Path, out: Path, cfg: Evaluate
     def run() -> Path:
         from fusechat.evaluate import evaluate
 
+        limits = {task: cfg.limit for task in cfg.suite} if cfg.limit else {}
+        conversations = heldout if (heldout / "manifest.json").is_file() else None
         scores = evaluate(
-            {k: str(v) for k, v in models.items()}, list(cfg.suite), out, heldout=heldout, limit=cfg.limit
+            {k: str(v) for k, v in models.items()}, list(cfg.suite), out, conversations=conversations, limits=limits
         )
         write_manifest(out, {"stage": "evaluate", "fingerprint": fingerprint(scores)}, complete=True)
         return out

@@ -1,0 +1,52 @@
+"""Tiny models for the evaluation tests: a ChatML Llama (byte-level BPE) and a GPT-2 with no chat template."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tiny_models import (
+    byte_bpe_tokenizer,
+    metaspace_tokenizer,
+    sample_chats,
+    save_gpt2,
+    save_llama,
+    write_conversations,
+)
+from transformers import LlamaConfig, LlamaForCausalLM
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_thread():
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    """Two tiny models of different architectures and tokenizers, and held-out conversations."""
+    root = tmp_path_factory.mktemp("eval")
+    chat_tok = byte_bpe_tokenizer()
+    return {
+        "root": root,
+        "llama": save_llama(root / "llama", chat_tok, seed=3),
+        "gpt2": save_gpt2(root / "gpt2", metaspace_tokenizer(), seed=4),
+        "lively": _lively_llama(root / "lively", chat_tok),
+        "conv": write_conversations(root / "conv", sample_chats(10), chat_tok),
+    }
+
+
+def _lively_llama(path, tokenizer):
+    """A tiny Llama with a wide initialisation, so that greedy decoding varies instead of repeating one token."""
+    torch.manual_seed(5)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        initializer_range=0.5,
+    )
+    LlamaForCausalLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
