@@ -91,7 +91,7 @@ class Merge(_Strict):
 
 
 class Evaluate(_Strict):
-    suite: list[Literal["bpb", "gsm", "asdiv", "hhh", "mtbench"]] = Field(default_factory=lambda: ["bpb"])
+    suite: list[Literal["bpb", "gsm", "gsm_bpb", "asdiv", "hhh", "boolq", "csqa", "mtbench"]] = Field(default_factory=lambda: ["bpb"])
     limit: int | None = Field(None, ge=1, description="items per task")
 
 

@@ -12,7 +12,6 @@ from pathlib import Path
 
 from fusechat.data.readers import RawRecord, open_source
 from fusechat.errors import FusechatError
-from fusechat.manifest import fingerprint, write_manifest
 from fusechat.recipe import Align, DataSource, Evaluate, MergeMethod, Recipe, Teach, Train
 
 
@@ -150,10 +149,9 @@ def evaluator(models: dict[str, object], heldout: Path, out: Path, cfg: Evaluate
 
         limits = {task: cfg.limit for task in cfg.suite} if cfg.limit else {}
         conversations = heldout if (heldout / "manifest.json").is_file() else None
-        scores = evaluate(
+        evaluate(
             {k: str(v) for k, v in models.items()}, list(cfg.suite), out, conversations=conversations, limits=limits
         )
-        write_manifest(out, {"stage": "evaluate", "fingerprint": fingerprint(scores)}, complete=True)
         return out
 
     return run
