@@ -90,8 +90,11 @@ class Merge(_Strict):
     methods: list[MergeMethod] = Field(default_factory=list)
 
 
+Task = Literal["bpb", "gsm", "gsm_bpb", "asdiv", "hhh", "boolq", "csqa", "mtbench"]
+
+
 class Evaluate(_Strict):
-    suite: list[Literal["bpb", "gsm", "gsm_bpb", "asdiv", "hhh", "boolq", "csqa", "mtbench"]] = Field(default_factory=lambda: ["bpb"])
+    suite: list[Task] = Field(default_factory=lambda: ["bpb"])
     limit: int | None = Field(None, ge=1, description="items per task")
 
 
