@@ -117,12 +117,18 @@ def trainer(pivot: str, targets: Path, out: Path, cfg: Train, seed: int, clm_onl
     return run
 
 
+WEIGHTED = ("linear", "task_arithmetic", "ties", "dare_ties", "dare_linear")
+
+
 def merger(pivot: str, checkpoints: list[Path], out: Path, cfg: MergeMethod) -> Callable[[], Path]:
     def run() -> Path:
         from fusechat.merge import merge, simple_config
         from fusechat.models import resolve_model_dir
 
         densities = [cfg.density] * len(checkpoints) if cfg.density is not None else None
+        weights = cfg.weights
+        if weights is None and cfg.method in WEIGHTED:  # equal weights unless the recipe says otherwise
+            weights = [1.0 / len(checkpoints)] * len(checkpoints)
         if cfg.method == "slerp":  # SLERP interpolates two models: the first target is its base
             if len(checkpoints) != 2:
                 raise FusechatError(f"merge slerp needs exactly two targets, the recipe gives {len(checkpoints)}")
@@ -134,7 +140,7 @@ def merger(pivot: str, checkpoints: list[Path], out: Path, cfg: MergeMethod) -> 
             cfg.method,
             base,
             [str(c) for c in checkpoints],
-            weights=cfg.weights,
+            weights=weights,
             densities=densities,
             parameters=cfg.parameters or None,
         )
