@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from chatdata import train_tokenizer
+
+from .chatdata import train_tokenizer
 
 
 @pytest.fixture(scope="session")

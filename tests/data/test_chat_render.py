@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import pytest
-from chatdata import CHATS
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fusechat.data.render import ChatRenderer, TemplateRefused, read_template
 from fusechat.errors import FusechatError
 from fusechat.models import load_tokenizer
+
+from .chatdata import CHATS
 
 
 def chatml_by_hand(chat):

@@ -9,10 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from chatdata import CHATS, as_format, write_records
-
 from fusechat import cli
 from fusechat.data.conversations import Conversations
+
+from .chatdata import CHATS, as_format, write_records
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 

@@ -6,13 +6,14 @@ import json
 
 import numpy as np
 import pytest
-from chatdata import CHATS, SUFFIX, as_format, write_records
 
 from fusechat.data.conversations import Conversations, supervised_mask
 from fusechat.data.prepare import counting_tokenizer, prefix_tokens, prepare
 from fusechat.data.render import ChatRenderer
 from fusechat.errors import FusechatError, InvalidRecordError
 from fusechat.models import load_tokenizer
+
+from .chatdata import CHATS, SUFFIX, as_format, write_records
 
 FORMATS = ("openai", "sharegpt", "alpaca")
 CONTAINERS = ("jsonl", "json", "json-object", "parquet")
