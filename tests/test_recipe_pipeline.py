@@ -91,3 +91,14 @@ def test_pipeline_skips_redoes_and_resumes(tmp_path):
 def test_pipeline_refuses_outputs_outside_workdir(tmp_path):
     with pytest.raises(FusechatError, match="outside"):
         Pipeline(tmp_path / "w", [Step("x", tmp_path / "elsewhere", {})])
+
+
+def test_unknown_model_is_refused_before_any_stage(tmp_path):
+    from fusechat.run_command import _pipeline
+
+    path = tmp_path / "r.yaml"
+    path.write_text(
+        yaml.safe_dump({**BASE, "pivot": "smollm2-135m-instruct", "sources": [{"name": "a", "model": "nope"}]})
+    )
+    with pytest.raises(FusechatError, match=r"sources\[0\]\.model: 'nope' is no directory and no known model"):
+        _pipeline(path)
