@@ -32,7 +32,12 @@ def plan(recipe: Recipe, base: Path) -> list[Step]:
     from fusechat import stages
 
     work = (base / recipe.workdir).resolve()
-    models = {"pivot": recipe.pivot, **{s.name: s.model for s in recipe.sources}}
+
+    def model(spec: str) -> str:  # a directory relative to the recipe, or an installed model's name
+        return str((base / spec).resolve()) if (base / spec).exists() else spec
+
+    pivot = model(recipe.pivot)
+    models = {"pivot": pivot, **{s.name: model(s.model) for s in recipe.sources}}
     steps: list[Step] = []
 
     def add(name: str, out: Path, settings: dict, needs: list[str], run) -> None:
@@ -53,7 +58,7 @@ def plan(recipe: Recipe, base: Path) -> list[Step]:
             conv,
             settings,
             [],
-            stages.preparer(sources, base, recipe.pivot, conv, recipe.data.max_length, recipe.data.on_long),
+            stages.preparer(sources, base, pivot, conv, recipe.data.max_length, recipe.data.on_long),
         )
     conv_train = work / "conversations" / "train"
     for name, model in models.items():
@@ -98,7 +103,7 @@ def plan(recipe: Recipe, base: Path) -> list[Step]:
                 out,
                 {**train_settings, "seed": seed, "clm_only": clm_only},
                 [f"fuse/{target}"],
-                stages.trainer(recipe.pivot, work / "fuse" / target, out, recipe.train, seed, clm_only),
+                stages.trainer(pivot, work / "fuse" / target, out, recipe.train, seed, clm_only),
             )
         merge_inputs = [t for t in target_names(recipe) if recipe.merge.targets == "pairwise+multi" or t != "multi"]
         for m in recipe.merge.methods:
@@ -108,12 +113,12 @@ def plan(recipe: Recipe, base: Path) -> list[Step]:
                 out,
                 {**m.model_dump(), "inputs": merge_inputs},
                 [f"train/{t}-s{seed}" for t in merge_inputs],
-                stages.merger(recipe.pivot, [work / "train" / f"{t}-s{seed}" for t in merge_inputs], out, m),
+                stages.merger(pivot, [work / "train" / f"{t}-s{seed}" for t in merge_inputs], out, m),
             )
     evaluated = {
         step.name.split("/", 1)[1]: step.out for step in steps if step.name.split("/")[0] in ("train", "merge")
     }
-    evaluated = {"pivot": recipe.pivot, **{s.name: s.model for s in recipe.sources}, **evaluated}
+    evaluated = {**models, **evaluated}
     add(
         "evaluate",
         work / "eval",

@@ -34,13 +34,13 @@ def _pipeline(recipe_path: str | Path, workdir: str | None = None):
     recipe, base = load_recipe(recipe_path)
     if workdir is not None:
         recipe = recipe.model_copy(update={"workdir": str(Path(workdir).resolve())})
-    models = [recipe.pivot, *(s.model for s in recipe.sources)]
-    return (
-        recipe,
-        base,
-        Pipeline((base / recipe.workdir).resolve(), plan(recipe, base)),
-        [m for m in models if m in assets.ASSETS and not Path(m).exists()],
-    )
+    keys = {"pivot": recipe.pivot, **{f"sources[{i}].model": s.model for i, s in enumerate(recipe.sources)}}
+    for key, model in keys.items():  # before any stage runs: a typo here must not cost a teacher pass
+        if not (base / model).exists() and model not in assets.ASSETS:
+            known = ", ".join(sorted(assets.ASSETS))
+            raise FusechatError(f"{recipe_path}: {key}: {model!r} is no directory and no known model ({known})")
+    pipe = Pipeline((base / recipe.workdir).resolve(), plan(recipe, base))
+    return recipe, base, pipe, [m for m in keys.values() if m in assets.ASSETS and not (base / m).exists()]
 
 
 def _run(args: argparse.Namespace, workdir: str | None = None) -> int:
