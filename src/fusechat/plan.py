@@ -22,6 +22,12 @@ from fusechat.pipeline import Step
 from fusechat.recipe import Recipe
 
 
+def _file_state(path: Path) -> list:
+    """Size and modification time of an input file: an edited corpus makes its step stale."""
+    st = path.stat() if path.is_file() else None
+    return [str(path), st.st_size, st.st_mtime_ns] if st else [str(path), None, None]
+
+
 def target_names(recipe: Recipe) -> list[str]:
     names = [f"pair-{s.name}" for s in recipe.sources] if recipe.fuse.pairwise else []
     return names + (["multi"] if recipe.fuse.multi and len(recipe.sources) > 1 else [])
@@ -48,7 +54,9 @@ def plan(recipe: Recipe, base: Path) -> list[Step]:
         if not sources:
             continue
         settings = {
+            "pivot": pivot,
             "sources": [s.model_dump() for s in sources],
+            "files": [_file_state(base / s.path) for s in sources if s.kind == "file"],
             "max_length": recipe.data.max_length,
             "on_long": recipe.data.on_long,
         }
@@ -61,14 +69,14 @@ def plan(recipe: Recipe, base: Path) -> list[Step]:
             stages.preparer(sources, base, pivot, conv, recipe.data.max_length, recipe.data.on_long),
         )
     conv_train = work / "conversations" / "train"
-    for name, model in models.items():
+    for name, model_spec in models.items():
         out = work / "teach" / name
         add(
             f"teach/{name}",
             out,
-            recipe.teach.model_dump(),
+            {**recipe.teach.model_dump(), "model": model_spec},
             ["prepare/train"],
-            stages.teacher(model, conv_train, out, recipe.teach),
+            stages.teacher(model_spec, conv_train, out, recipe.teach),
         )
     pivot_store = work / "teach" / "pivot"
     for s in recipe.sources:
@@ -101,7 +109,7 @@ def plan(recipe: Recipe, base: Path) -> list[Step]:
             add(
                 f"train/{label}-s{seed}",
                 out,
-                {**train_settings, "seed": seed, "clm_only": clm_only},
+                {**train_settings, "seed": seed, "clm_only": clm_only, "pivot": pivot},
                 [f"fuse/{target}"],
                 stages.trainer(pivot, work / "fuse" / target, out, recipe.train, seed, clm_only),
             )
@@ -111,7 +119,7 @@ def plan(recipe: Recipe, base: Path) -> list[Step]:
             add(
                 f"merge/{m.method}-s{seed}",
                 out,
-                {**m.model_dump(), "inputs": merge_inputs},
+                {**m.model_dump(), "inputs": merge_inputs, "pivot": pivot},
                 [f"train/{t}-s{seed}" for t in merge_inputs],
                 stages.merger(pivot, [work / "train" / f"{t}-s{seed}" for t in merge_inputs], out, m),
             )
@@ -122,7 +130,7 @@ def plan(recipe: Recipe, base: Path) -> list[Step]:
     add(
         "evaluate",
         work / "eval",
-        recipe.evaluate.model_dump(),
+        {**recipe.evaluate.model_dump(), "models": {k: str(v) for k, v in evaluated.items()}},
         [s.name for s in steps if s.name.split("/")[0] in ("train", "merge", "prepare")],
         stages.evaluator(evaluated, work / "conversations" / "heldout", work / "eval", recipe.evaluate),
     )
