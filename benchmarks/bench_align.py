@@ -56,35 +56,13 @@ def dtw_reference_c_cost(a: list[str], b: list[str]) -> list[tuple[int, int]]:
     """The reference as the authors ran it: a Python double loop, one C edit-distance call per cell."""
     from rapidfuzz.distance import Levenshtein
 
-    n, m = len(a), len(b)
-    inf = float("inf")
-    dist = [[inf] * m for _ in range(n)]
-    for i in range(n):
-        ai = a[i]
-        for j in range(m):
-            bj = b[j]
-            d = Levenshtein.distance(ai, bj)
-            c = d if (ai in bj or bj in ai) else 10 * d
-            if i == 0 and j == 0:
-                dist[i][j] = c
-                continue
-            best = min(
-                dist[i - 1][j - 1] if i and j else inf,
-                dist[i - 1][j] if i else inf,
-                dist[i][j - 1] if j else inf,
-            )
-            dist[i][j] = c + best
-    i, j, path = n - 1, m - 1, [(n - 1, m - 1)]
-    while i or j:
-        opts = [
-            dist[i - 1][j - 1] if i and j else inf,
-            dist[i - 1][j] if i else inf,
-            dist[i][j - 1] if j else inf,
-        ]
-        mv = opts.index(min(opts))
-        i, j = (i - 1, j - 1) if mv == 0 else (i - 1, j) if mv == 1 else (i, j - 1)
-        path.append((i, j))
-    return path[::-1]
+    from fusechat.align.dtw import dtw_reference
+
+    def cost(x: str, y: str) -> int:
+        d = Levenshtein.distance(x, y)
+        return d if (x in y or y in x) else 10 * d
+
+    return dtw_reference(a, b, cost)
 
 
 def bench_dtw(n_tokens: int, repeats: int) -> dict:
