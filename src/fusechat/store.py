@@ -247,7 +247,10 @@ def records_from_table(table: pa.Table, k: int) -> list[TopKRecord]:
     nll = table.column("nll").to_numpy()
     n_bytes = table.column("n_bytes").to_numpy()
     extra_names = [n for n in table.column_names if n not in base_schema(k).names]
-    extra_rows = table.select(extra_names).to_pylist() if extra_names else [{}] * len(ids)
+    extras = {}  # list columns as (bounds, flat numpy values); per-row columns as Python values
+    for name in extra_names:
+        col = table.column(name)
+        extras[name] = _flat(col) if pa.types.is_list(col.type) else (None, col.to_pylist())
     out = []
 
     def cut(name: str, r: int, dtype: type) -> np.ndarray:
@@ -266,7 +269,7 @@ def records_from_table(table: pa.Table, k: int) -> list[TopKRecord]:
                 gold_logprob=cut("gold_logprob", r, np.float16),
                 nll=float(nll[r]),
                 n_bytes=int(n_bytes[r]),
-                extra={n: extra_rows[r][n] for n in extra_names},
+                extra={n: (v[r] if b is None else v[b[r] : b[r + 1]]) for n, (b, v) in extras.items()},
             )
         )
     return out

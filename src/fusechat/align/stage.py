@@ -32,7 +32,6 @@ from fusechat.align.inputs import (
     up_to_date,
 )
 from fusechat.align.project import project
-from fusechat.align.records import read_records
 from fusechat.align.sequence import (
     boundaries,
     byte_boundaries,
@@ -106,7 +105,7 @@ def _pairs(piv: TopKStore, src: TopKStore, method: str, ctx: dict, texts: dict) 
     pairs, counts = [], []
     for i in range(piv.n_shards):
         chunk = []
-        for a, b in zip(read_records(piv, i), read_records(src, i), strict=True):
+        for a, b in zip(piv.read_shard(i), src.read_shard(i), strict=True):
             m = next_token_match(method, a, b, ctx, texts.get(a.id))
             j = np.nonzero(m >= 0)[0]
             chunk.append(np.stack([b.input_ids[m[j]], a.input_ids[j]], axis=1))
@@ -262,7 +261,7 @@ def align(
             writer = ShardWriter(out, i, n, piv.k, extra=pa.schema([("covered", pa.list_(pa.bool_()))]))
             totals = {"positions": 0, "covered": 0, "mass_topk": 0.0, "mass_kept": 0.0}
             try:
-                a_rows, b_rows = read_records(piv, i), read_records(src, i)
+                a_rows, b_rows = piv.read_shard(i), src.read_shard(i)
                 check_row_ids(names, i, [r.id for r in a_rows], [r.id for r in b_rows])
                 for a, b in zip(a_rows, b_rows, strict=True):
                     check_same_text(a.id, texts.get(a.id), {"pivot": a.offsets, "source": b.offsets}, names)

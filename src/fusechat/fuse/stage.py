@@ -16,7 +16,6 @@ import numpy as np
 import pyarrow as pa
 
 from fusechat.align.inputs import check_pair, check_row_ids, open_teacher_store, up_to_date
-from fusechat.align.records import read_records
 from fusechat.errors import FusechatError
 from fusechat.fuse import methods
 from fusechat.manifest import fingerprint, locked, prepare_output_dir, write_manifest
@@ -146,8 +145,8 @@ def fuse(
         chosen_positions = np.zeros(len(names), dtype=np.int64)
         fallback = 0
         for i in range(n):
-            a_rows = read_records(piv, i)
-            b_rows = [read_records(s, i) for s in stores]
+            a_rows = piv.read_shard(i)
+            b_rows = [s.read_shard(i) for s in stores]
             for s, rows in zip(stores, b_rows, strict=True):
                 check_row_ids(
                     f"pivot store {piv.dir} and aligned store {s.dir}",
