@@ -15,6 +15,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from fusechat.evaluate.paired import paired_difference, read_items
 from fusechat.manifest import atomic_write_bytes
 
 GROUPS = ("source", "pivot", "clm", "pairwise", "multi", "merge")
@@ -100,8 +101,13 @@ def build_table(scores: dict, rows: list[dict]) -> tuple[list[str], list[list[st
     return header, body, {"tasks": tasks, "baseline": base, "best": best}
 
 
-def claims(scores: dict, rows: list[dict]) -> list[str]:
-    """The paper's ordering, checked metric by metric, with margins in combined standard errors."""
+def claims(scores: dict, rows: list[dict], items_dir: Path | None = None) -> list[str]:
+    """The paper's ordering, checked metric by metric, each margin with its standard error.
+
+    With `items_dir` (an evaluation output: ITEMS_DIR/MODEL/TASK.jsonl), the error is the paired one over the
+    items both models scored, which is what can tell two fine-tunes of one pivot apart; otherwise (or where the
+    items cannot be paired) it is the two rows' errors combined, a much looser bound.
+    """
     rows = _ordered(rows)
     base = next((r for r in rows if r["group"] == "clm"), None)
     fused = [r for r in rows if r["group"] in ("pairwise", "multi")]
@@ -114,9 +120,15 @@ def claims(scores: dict, rows: list[dict]) -> list[str]:
         ca, cb = _cell(scores, a["model"], t), _cell(scores, b["model"], t)
         if ca is None or cb is None:
             return None
-        gain = (cb[0] - ca[0]) if _lower_better(scores, t) else (ca[0] - cb[0])
-        se = math.hypot(ca[1], cb[1])
-        z = f", {gain / se:+.1f} SE" if se and not math.isnan(se) else ""
+        sign = -1.0 if _lower_better(scores, t) else 1.0
+        gain, se, kind = sign * (ca[0] - cb[0]), math.hypot(ca[1], cb[1]), "combined SE"
+        if items_dir is not None:
+            pair = paired_difference(
+                read_items(items_dir / a["model"] / f"{t}.jsonl"), read_items(items_dir / b["model"] / f"{t}.jsonl")
+            )
+            if pair is not None:
+                gain, se, kind = sign * pair[0], pair[1], f"paired SE, n = {pair[2]}"
+        z = f", {gain / se:+.1f} {kind}" if se and not math.isnan(se) else ""
         mark = "✓" if gain >= 0 else "✗"
         return f"{mark} {a.get('label', a['model'])} vs {b.get('label', b['model'])} on {t}: {gain:+.4f}{z}"
 
@@ -176,30 +188,35 @@ def _plot_bars(scores: dict, rows: list[dict], tasks: list[str], path: Path) -> 
 
 
 def _plot_losses(curves: dict[str, str | Path], path: Path) -> Path | None:
+    """Training curves: the total loss, or, when the trainer logged them, its CLM and fusion terms side by side
+    (the CLM term is what the CLM-only baseline also minimises, so it is the fair curve to compare)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4))
+    histories = {label: json.loads(Path(state).read_text()).get("log_history", []) for label, state in curves.items()}
+    split = any("clm_loss" in h for hist in histories.values() for h in hist)
+    panels = [("clm_loss", "CLM term (per token)"), ("fusion_loss", "fusion term (per token)")] if split else []
+    panels = panels or [("loss", "training loss (λ·CLM + (1−λ)·fusion)")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
     drawn = 0
-    for label, state in curves.items():
-        history = json.loads(Path(state).read_text()).get("log_history", [])
-        points = [(h["step"], h["loss"]) for h in history if "loss" in h and "step" in h]
-        evals = [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h and "step" in h]
-        if points:
-            (line,) = ax.plot(*zip(*points, strict=True), label=f"{label} (train)", linewidth=1.3)
-            drawn += 1
-            if evals:
-                ax.plot(*zip(*evals, strict=True), "o--", color=line.get_color(), label=f"{label} (eval)", markersize=3)
+    for ax, (key, title) in zip(axes[0], panels, strict=True):
+        for label, history in histories.items():
+            points = [(h["step"], h[key]) for h in history if key in h and "step" in h]
+            evals = [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h and "step" in h]
+            if points:
+                (line,) = ax.plot(*zip(*points, strict=True), label=label, linewidth=1.2)
+                drawn += 1
+                if evals and key == "loss":
+                    ax.plot(*zip(*evals, strict=True), "o--", color=line.get_color(), label=f"{label} (eval)", ms=3)
+        ax.set_xlabel("optimizer step")
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
     if not drawn:
         plt.close(fig)
         return None
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("training loss (λ·CLM + (1−λ)·fusion)")
-    ax.set_title("Training loss by target", fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -298,7 +315,8 @@ def write_report(scores: dict, rows: list[dict], out: Path, extras: dict | None 
     `rows`: [{"model": key in scores, "group": source|pivot|clm|pairwise|multi|merge, "label"?, "method"?}].
     `extras` (all optional): "title"; "notes" (markdown paragraph); "settings" (dict shown as a list);
     "loss_curves" {label: trainer_state.json path}; "selection_share" {target: {model: share}};
-    "varm_weights" {tensor: [w..]} or a JSON path, with "varm_models" [names in weight order].
+    "varm_weights" {tensor: [w..]} or a JSON path, with "varm_models" [names in weight order];
+    "items_dir": the evaluation directory holding MODEL/TASK.jsonl, for paired errors in the ordering check.
     """
     extras = extras or {}
     out = Path(out)
@@ -317,7 +335,8 @@ def write_report(scores: dict, rows: list[dict], out: Path, extras: dict | None 
         weights = json.loads(Path(weights).read_text())
     if weights and (p := _plot_varm(weights, list(extras.get("varm_models", [])), out / "varm_weights.png")):
         plots.append(("VaRM weights by layer", p))
-    checks = claims(scores, rows)
+    items_dir = extras.get("items_dir")
+    checks = claims(scores, rows, Path(items_dir) if items_dir else None)
     md = _markdown(extras, header, body, info, checks, plots, scores, rows)
     atomic_write_bytes(out / "report.md", md.encode())
     atomic_write_bytes(out / "report.html", _html(extras, header, body, info, checks, plots, scores, rows).encode())
@@ -350,7 +369,8 @@ def _markdown(extras, header, body, info, checks, plots, scores, rows) -> str:
     if checks:
         parts += ["", "## Does the paper's ordering hold here?", ""]
         parts += [
-            "Margins are in the higher-is-better direction; SE is the combined standard error of the two rows.",
+            "Margins are in the higher-is-better direction, each with its standard error: paired over the items both "
+            "models scored where the per-item results are at hand, else the two rows' errors combined.",
             "",
         ] + [f"- {c}" for c in checks]
     if extras.get("settings"):

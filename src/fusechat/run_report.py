@@ -57,6 +57,7 @@ def write_run_report(recipe: Recipe, work: Path) -> Path:
         },
         "loss_curves": {p.parent.name: str(p) for p in sorted((work / "train").glob("*/trainer_state.json"))},
         "selection_share": _selection(work),
+        "items_dir": str(work / "eval"),
     }
     varm = sorted((work / "merge").glob("varm-*/explain/varm_weights.json"))
     if varm:

@@ -60,7 +60,51 @@ def test_claims_name_the_failures():
     assert any(line.startswith("✓ t-qwen vs CLM only on gsm: +0.0400") for line in lines)
     assert any(line.startswith("✓ VaRM vs Linear on bpb: +0.0150") for line in lines)
     z = next(line for line in lines if line.startswith("✓ VaRM vs Linear on bpb"))
-    assert "+1.1 SE" in z  # 0.015 / hypot(0.01, 0.01)
+    assert "+1.1 combined SE" in z  # 0.015 / hypot(0.01, 0.01): no per-item results given
+
+
+def _items(path, records):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def test_paired_errors_come_from_per_item_differences(tmp_path):
+    """The paired error equals a plain delta-method computation on the per-item differences, and is far smaller
+    than the rows' errors combined when two models move together item by item."""
+    import random
+
+    from fusechat.evaluate.paired import paired_difference, read_items
+
+    rng = random.Random(0)
+    nbytes = [rng.randint(100, 2000) for _ in range(40)]
+    clm = [b * rng.uniform(0.3, 0.9) for b in nbytes]  # nats, very different per item
+    fused = [x - b * rng.uniform(0.0, 0.01) for x, b in zip(clm, nbytes, strict=True)]  # a little better everywhere
+    _items(
+        tmp_path / "clm" / "bpb.jsonl",
+        [{"id": f"c{i}", "nll_nats": x, "n_bytes": b} for i, (x, b) in enumerate(zip(clm, nbytes, strict=True))],
+    )
+    _items(
+        tmp_path / "t-qwen" / "bpb.jsonl",
+        [{"id": f"c{i}", "nll_nats": x, "n_bytes": b} for i, (x, b) in enumerate(zip(fused, nbytes, strict=True))],
+    )
+    diff, se, n = paired_difference(
+        read_items(tmp_path / "t-qwen" / "bpb.jsonl"), read_items(tmp_path / "clm" / "bpb.jsonl")
+    )
+    d = [(f - c) / math.log(2) for f, c in zip(fused, clm, strict=True)]
+    ratio = sum(d) / sum(nbytes)
+    ref_se = math.sqrt(sum((di - ratio * b) ** 2 for di, b in zip(d, nbytes, strict=True)) / (40 * 39)) / (
+        sum(nbytes) / 40
+    )
+    assert n == 40 and diff == pytest.approx(ratio) and se == pytest.approx(ref_se) and diff < 0
+    _items(tmp_path / "clm" / "gsm.jsonl", [{"id": i, "correct": i % 3 == 0} for i in range(30)])
+    _items(tmp_path / "t-qwen" / "gsm.jsonl", [{"id": i, "correct": i % 3 == 0 or i == 1} for i in range(30)])
+    g = paired_difference(read_items(tmp_path / "t-qwen" / "gsm.jsonl"), read_items(tmp_path / "clm" / "gsm.jsonl"))
+    assert g[0] == pytest.approx(1 / 30) and g[2] == 30
+    lines = claims(SCORES, ROWS, items_dir=tmp_path)
+    line = next(x for x in lines if x.startswith("✓ t-qwen vs CLM only on bpb"))
+    assert f"{-ratio:+.4f}" in line and "paired SE, n = 40" in line
+    assert any(x.startswith("✓ t-qwen vs CLM only on gsm: +0.0333") and "paired SE, n = 30" in x for x in lines)
+    assert any("t-gemma vs CLM only on bpb" in x and "combined SE" in x for x in lines)  # no items: fallback
 
 
 def test_varm_by_layer():
