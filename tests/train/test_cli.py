@@ -87,9 +87,14 @@ def test_a_few_steps_of_pure_fusion_lower_the_fusion_loss(tiny, tmp_path):
         per_device_train_batch_size=4,
         learning_rate=3e-3,
         warmup_steps=0,
+        logging_steps=1,
         disable_tqdm=True,
     )
     assert dataset_loss(out, tiny["targets"]) < dataset_loss(tiny["pivot"], tiny["targets"]) - 0.05
+    # Each log line carries both terms per supervised position; with lambda = 0 the loss is the fusion term.
+    logs = [h for h in read_json(out / "trainer_state.json")["log_history"] if "loss" in h]
+    assert len(logs) == 4 and all("clm_loss" in h and "fusion_loss" in h for h in logs)
+    assert all(h["loss"] == pytest.approx(h["fusion_loss"], abs=1e-3) for h in logs)
 
 
 def test_clm_only_baseline_on_the_same_data(tiny, tmp_path):
@@ -108,6 +113,8 @@ def test_clm_only_baseline_on_the_same_data(tiny, tmp_path):
     m = read_json(out / "manifest.json")
     assert m["clm_only"] is True and m["lambda"] == 1.0
     assert "CLM-only baseline" in (out / "README.md").read_text()
+    logs = [h for h in read_json(out / "trainer_state.json")["log_history"] if "loss" in h]
+    assert logs and all("clm_loss" in h and "fusion_loss" not in h for h in logs)
     assert dataset_loss(out, tiny["targets"], lam=1.0) < dataset_loss(tiny["pivot"], tiny["targets"], lam=1.0)
 
 

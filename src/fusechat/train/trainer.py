@@ -46,6 +46,9 @@ class FusionTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.loss_config = loss_config
         self.nonfinite_batches = 0
+        # Per-token CLM and fusion terms since the last log line (this process's batches): the total loss alone
+        # cannot show whether the fusion term moves at all.
+        self._terms = {"clm": 0.0, "fusion": 0.0, "positions": 0, "fused_positions": 0}
         # The Trainer counts supervised labels across accumulation steps and processes only for models that
         # "accept loss kwargs"; our compute_loss uses that count whatever the model's signature.
         self.model_accepts_loss_kwargs = True
@@ -77,6 +80,8 @@ class FusionTrainer(Trainer):
             chunk_size=cfg.chunk_size,
         )
         loss = parts.loss
+        if model.training:
+            self._count_terms(parts, int(gold.numel()), "target_ids" in inputs)
         if num_items_in_batch is not None and self.args.average_tokens_across_devices:
             # DDP averages gradients over processes while the normaliser already counts every process.
             loss = loss * self.accelerator.num_processes
@@ -89,6 +94,23 @@ class FusionTrainer(Trainer):
             )
             loss = self._zero_loss(model)
         return (loss, {"clm_sum": parts.clm_sum, "fuse_sum": parts.fuse_sum}) if return_outputs else loss
+
+    def _count_terms(self, parts: Any, positions: int, fused: bool) -> None:
+        self._terms["clm"] += float(parts.clm_sum.detach())
+        self._terms["positions"] += positions
+        if fused:
+            self._terms["fusion"] += float(parts.fuse_sum.detach())
+            self._terms["fused_positions"] += positions
+
+    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+        """The stock log line, plus `clm_loss` and `fusion_loss` per supervised position since the last one."""
+        t = self._terms
+        if "loss" in logs and t["positions"]:
+            logs["clm_loss"] = round(t["clm"] / t["positions"], 4)
+            if t["fused_positions"]:
+                logs["fusion_loss"] = round(t["fusion"] / t["fused_positions"], 4)
+            self._terms = {k: type(v)(0) for k, v in t.items()}
+        super().log(logs, *args, **kwargs)
 
     @staticmethod
     def _zero_loss(model: torch.nn.Module) -> torch.Tensor:
