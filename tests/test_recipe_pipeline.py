@@ -102,3 +102,31 @@ def test_unknown_model_is_refused_before_any_stage(tmp_path):
     )
     with pytest.raises(FusechatError, match=r"sources\[0\]\.model: 'nope' is no directory and no known model"):
         _pipeline(path)
+
+
+def test_pivot_without_chat_template_is_refused_at_load(tmp_path):
+    from tiny_models import CHATML, byte_bpe_tokenizer, save_llama
+
+    from fusechat.models import has_chat_template
+    from fusechat.run_command import _pipeline
+
+    pivot = save_llama(tmp_path / "pivot", byte_bpe_tokenizer(300), seed=0)
+    assert has_chat_template(pivot)
+    (pivot / "chat_template.jinja").unlink(missing_ok=True)
+    config = json.loads((pivot / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (pivot / "tokenizer_config.json").write_text(json.dumps(config))
+    assert not has_chat_template(pivot)
+    recipe = {**BASE, "pivot": "pivot", "sources": [{"name": "a", "model": "pivot"}]}
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    with pytest.raises(FusechatError, match=r"pivot: pivot has no chat template; name a Jinja template file"):
+        _pipeline(path)
+    recipe["data"] = {**recipe["data"], "chat_template": "chatml.jinja"}
+    path.write_text(yaml.safe_dump(recipe))
+    with pytest.raises(FusechatError, match=r"data\.chat_template: .*chatml\.jinja is not a file"):
+        _pipeline(path)
+    (tmp_path / "chatml.jinja").write_text(CHATML)
+    _, _, pipe, _ = _pipeline(path)
+    prepare = next(s for s in pipe.steps if s.name == "prepare/train")
+    assert prepare.settings["chat_template"][0] == str(tmp_path / "chatml.jinja")

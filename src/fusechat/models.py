@@ -52,6 +52,17 @@ def check_model_dir(path: Path, allow_pickle: bool = False) -> None:
         raise FusechatError(f"{path}: no weights (*.safetensors) found")
 
 
+def has_chat_template(path: Path) -> bool:
+    """Whether the tokenizer files in model directory `path` carry a chat template (read from disk, no loading)."""
+    if (path / "chat_template.jinja").is_file() or (path / "chat_template.json").is_file():
+        return True
+    config = path / "tokenizer_config.json"
+    try:
+        return bool(json.loads(config.read_text()).get("chat_template")) if config.is_file() else False
+    except (OSError, ValueError, AttributeError):
+        return False  # an unreadable config is reported by whoever loads the tokenizer
+
+
 def load_tokenizer(spec: str | os.PathLike, trust_remote_code: bool = False) -> Any:
     """Load the fast tokenizer of a model directory or installed model name."""
     path = resolve_model_dir(spec)

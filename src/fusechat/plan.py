@@ -50,6 +50,7 @@ def plan(recipe: Recipe, base: Path) -> list[Step]:
         steps.append(Step(name, out, settings, needs, run))
 
     split = {"train": recipe.data.train, "heldout": recipe.data.heldout}
+    template = (base / recipe.data.chat_template).resolve() if recipe.data.chat_template else None
     for part, sources in split.items():
         if not sources:
             continue
@@ -60,13 +61,15 @@ def plan(recipe: Recipe, base: Path) -> list[Step]:
             "max_length": recipe.data.max_length,
             "on_long": recipe.data.on_long,
         }
+        if template:
+            settings["chat_template"] = _file_state(template)
         conv = work / "conversations" / part
         add(
             f"prepare/{part}",
             conv,
             settings,
             [],
-            stages.preparer(sources, base, pivot, conv, recipe.data.max_length, recipe.data.on_long),
+            stages.preparer(sources, base, pivot, conv, recipe.data.max_length, recipe.data.on_long, template),
         )
     conv_train = work / "conversations" / "train"
     for name, model_spec in models.items():

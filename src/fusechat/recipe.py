@@ -48,6 +48,9 @@ class Data(_Strict):
     heldout: list[DataSource] = Field(default_factory=list, description="for bits-per-byte evaluation")
     max_length: int = Field(1024, ge=16, le=1_000_000, description="pivot tokens per conversation")
     on_long: Literal["truncate", "drop"] = "truncate"
+    chat_template: str | None = Field(
+        None, description="a Jinja chat template file (relative to the recipe) for a pivot whose tokenizer has none"
+    )
 
 
 class Teach(_Strict):

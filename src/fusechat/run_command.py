@@ -39,18 +39,40 @@ def _pipeline(recipe_path: str | Path, workdir: str | None = None):
         if not (base / model).exists() and model not in assets.ASSETS:
             known = ", ".join(sorted(assets.ASSETS))
             raise FusechatError(f"{recipe_path}: {key}: {model!r} is no directory and no known model ({known})")
+    _check_template(recipe, base, recipe_path)
     pipe = Pipeline((base / recipe.workdir).resolve(), plan(recipe, base))
     return recipe, base, pipe, [m for m in keys.values() if m in assets.ASSETS and not (base / m).exists()]
+
+
+def _check_template(recipe, base: Path, recipe_path: str | Path) -> None:
+    """Refuse a pivot without a chat template (when the recipe gives none) before any model is loaded."""
+    from fusechat import assets
+    from fusechat.models import has_chat_template
+
+    if recipe.data.chat_template:
+        template = base / recipe.data.chat_template
+        if not template.is_file():
+            raise FusechatError(f"{recipe_path}: data.chat_template: {template} is not a file")
+        return
+    pivot = base / recipe.pivot
+    if not pivot.exists() and recipe.pivot in assets.ASSETS:
+        pivot = assets.model_dir(recipe.pivot)
+    if (pivot / "config.json").is_file() and not has_chat_template(pivot):
+        raise FusechatError(
+            f"{recipe_path}: pivot: {recipe.pivot} has no chat template; name a Jinja template file in "
+            "data.chat_template, or use a chat (instruct) model as the pivot"
+        )
 
 
 def _run(args: argparse.Namespace, workdir: str | None = None) -> int:
     from fusechat import assets
 
-    recipe, _, pipe, to_install = _pipeline(args.recipe, workdir)
+    recipe, base, pipe, to_install = _pipeline(args.recipe, workdir)
     if args.dry_run:
         return _status(args)
     for name in to_install:
         assets.install(name)
+    _check_template(recipe, base, args.recipe)  # an installed-by-name pivot is only on disk now
     pipe.run()
     report = pipe.workdir / "report" / "report.md"
     if report.is_file():

@@ -56,7 +56,13 @@ def data_source(spec: DataSource, base: Path, work: Path) -> object:
 
 
 def preparer(
-    sources: list[DataSource], base: Path, pivot: str, out: Path, max_length: int, on_long: str
+    sources: list[DataSource],
+    base: Path,
+    pivot: str,
+    out: Path,
+    max_length: int,
+    on_long: str,
+    chat_template: Path | None = None,
 ) -> Callable[[], Path]:
     def run() -> Path:
         from fusechat.data.prepare import prepare
@@ -64,7 +70,15 @@ def preparer(
         work = out.parent / "_sources"
         work.mkdir(parents=True, exist_ok=True)
         inputs = [data_source(s, base, work) for s in sources]
-        return prepare(inputs, pivot, out, max_length=max_length, on_long=on_long, skip_invalid=True)
+        return prepare(
+            inputs,
+            pivot,
+            out,
+            chat_template=chat_template,
+            max_length=max_length,
+            on_long=on_long,
+            skip_invalid=True,
+        )
 
     return run
 
