@@ -81,7 +81,7 @@ class FusionTrainer(Trainer):
         )
         loss = parts.loss
         if model.training:
-            self._count_terms(parts, int(gold.numel()), "target_ids" in inputs)
+            self._count_terms(parts, int(gold.numel()), "target_ids" in inputs, lam > 0)
         if num_items_in_batch is not None and self.args.average_tokens_across_devices:
             # DDP averages gradients over processes while the normaliser already counts every process.
             loss = loss * self.accelerator.num_processes
@@ -95,9 +95,10 @@ class FusionTrainer(Trainer):
             loss = self._zero_loss(model)
         return (loss, {"clm_sum": parts.clm_sum, "fuse_sum": parts.fuse_sum}) if return_outputs else loss
 
-    def _count_terms(self, parts: Any, positions: int, fused: bool) -> None:
-        self._terms["clm"] += float(parts.clm_sum.detach())
-        self._terms["positions"] += positions
+    def _count_terms(self, parts: Any, positions: int, fused: bool, clm: bool) -> None:
+        if clm:  # with lambda = 0 the loss never computes the CLM term
+            self._terms["clm"] += float(parts.clm_sum.detach())
+            self._terms["positions"] += positions
         if fused:
             self._terms["fusion"] += float(parts.fuse_sum.detach())
             self._terms["fused_positions"] += positions
@@ -105,8 +106,9 @@ class FusionTrainer(Trainer):
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
         """The stock log line, plus `clm_loss` and `fusion_loss` per supervised position since the last one."""
         t = self._terms
-        if "loss" in logs and t["positions"]:
-            logs["clm_loss"] = round(t["clm"] / t["positions"], 4)
+        if "loss" in logs and (t["positions"] or t["fused_positions"]):
+            if t["positions"]:
+                logs["clm_loss"] = round(t["clm"] / t["positions"], 4)
             if t["fused_positions"]:
                 logs["fusion_loss"] = round(t["fusion"] / t["fused_positions"], 4)
             self._terms = {k: type(v)(0) for k, v in t.items()}
