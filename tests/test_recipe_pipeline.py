@@ -130,3 +130,17 @@ def test_pivot_without_chat_template_is_refused_at_load(tmp_path):
     _, _, pipe, _ = _pipeline(path)
     prepare = next(s for s in pipe.steps if s.name == "prepare/train")
     assert prepare.settings["chat_template"][0] == str(tmp_path / "chatml.jinja")
+
+
+def test_adding_a_seed_keeps_the_trained_runs(tmp_path):
+    """A second seed adds runs; the first seed's runs, merges and everything upstream keep their fingerprints
+    (evaluation and report cover the new models, so they are redone; the evaluation cache keeps the old scores)."""
+    path = tmp_path / "r.yaml"
+    recipe = {**BASE, "merge": {"methods": [{"method": "varm"}]}}
+    path.write_text(yaml.safe_dump(recipe))
+    one = Pipeline(tmp_path / "w", plan(*load_recipe(path))).fingerprints()
+    path.write_text(yaml.safe_dump({**recipe, "train": {"seeds": [0, 1]}}))
+    two = Pipeline(tmp_path / "w", plan(*load_recipe(path))).fingerprints()
+    kept = [k for k in one if k not in ("evaluate", "report")]
+    assert {k: two[k] for k in kept} == {k: one[k] for k in kept}
+    assert {"train/clm-s1", "train/pair-a-s1", "merge/varm-s1"} <= set(two) - set(one)

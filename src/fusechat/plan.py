@@ -101,7 +101,9 @@ def plan(recipe: Recipe, base: Path) -> list[Step]:
             ["teach/pivot", *(f"align/{m}" for m in members)],
             stages.fuser(pivot_store, [work / "align" / m for m in members], out, recipe.fuse.method),
         )
-    train_settings = recipe.train.model_dump(by_alias=True)
+    # Per-run settings: the seed list and the baseline switch say which runs exist, not how one run trains, so
+    # adding a seed must not make the runs already trained stale.
+    train_settings = recipe.train.model_dump(by_alias=True, exclude={"seeds", "clm_baseline"})
     first_target = target_names(recipe)[0]
     for seed in recipe.train.seeds:
         runs = ([("clm", first_target, True)] if recipe.train.clm_baseline else []) + [
