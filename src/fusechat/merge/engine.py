@@ -49,6 +49,7 @@ def merge(
     mergekit_arithmetic: bool = False,
     exist_ok: bool = False,
     threads: int = 1,
+    compiled: bool = True,
 ) -> Path:
     """Merge the models of `config` into a new Hugging Face directory `out`; returns `out`.
 
@@ -60,6 +61,8 @@ def merge(
     reader and writer threads already overlap IO with compute, and the blockwise passes lose more to thread
     barriers than they gain on a shared machine (measured 3x slower with 2 threads here); raise it on a
     dedicated many-core node.
+    `compiled` runs the methods' compiled kernels (`merge/fast/`: same values, several times faster; numba's
+    thread count, all cores by default, sets their parallelism); False runs the torch functions of `methods/`.
     """
     cfg = load_config(config)
     out = Path(out)
@@ -83,7 +86,7 @@ def merge(
         previous_threads = torch.get_num_threads()
         try:
             torch.set_num_threads(max(1, threads))
-            stats = _run(cfg, plan, tmp, seed, max_shard_bytes, mergekit_arithmetic, explain_weights)
+            stats = _run(cfg, plan, tmp, seed, max_shard_bytes, mergekit_arithmetic, explain_weights, compiled)
             torch.set_num_threads(previous_threads)
             card.copy_model_files(plan.base.directory, tokenizer_dir, tmp, out_dtype, cfg.chat_template)
             card.write_model_card(tmp, cfg, options, title=out.name)
@@ -167,6 +170,7 @@ def _run(
     max_shard_bytes: int,
     mergekit_arithmetic: bool,
     explain_weights: bool,
+    compiled: bool,
 ) -> dict[str, Any]:
     spec = cfg.method
     settings = _Settings(cfg, plan.num_layers)
@@ -187,6 +191,10 @@ def _run(
         work = torch.float64 if x.dtype == torch.float64 else compute
         return x.to(work)
 
+    fast = None
+    if compiled and compute == torch.float32:
+        from fusechat.merge.fast import run as fast  # imports numba: only when a merge runs
+
     group_weights = _varm_group_weights(cfg, plan, load, prepare) if _needs_groups(cfg) else {}
     start = time.perf_counter()
     writer = ShardedWriter(tmp, plan_shards([t.out for t in plan.tensors], max_shard_bytes), {"format": "pt"})
@@ -204,8 +212,31 @@ def _run(
                 pending = None
                 if i + 1 < len(plan.tensors) and sizes[i] + sizes[i + 1] <= budget:
                     pending = reader.submit(load, plan.tensors[i + 1])
+                merged = None
+                if tp.mergeable and fast is not None:
+                    shared, per_model = settings.job(tp.out.name)
+                    try:
+                        merged = fast.merge_tensor(
+                            cfg.merge_method,
+                            tp.out.name,
+                            base_raw if spec.base_required else None,
+                            raws,
+                            shared,
+                            per_model,
+                            seed,
+                            input_dtype,
+                            tp.out.dtype,
+                            group_weights.get(tp.out.name),
+                        )
+                    except ValueError as e:
+                        raise FusechatError(str(e)) from None
                 if not tp.mergeable:
                     result = base_raw
+                elif merged is not None:
+                    result, weights = merged
+                    del base_raw, raws
+                    if weights is not None:
+                        explained.append((tp.out.name, weights))
                 else:
                     base = prepare(base_raw) if spec.base_required else None
                     del base_raw

@@ -35,3 +35,8 @@ def sum_squares(x: torch.Tensor) -> float:
         b = flat[s].double()
         total += float(torch.dot(b, b))
     return total
+
+
+def dot64(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Σ aᵢbᵢ of two flat tensors, accumulated in float64, one block at a time."""
+    return float(sum(torch.dot(a[s].double(), b[s].double()) for s in blocks(a.numel())))
