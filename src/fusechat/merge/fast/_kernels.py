@@ -1,10 +1,11 @@
-"""The compiled elementwise passes that produce each method's output tensor in one sweep over the inputs.
+"""The compiled passes that produce TA / TIES / DARE and SCE outputs in one sweep over the inputs.
 
 Each kernel reads the inputs in their stored form (bf16 bits or float32), computes in float32 with the same
 operations in the same order as the torch function of `methods/` (so results are equal bit for bit), and
 writes the output in its final dtype (bf16 rounded to nearest even, or float32) straight into the buffer the
-writer will write. Work is split in fixed chunks run in parallel; inside a chunk, tiles of a few thousand
-entries of every input are combined while they sit in cache. Reductions accumulate in float64 per chunk.
+writer will write. Work is split in fixed chunks run in parallel; inside a chunk, a tile of a few thousand
+entries of every input is processed column by column (one input at a time, branch-free, so the compiler
+vectorises the loops) while it sits in cache. Reductions accumulate in float64 per chunk.
 """
 
 from __future__ import annotations
@@ -21,93 +22,132 @@ ZERO = np.float32(0.0)
 SPARSE_NONE, SPARSE_MAGNITUDE, SPARSE_RANDOM = 0, 1, 2
 
 
+@njit(inline="always")
+def _task_vector(row, x, base, t0, mode, thr, cut, k0, k1, limit, scale, w):  # pragma: no cover - compiled
+    """row = wᵢ · sparsify(xᵢ − base) over the tile starting at t0, as `task_arithmetic` orders it.
+
+    x, base: the tile's slices (indices from 0, so the loops carry no negative-index checks and vectorise).
+    """
+    m = row.size
+    if mode == SPARSE_MAGNITUDE:
+        before = cut - t0  # tile entries before the cut index keep their ties
+        for r in range(m):
+            d = load(x, r) - load(base, r)
+            a = f32_bits(d) & ABS_MASK
+            keep = (a > thr) | ((a == thr) & (r < before))
+            row[r] = ((d * np.float32(keep)) * scale) * w
+    elif mode == SPARSE_RANDOM:
+        for r in range(m):
+            d = load(x, r) - load(base, r)
+            keep = element_hash(t0 + r, k0, k1) < limit
+            row[r] = ((d * np.float32(keep)) * scale) * w
+    else:
+        for r in range(m):
+            row[r] = (load(x, r) - load(base, r)) * w
+
+
+@njit(inline="always")
+def _elect(buf, n, m, weights, acc, div, tot):  # pragma: no cover - compiled
+    """Sign election over the first m tile rows: acc = Σ kept pᵢ, div = Σ kept wᵢ (`_elect_`'s order)."""
+    for r in range(m):
+        tot[r] = buf[0, r]
+    for i in range(1, n):
+        for r in range(m):
+            tot[r] = tot[r] + buf[i, r]
+    w0 = weights[0]
+    for r in range(m):
+        p = buf[0, r]
+        keep = np.float32((p != ZERO) & ((p > ZERO) == (tot[r] >= ZERO)))
+        acc[r] = p * keep
+        div[r] = keep * w0
+    for i in range(1, n):
+        w = weights[i]
+        for r in range(m):
+            p = buf[i, r]
+            keep = np.float32((p != ZERO) & ((p > ZERO) == (tot[r] >= ZERO)))
+            acc[r] = acc[r] + p * keep
+            div[r] = fma(keep, w, div[r])
+
+
 @njit(parallel=True, nogil=True, cache=True)
 def gta(
-    base, xs, sparsify, active, thresholds, quotas, keys, limits, scales, weights, elect, normalize, total, lam, out
+    base, xs, mode, active, thresholds, cuts, keys, limits, scales, weights, elect, normalize, total, lam, out
 ):  # pragma: no cover - compiled
     """base + λ·combine(wᵢ·sparsify(xᵢ − base)) as `task_arithmetic` computes it (TA, TIES, DARE)."""
     size = base.size
     n = len(xs)
-    nchunks = -(-size // CHUNK)
-    for c in prange(nchunks):
+    for c in prange(-(-size // CHUNK)):
         buf = np.empty((n, TILE), dtype=np.float32)
-        left = np.empty(n, dtype=np.int64)
-        for i in range(n):
-            left[i] = quotas[i, c]
+        acc = np.empty(TILE, dtype=np.float32)
+        div = np.empty(TILE, dtype=np.float32)
+        tot = np.empty(TILE, dtype=np.float32)
         for t0 in range(c * CHUNK, min(size, (c + 1) * CHUNK), TILE):
             t1 = min(size, t0 + TILE, (c + 1) * CHUNK)
+            m = t1 - t0
+            tile_base = base[t0:t1]
             for i in range(n):
-                x = xs[i]
-                w = weights[i]
-                scale = scales[i]
-                on = active[i]
-                thr = thresholds[i]
-                k0, k1, limit = keys[i, 0], keys[i, 1], limits[i]
-                q = left[i]
-                for j in range(t0, t1):
-                    d = load(x, j) - load(base, j)
-                    if on:
-                        if sparsify == SPARSE_MAGNITUDE:
-                            a = f32_bits(d) & ABS_MASK
-                            keep = a > thr or (a == thr and q > 0)
-                            if a == thr:
-                                q -= 1
-                        else:
-                            keep = element_hash(j, k0, k1) < limit
-                        d = d * (ONE if keep else ZERO)
-                        d = d * scale
-                    buf[i, j - t0] = d * w
-                left[i] = q
-            for j in range(t0, t1):
-                r = j - t0
-                if elect:
-                    s = buf[0, r]
-                    for i in range(1, n):
-                        s = s + buf[i, r]
-                    positive = s >= ZERO
-                    acc = ZERO
-                    div = ZERO
-                    for i in range(n):
-                        p = buf[i, r]
-                        kf = ONE if (p != ZERO and (p > ZERO) == positive) else ZERO
-                        p = p * kf
-                        acc = p if i == 0 else acc + p
-                        div = kf * weights[i] if i == 0 else fma(kf, weights[i], div)
-                    if normalize:
-                        if div == ZERO:
-                            div = div + ONE
-                        acc = acc / div
-                else:
-                    acc = buf[0, r]
-                    for i in range(1, n):
-                        acc = acc + buf[i, r]
-                    if normalize:
-                        acc = acc / total
-                if lam != ONE:
-                    acc = acc * lam
-                store(out, j, acc + load(base, j))
+                _task_vector(
+                    buf[i, :m],
+                    xs[i][t0:t1],
+                    tile_base,
+                    t0,
+                    mode if active[i] else SPARSE_NONE,
+                    thresholds[i],
+                    cuts[i],
+                    keys[i, 0],
+                    keys[i, 1],
+                    limits[i],
+                    scales[i],
+                    weights[i],
+                )
+            if elect:
+                _elect(buf, n, m, weights, acc, div, tot)
+                if normalize:
+                    for r in range(m):
+                        d = div[r]
+                        acc[r] = acc[r] / (d + np.float32(d == ZERO))
+            else:
+                for r in range(m):
+                    acc[r] = buf[0, r]
+                for i in range(1, n):
+                    for r in range(m):
+                        acc[r] = acc[r] + buf[i, r]
+                if normalize:
+                    for r in range(m):
+                        acc[r] = acc[r] / total
+            if lam != ONE:
+                for r in range(m):
+                    acc[r] = acc[r] * lam
+            tile_out = out[t0:t1]
+            for r in range(m):
+                store(tile_out, r, acc[r] + load(tile_base, r))
 
 
 @njit(inline="always")
-def _variance(buf, r, n, nf):  # pragma: no cover - compiled
-    """Population variance across the n task vectors at tile row r, in `sce`'s operation order."""
-    m = buf[0, r]
-    for i in range(1, n):
-        m = m + buf[i, r]
-    m = m / nf
-    v = ZERO
+def _fill_variance(buf, var, base, xs, t0, t1, nf):  # pragma: no cover - compiled
+    """buf[i, :] = τᵢ over the tile; var = their population variance, in `sce`'s operation order."""
+    n = len(xs)
+    m = t1 - t0
+    tile_base = base[t0:t1]
     for i in range(n):
-        e = buf[i, r] - m
-        v = v + e * e
-    return v / nf
-
-
-@njit(inline="always")
-def _fill_taus(buf, base, xs, t0, t1):  # pragma: no cover - compiled
-    for i in range(len(xs)):
-        x = xs[i]
-        for j in range(t0, t1):
-            buf[i, j - t0] = load(x, j) - load(base, j)
+        x = xs[i][t0:t1]
+        row = buf[i, :m]
+        for r in range(m):
+            row[r] = load(x, r) - load(tile_base, r)
+    for r in range(m):  # var holds the mean first
+        var[r] = buf[0, r]
+    for i in range(1, n):
+        for r in range(m):
+            var[r] = var[r] + buf[i, r]
+    for r in range(m):
+        var[r] = var[r] / nf
+    for r in range(m):
+        mean = var[r]
+        v = ZERO
+        for i in range(n):
+            e = buf[i, r] - mean
+            v = v + e * e
+        var[r] = v / nf
 
 
 @njit(parallel=True, nogil=True, cache=True)
@@ -118,12 +158,13 @@ def variance_high(base, xs, hist, nonzero):  # pragma: no cover - compiled
     nf = np.float32(n)
     for c in prange(hist.shape[0]):
         buf = np.empty((n, TILE), dtype=np.float32)
+        var = np.empty(TILE, dtype=np.float32)
         nz = 0
         for t0 in range(c * CHUNK, min(size, (c + 1) * CHUNK), TILE):
             t1 = min(size, t0 + TILE, (c + 1) * CHUNK)
-            _fill_taus(buf, base, xs, t0, t1)
+            _fill_variance(buf, var, base, xs, t0, t1, nf)
             for r in range(t1 - t0):
-                v = _variance(buf, r, n, nf)
+                v = var[r]
                 hist[c, f32_bits(v) >> np.uint32(16)] += 1
                 nz += v != ZERO
         nonzero[c] = nz
@@ -137,53 +178,73 @@ def variance_low(base, xs, bucket, hist):  # pragma: no cover - compiled
     nf = np.float32(n)
     for c in prange(hist.shape[0]):
         buf = np.empty((n, TILE), dtype=np.float32)
+        var = np.empty(TILE, dtype=np.float32)
         for t0 in range(c * CHUNK, min(size, (c + 1) * CHUNK), TILE):
             t1 = min(size, t0 + TILE, (c + 1) * CHUNK)
-            _fill_taus(buf, base, xs, t0, t1)
+            _fill_variance(buf, var, base, xs, t0, t1, nf)
             for r in range(t1 - t0):
-                a = f32_bits(_variance(buf, r, n, nf))
+                a = f32_bits(var[r])
                 if (a >> np.uint32(16)) == bucket:
                     hist[c, a & np.uint32(0xFFFF)] += 1
 
 
+@njit(nogil=True, cache=True)
+def nth_equal_variance(base, xs, threshold, start, m):  # pragma: no cover - compiled
+    """The index of the m-th entry (1-based) from `start` whose variance has the bits `threshold`."""
+    n = len(xs)
+    buf = np.empty((n, TILE), dtype=np.float32)
+    var = np.empty(TILE, dtype=np.float32)
+    for t0 in range(start, base.size, TILE):
+        t1 = min(base.size, t0 + TILE)
+        _fill_variance(buf, var, base, xs, t0, t1, np.float32(n))
+        for r in range(t1 - t0):
+            if f32_bits(var[r]) == threshold:
+                m -= 1
+                if m == 0:
+                    return t0 + r
+    return base.size
+
+
 @njit(inline="always")
-def _selected(buf, r, n, nf, mode, thr, q):  # pragma: no cover - compiled
-    """(keep this entry, whether it used up one of the chunk's ties at the threshold) for SCE's selection."""
+def _select_tile(buf, var, n, t0, m, mode, thr, cut):  # pragma: no cover - compiled
+    """Zero the unselected entries of the tile's τᵢ (SCE's select; mode 0 all, 1 threshold, 2 none)."""
     if mode == 0:
-        return True, False
-    if mode == 2:
-        return False, False
-    a = f32_bits(_variance(buf, r, n, nf))
-    return a > thr or (a == thr and q > 0), a == thr
+        return
+    for r in range(m):
+        if mode == 2:
+            keep = ZERO
+        else:
+            a = f32_bits(var[r])
+            keep = np.float32((a > thr) | ((a == thr) & (t0 + r < cut)))
+        for i in range(n):
+            buf[i, r] = buf[i, r] * keep
 
 
 @njit(parallel=True, nogil=True, cache=True)
-def sce_energies(base, xs, mode, thr, quotas, sums):  # pragma: no cover - compiled
-    """sums[c, i] = Σ τᵢ² (float64) over chunk c's selected entries. mode: 0 all, 1 threshold, 2 none."""
+def sce_energies(base, xs, mode, thr, cut, sums):  # pragma: no cover - compiled
+    """sums[c, i] = Σ τᵢ² (float64) over chunk c's selected entries."""
     size = base.size
     n = len(xs)
     nf = np.float32(n)
     for c in prange(sums.shape[0]):
         buf = np.empty((n, TILE), dtype=np.float32)
-        q = quotas[c]
-        acc = np.zeros(n, dtype=np.float64)
+        var = np.empty(TILE, dtype=np.float32)
+        for i in range(n):
+            sums[c, i] = 0.0
         for t0 in range(c * CHUNK, min(size, (c + 1) * CHUNK), TILE):
             t1 = min(size, t0 + TILE, (c + 1) * CHUNK)
-            _fill_taus(buf, base, xs, t0, t1)
-            for r in range(t1 - t0):
-                keep, tied = _selected(buf, r, n, nf, mode, thr, q)
-                if tied:
-                    q -= 1
-                if keep:
-                    for i in range(n):
-                        v = np.float64(buf[i, r])
-                        acc[i] += v * v
-        for i in range(n):
-            sums[c, i] = acc[i]
+            _fill_variance(buf, var, base, xs, t0, t1, nf)
+            _select_tile(buf, var, n, t0, t1 - t0, mode, thr, cut)
+            for i in range(n):
+                s = 0.0
+                for r in range(t1 - t0):
+                    v = np.float64(buf[i, r])
+                    s += v * v
+                sums[c, i] += s
 
 
 @njit(parallel=True, nogil=True, cache=True)
-def sce_merge(base, xs, mode, thr, quotas, weights, out):  # pragma: no cover - compiled
+def sce_merge(base, xs, mode, thr, cut, weights, out):  # pragma: no cover - compiled
     """base + Σ wᵢmᵢτᵢ / max(Σ wᵢmᵢ, 1e-6) over the selected τ, as `sce` computes it."""
     size = base.size
     n = len(xs)
@@ -191,31 +252,33 @@ def sce_merge(base, xs, mode, thr, quotas, weights, out):  # pragma: no cover - 
     floor = np.float32(1e-6)
     for c in prange(-(-size // CHUNK)):
         buf = np.empty((n, TILE), dtype=np.float32)
-        q = quotas[c]
+        var = np.empty(TILE, dtype=np.float32)
+        acc = np.empty(TILE, dtype=np.float32)
+        div = np.empty(TILE, dtype=np.float32)
         for t0 in range(c * CHUNK, min(size, (c + 1) * CHUNK), TILE):
             t1 = min(size, t0 + TILE, (c + 1) * CHUNK)
-            _fill_taus(buf, base, xs, t0, t1)
-            for r in range(t1 - t0):
-                keep, tied = _selected(buf, r, n, nf, mode, thr, q)
-                if tied:
-                    q -= 1
-                kf = ONE if keep else ZERO
-                s = buf[0, r] * kf
-                for i in range(1, n):
-                    s = s + buf[i, r] * kf
-                positive = s >= ZERO
-                acc = ZERO
-                div = ZERO
-                for i in range(n):
-                    p = buf[i, r] * kf
-                    m = ONE if (p != ZERO and (p > ZERO) == positive) else ZERO
-                    p = p * m
-                    if i == 0:
-                        acc = p * weights[0]
-                        div = m * weights[0]
-                    else:
-                        acc = fma(p, weights[i], acc)
-                        div = fma(m, weights[i], div)
-                if div < floor:
-                    div = floor
-                store(out, t0 + r, acc / div + load(base, t0 + r))
+            m = t1 - t0
+            _fill_variance(buf, var, base, xs, t0, t1, nf)
+            _select_tile(buf, var, n, t0, m, mode, thr, cut)
+            for r in range(m):  # var now holds the sum of the selected τ
+                var[r] = buf[0, r]
+            for i in range(1, n):
+                for r in range(m):
+                    var[r] = var[r] + buf[i, r]
+            w0 = weights[0]
+            for r in range(m):
+                p = buf[0, r]
+                keep = np.float32((p != ZERO) & ((p > ZERO) == (var[r] >= ZERO)))
+                acc[r] = (p * keep) * w0
+                div[r] = keep * w0
+            for i in range(1, n):
+                w = weights[i]
+                for r in range(m):
+                    p = buf[i, r]
+                    keep = np.float32((p != ZERO) & ((p > ZERO) == (var[r] >= ZERO)))
+                    acc[r] = fma(p * keep, w, acc[r])
+                    div[r] = fma(keep, w, div[r])
+            tile_base = base[t0:t1]
+            tile_out = out[t0:t1]
+            for r in range(m):
+                store(tile_out, r, acc[r] / max(div[r], floor) + load(tile_base, r))

@@ -20,30 +20,31 @@ from fusechat.merge.methods.varm import Variation
 
 
 @njit(parallel=True, nogil=True, cache=True)
-def _weighted_sum(xs, weights, divide, divisor, first_mul, out):  # pragma: no cover - compiled
-    """out = fma chain Σ wᵢxᵢ (from zero, or xs[0]·w₀ when `first_mul`), then / divisor when `divide`."""
+def _weighted_sum(xs, weights, divisor, first_mul, out):  # pragma: no cover - compiled
+    """out = fma chain Σ wᵢxᵢ (from zero, or xs[0]·w₀ when `first_mul`), divided by `divisor`."""
     size = xs[0].size
     n = len(xs)
     for c in prange(-(-size // CHUNK)):
         buf = np.empty(TILE, dtype=np.float32)
         for t0 in range(c * CHUNK, min(size, (c + 1) * CHUNK), TILE):
             t1 = min(size, t0 + TILE, (c + 1) * CHUNK)
-            x = xs[0]
+            m = t1 - t0
+            x = xs[0][t0:t1]
             w = weights[0]
             if first_mul:
-                for j in range(t0, t1):
-                    buf[j - t0] = load(x, j) * w
+                for r in range(m):
+                    buf[r] = load(x, r) * w
             else:
-                for j in range(t0, t1):
-                    buf[j - t0] = fma(load(x, j), w, np.float32(0.0))
+                for r in range(m):
+                    buf[r] = fma(load(x, r), w, np.float32(0.0))
             for i in range(1, n):
-                x = xs[i]
+                x = xs[i][t0:t1]
                 w = weights[i]
-                for j in range(t0, t1):
-                    buf[j - t0] = fma(load(x, j), w, buf[j - t0])
-            for j in range(t0, t1):
-                v = buf[j - t0]
-                store(out, j, v / divisor if divide else v)
+                for r in range(m):
+                    buf[r] = fma(load(x, r), w, buf[r])
+            tile_out = out[t0:t1]
+            for r in range(m):  # x / 1 is x exactly: no division asked, divisor 1
+                store(tile_out, r, buf[r] / divisor)
 
 
 @njit(parallel=True, nogil=True, cache=True)
@@ -54,9 +55,11 @@ def _pair_sums(a, b, sums):  # pragma: no cover - compiled
         saa = 0.0
         sbb = 0.0
         sab = 0.0
-        for j in range(c * CHUNK, min(size, (c + 1) * CHUNK)):
-            x = np.float64(load(a, j))
-            y = np.float64(load(b, j))
+        ta = a[c * CHUNK : min(size, (c + 1) * CHUNK)]
+        tb = b[c * CHUNK : min(size, (c + 1) * CHUNK)]
+        for r in range(ta.size):
+            x = np.float64(load(ta, r))
+            y = np.float64(load(tb, r))
             saa += x * x
             sbb += y * y
             sab += x * y
@@ -71,18 +74,23 @@ def _delta_sums(base, xs, squared, sums):  # pragma: no cover - compiled
     size = base.size
     for c in prange(sums.shape[0]):
         for i in range(len(xs)):
-            x = xs[i]
+            x = xs[i][c * CHUNK : min(size, (c + 1) * CHUNK)]
+            tile_base = base[c * CHUNK : min(size, (c + 1) * CHUNK)]
             s = 0.0
-            for j in range(c * CHUNK, min(size, (c + 1) * CHUNK)):
-                d = np.float64(load(x, j) - load(base, j))
-                s += d * d if squared else abs(d)
+            if squared:
+                for r in range(x.size):
+                    d = np.float64(load(x, r) - load(tile_base, r))
+                    s += d * d
+            else:
+                for r in range(x.size):
+                    s += abs(np.float64(load(x, r) - load(tile_base, r)))
             sums[c, i] = s
 
 
 def weighted_sum(xs: tuple, weights: Sequence[float], divisor: float | None, out: np.ndarray) -> None:
     """out = Σ wᵢxᵢ (as `linear` / `varm` compute it), divided by `divisor` when given."""
     w = np.array([float(v) for v in weights], dtype=np.float32)
-    _weighted_sum(xs, w, divisor is not None, np.float32(divisor or 1.0), False, out)
+    _weighted_sum(xs, w, np.float32(1.0 if divisor is None else divisor), False, out)
 
 
 def variation_sums(base: np.ndarray, xs: tuple, measure: Variation) -> list[float]:
@@ -100,4 +108,4 @@ def slerp(a: np.ndarray, b: np.ndarray, t: float, out: np.ndarray) -> None:
     _pair_sums(a, b, sums)
     saa, sbb, sab = (float(v) for v in sums.sum(axis=0))
     coef_a, coef_b = coefficients(math.sqrt(saa), math.sqrt(sbb), sab, t)
-    _weighted_sum((a, b), np.array([coef_a, coef_b], dtype=np.float32), False, np.float32(1.0), True, out)
+    _weighted_sum((a, b), np.array([coef_a, coef_b], dtype=np.float32), np.float32(1.0), True, out)

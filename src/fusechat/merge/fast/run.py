@@ -102,7 +102,7 @@ def _gta(method, name, base, xs, shared, per_model, seed, out) -> None:
     densities = [float(p.get("density", 1.0)) for p in per_model]
     active = np.array([sparsify != K.SPARSE_NONE and d < 1 and size > 0 for d in densities])
     thresholds = np.zeros(n, dtype=np.uint32)
-    quotas = np.zeros((n, chunks), dtype=np.int64)
+    cuts = np.zeros(n, dtype=np.int64)
     keys = np.zeros((n, 2), dtype=np.uint64)
     limits = np.zeros(n, dtype=np.uint64)
     scales = np.ones(n, dtype=np.float32)
@@ -119,10 +119,14 @@ def _gta(method, name, base, xs, shared, per_model, seed, out) -> None:
         S.magnitude_low(base, xs, active, np.array([b for b, _ in found], dtype=np.uint32), low)
         for i in range(n):
             if active[i]:
-                thresholds[i], quotas[i] = S.threshold_and_quotas(low[:, i], *found[i], ks[i])
+                t, needed, equal = S.threshold(low[:, i], *found[i], ks[i])
+                thresholds[i] = t
+                cuts[i] = S.cut_index(
+                    equal, needed, size, lambda start, m, x=xs[i], t=t: S.nth_equal_magnitude(base, x, t, start, m)
+                )
         if rescale:
             kept = np.zeros((chunks, n))
-            S.magnitude_kept_abs(base, xs, active, thresholds, quotas, kept)
+            S.magnitude_kept_abs(base, xs, active, thresholds, cuts, kept)
             scales[:] = _scales(abs_sums.sum(axis=0), kept.sum(axis=0), active)
     elif sparsify == K.SPARSE_RANDOM and active.any():
         for i in range(n):
@@ -139,7 +143,7 @@ def _gta(method, name, base, xs, shared, per_model, seed, out) -> None:
         sparsify,
         active,
         thresholds,
-        quotas,
+        cuts,
         keys,
         limits,
         scales,
@@ -161,7 +165,7 @@ def _scales(before: np.ndarray, after: np.ndarray, active: np.ndarray) -> np.nda
 def _sce(base, xs, select_topk, out) -> None:
     n, size = len(xs), base.size
     chunks = S.n_chunks(size)
-    mode, thr, quotas = 0, np.uint32(0), np.zeros(chunks, dtype=np.int64)
+    mode, thr, cut = 0, np.uint32(0), 0
     if select_topk <= 0:
         mode = 2
     elif select_topk < 1:
@@ -176,11 +180,12 @@ def _sce(base, xs, select_topk, out) -> None:
             bucket, n_above = S.high_bucket(hist.sum(axis=0, dtype=np.int64), k)
             low = np.zeros((chunks, S.LOW), dtype=np.int32)
             K.variance_low(base, xs, np.uint32(bucket), low)
-            t, quotas = S.threshold_and_quotas(low, bucket, n_above, k)
+            t, needed, equal = S.threshold(low, bucket, n_above, k)
             thr = np.uint32(t)
+            cut = S.cut_index(equal, needed, size, lambda start, m: K.nth_equal_variance(base, xs, thr, start, m))
     sums = np.zeros((chunks, n))
-    K.sce_energies(base, xs, mode, thr, quotas, sums)
+    K.sce_energies(base, xs, mode, thr, cut, sums)
     energies = [float(e) / max(size, 1) for e in sums.sum(axis=0)]
     total = sum(energies)
     weights = [e / total for e in energies] if abs(total) >= UNIFORM_BELOW else [1.0 / n] * n
-    K.sce_merge(base, xs, mode, thr, quotas, np.array(weights, dtype=np.float32), out)
+    K.sce_merge(base, xs, mode, thr, cut, np.array(weights, dtype=np.float32), out)
