@@ -39,9 +39,7 @@ def magnitude_prune_(delta: torch.Tensor, density: float, rescale: bool = False)
     return delta
 
 
-def random_prune_(
-    delta: torch.Tensor, density: float, key: tuple[int, int], rescale: bool = True
-) -> torch.Tensor:
+def random_prune_(delta: torch.Tensor, density: float, key: tuple[int, int], rescale: bool = True) -> torch.Tensor:
     """Keep each entry with probability `density` (DARE), in place; returns `delta`.
 
     delta: (...) float; key: the tensor's mask key (`tensor_key`), so a seed reproduces the mask. With
