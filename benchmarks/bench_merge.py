@@ -4,9 +4,12 @@ Builds three ~500M-parameter Llama-style bf16 checkpoints under /tmp (a pivot an
 it, two shards each), measures this disk's read and write bandwidth, then for every method runs fusechat and
 mergekit 0.1.5 (installed in its own venv, by this script if absent) on the same config, each in a fresh
 process with the inputs evicted from the page cache first. Prints, per method: wall time, wall time over the
-disk floor (bytes read / read bandwidth + bytes written / write bandwidth), peak RSS, and the ratios.
+disk floor (bytes read / read bandwidth + bytes written / write bandwidth), CPU seconds, peak RSS, the load
+average of the machine when the run ended, and the ratios. With --torch-path, fusechat also runs with its
+compiled kernels off (the torch functions of merge/methods/), for the kernels' speed-up in the same run.
 
-    python benchmarks/bench_merge.py [--methods ties,sce] [--skip-mergekit] [--root /tmp/fusechat-bench-merge]
+    python benchmarks/bench_merge.py [--methods ties,sce] [--skip-mergekit] [--torch-path]
+        [--root /tmp/fusechat-bench-merge]
 """
 
 from __future__ import annotations
@@ -183,6 +186,7 @@ def main() -> None:
     ap.add_argument("--root", type=Path, default=Path("/tmp/fusechat-bench-merge"))
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--skip-mergekit", action="store_true")
+    ap.add_argument("--torch-path", action="store_true", help="also run fusechat with compiled=False")
     args = ap.parse_args()
     args.root.mkdir(parents=True, exist_ok=True)
     pivot, a, b = build(args.root)
@@ -201,17 +205,21 @@ def main() -> None:
         files = [f for d in sorted(inputs) for f in sorted(d.glob("*.safetensors"))]
         read_bytes = sum(f.stat().st_size for f in files)
         row = {"method": method}
-        for tool in ("fusechat", "mergekit"):
+        for tool in ("fusechat", "fusechat-torch", "mergekit"):
             if tool == "mergekit" and (mergekit is None or method == "varm"):
+                continue
+            if tool == "fusechat-torch" and not args.torch_path:
                 continue
             out = args.root / f"out-{tool}-{method}"
             shutil.rmtree(out, ignore_errors=True)
             evict(files)
-            if tool == "fusechat":
+            if tool.startswith("fusechat"):
+                compiled = tool == "fusechat"
                 cmd = [
                     sys.executable,
                     "-c",
-                    "import sys; from fusechat.merge import merge; merge(sys.argv[1], sys.argv[2])",
+                    "import sys; from fusechat.merge import merge; "
+                    f"merge(sys.argv[1], sys.argv[2], compiled={compiled})",
                     str(path),
                     str(out),
                 ]
@@ -236,7 +244,7 @@ def main() -> None:
                 "peak_rss_gb": round(rss, 2),
                 "load_avg_1min": round(os.getloadavg()[0], 1),
             }
-            if tool == "fusechat":
+            if tool.startswith("fusechat"):
                 row[tool]["merge_s"] = json.loads((out / "manifest.json").read_text())["seconds"]
                 row[tool]["merge_x_floor"] = round(row[tool]["merge_s"] / floor, 2)
             shutil.rmtree(out, ignore_errors=True)
@@ -244,9 +252,10 @@ def main() -> None:
         rows.append(row)
     print(
         "\n| method | floor s | fusechat wall s (merge only) | × floor | CPU s | mergekit wall s | × floor "
-        "| CPU s | wall speed-up | CPU ratio | peak RSS GB fusechat / mergekit | RSS ratio |"
+        "| CPU s | wall speed-up | CPU ratio | peak RSS GB fusechat / mergekit | RSS ratio | load avg |"
+        + (" torch path wall s | CPU s | kernels' CPU speed-up |" if args.torch_path else "")
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---" * (13 + 3 * args.torch_path) + "|")
     for r in rows:
         f, m = r["fusechat"], r.get("mergekit")
         ours = f"{f['wall_s']} ({f['merge_s']}) | {f['x_floor']} ({f['merge_x_floor']}) | {f['cpu_s']}"
@@ -258,7 +267,11 @@ def main() -> None:
             )
         else:
             theirs = f"– | – | – | – | – | {f['peak_rss_gb']} / – | –"
-        print(f"| {r['method']} | {f['floor_s']} | {ours} | {theirs} |")
+        line = f"| {r['method']} | {f['floor_s']} | {ours} | {theirs} | {f['load_avg_1min']} |"
+        if args.torch_path:
+            t = r["fusechat-torch"]
+            line += f" {t['wall_s']} | {t['cpu_s']} | {t['cpu_s'] / f['cpu_s']:.1f}× |"
+        print(line)
 
 
 if __name__ == "__main__":

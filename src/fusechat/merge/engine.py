@@ -195,6 +195,8 @@ def _run(
     if compiled and compute == torch.float32:
         from fusechat.merge.fast import run as fast  # imports numba: only when a merge runs
 
+        fast.configure_threads()
+
     group_weights = _varm_group_weights(cfg, plan, load, prepare) if _needs_groups(cfg) else {}
     start = time.perf_counter()
     writer = ShardedWriter(tmp, plan_shards([t.out for t in plan.tensors], max_shard_bytes), {"format": "pt"})

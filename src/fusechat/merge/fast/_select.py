@@ -29,8 +29,9 @@ def n_chunks(n: int) -> int:
 
 
 @njit(parallel=True, nogil=True, cache=True)
-def magnitude_high(base, xs, active, hist, abs_sums):  # pragma: no cover - compiled
-    """hist[c, i, b] = entries of chunk c whose |δᵢ| has top bits b; abs_sums[c, i] = Σ |δᵢ| (float64)."""
+def magnitude_high(base, xs, active, want_sums, hist, abs_sums):  # pragma: no cover - compiled
+    """hist[c, i, b] = entries of chunk c whose |δᵢ| has top bits b; abs_sums[c, i] = Σ |δᵢ| (float64),
+    only when `want_sums` (a float64 sum is a serial chain of adds: it would double this pass's time)."""
     size = base.size
     for c in prange(hist.shape[0]):
         for i in range(len(xs)):
@@ -39,12 +40,16 @@ def magnitude_high(base, xs, active, hist, abs_sums):  # pragma: no cover - comp
             x = xs[i][c * CHUNK : min(size, (c + 1) * CHUNK)]
             tile_base = base[c * CHUNK : min(size, (c + 1) * CHUNK)]
             h = hist[c, i]
-            s = 0.0
-            for r in range(x.size):
-                d = load(x, r) - load(tile_base, r)
-                h[(f32_bits(d) & ABS_MASK) >> np.uint32(16)] += 1
-                s += abs(np.float64(d))
-            abs_sums[c, i] = s
+            if want_sums:
+                s = 0.0
+                for r in range(x.size):
+                    d = load(x, r) - load(tile_base, r)
+                    h[(f32_bits(d) & ABS_MASK) >> np.uint32(16)] += 1
+                    s += abs(np.float64(d))
+                abs_sums[c, i] = s
+            else:
+                for r in range(x.size):
+                    h[(f32_bits(load(x, r) - load(tile_base, r)) & ABS_MASK) >> np.uint32(16)] += 1
 
 
 @njit(parallel=True, nogil=True, cache=True)
