@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from fusechat.errors import FusechatError
+from fusechat.merge.buffers import BufferPool
 from fusechat.models import PICKLE_SUFFIXES
 
 SAFETENSORS_DTYPES = {
@@ -119,8 +120,9 @@ class Checkpoint:
         info = self.tensors[name]
         return info.end - info.start
 
-    def read(self, name: str) -> torch.Tensor:
-        """The tensor's data in a new buffer the caller owns (its stored dtype and shape)."""
+    def read(self, name: str, pool: BufferPool | None = None) -> torch.Tensor:
+        """The tensor's data in a buffer the caller owns (its stored dtype and shape): a new one, or one taken
+        from `pool` (then the caller gives it back when done)."""
         if self._pickled:
             return self._pickled[name].clone()
         info = self.tensors[name]
@@ -128,7 +130,7 @@ class Checkpoint:
         if fd is None:
             fd = self._fds[info.file] = os.open(info.file, os.O_RDONLY)
         n = info.end - info.start
-        buf = torch.empty(n, dtype=torch.uint8)
+        buf = pool.take(n) if pool is not None else torch.empty(n, dtype=torch.uint8)
         view = memoryview(buf.numpy())
         done = 0
         while done < n:

@@ -13,7 +13,7 @@ layer (numba's default when libgomp is present) a TIES merge took 23.9 s instead
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -75,8 +75,12 @@ def merge_tensor(
     input_dtype: torch.dtype | None,
     out_dtype: torch.dtype,
     group_weights: list[float] | None = None,
+    alloc: Callable[[int], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, list[float] | None] | None:
-    """The merged tensor (out_dtype, the inputs' shape) and VaRM's weights, or None to use the torch path."""
+    """The merged tensor (out_dtype, the inputs' shape) and VaRM's weights, or None to use the torch path.
+
+    `alloc(nbytes)` gives the output's uint8 buffer for bf16 and float32 outputs (a new one by default).
+    """
     if method not in METHODS or out_dtype not in (torch.bfloat16, torch.float32, torch.float16):
         return None
     if method == "varm" and Granularity(shared["granularity"]) is Granularity.ELEMENT:
@@ -85,7 +89,12 @@ def merge_tensor(
     if arrays is None:
         return None
     shape = inputs[0].shape
-    out = torch.empty(shape, dtype=torch.bfloat16 if out_dtype == torch.bfloat16 else torch.float32)
+    kernel_dtype = torch.bfloat16 if out_dtype == torch.bfloat16 else torch.float32
+    if alloc is not None and kernel_dtype == out_dtype:
+        numel = inputs[0].numel()
+        out = alloc(numel * kernel_dtype.itemsize).view(kernel_dtype).reshape(shape)
+    else:
+        out = torch.empty(shape, dtype=kernel_dtype)
     flat_out = _array(out, False)
     weights = None
     if method in _GTA:
