@@ -38,6 +38,7 @@ SAFETENSORS_DTYPES = {
 }
 DTYPE_CODES = {v: k for k, v in SAFETENSORS_DTYPES.items()}
 INDEX = "model.safetensors.index.json"
+DIRECT_ALIGN = 4096  # O_DIRECT: offsets, lengths and memory aligned to the block size (4096 covers all here)
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,7 @@ class Checkpoint:
         else:
             self._load_pickled(allow_pickle)
         self._fds: dict[Path, int] = {}
+        self._direct_fds: dict[Path, int] | None = {} if hasattr(os, "O_DIRECT") else None
 
     def _load_pickled(self, allow_pickle: bool) -> None:
         pickled = sorted(p for p in self.directory.iterdir() if p.suffix in PICKLE_SUFFIXES)
@@ -126,24 +128,69 @@ class Checkpoint:
         if self._pickled:
             return self._pickled[name].clone()
         info = self.tensors[name]
+        if pool is not None:
+            direct = self._read_direct(name, info, pool)
+            if direct is not None:
+                return direct
         fd = self._fds.get(info.file)
         if fd is None:
             fd = self._fds[info.file] = os.open(info.file, os.O_RDONLY)
         n = info.end - info.start
         buf = pool.take(n) if pool is not None else torch.empty(n, dtype=torch.uint8)
-        view = memoryview(buf.numpy())
-        done = 0
-        while done < n:
-            got = os.preadv(fd, [view[done:]], info.start + done)
-            if got <= 0:
-                raise FusechatError(f"{info.file}: ends before tensor {name} does; the file is truncated")
-            done += got
+        _read_into(fd, buf, info.start, n, info.file, name)
         return buf.view(info.dtype).reshape(info.shape)
 
+    def _read_direct(self, name: str, info: TensorInfo, pool: BufferPool) -> torch.Tensor | None:
+        """The tensor read with O_DIRECT into a pooled buffer (the disk writes straight into it), or None.
+
+        A buffered read lands in the page cache and is then copied out; on this VM that copy ran at under
+        1 GB/s from freshly read pages and was the largest single cost of a merge (42% of a task-arithmetic
+        merge's CPU). O_DIRECT needs block-aligned offsets, lengths and memory, so the aligned range around the
+        tensor is read and the tensor is a view into it. Unsupported filesystems (tmpfs) fall back, once.
+        """
+        if self._direct_fds is None:
+            return None
+        fd = self._direct_fds.get(info.file)
+        if fd is None:
+            try:
+                fd = self._direct_fds[info.file] = os.open(info.file, os.O_RDONLY | getattr(os, "O_DIRECT", 0))
+            except OSError:
+                self._direct_fds = None
+                return None
+        start = info.start // DIRECT_ALIGN * DIRECT_ALIGN
+        stop = -(-info.end // DIRECT_ALIGN) * DIRECT_ALIGN
+        raw = pool.take(stop - start + DIRECT_ALIGN)
+        pad = -raw.data_ptr() % DIRECT_ALIGN
+        if (pad + info.start - start) % torch.empty((), dtype=info.dtype).element_size():
+            pool.give(raw)
+            return None  # the tensor would start misaligned for its dtype: read it the buffered way
+        region = raw[pad : pad + stop - start]
+        try:
+            _read_into(fd, region, start, info.end - start, info.file, name)
+        except OSError:  # EINVAL: this filesystem does not do O_DIRECT after all
+            pool.give(raw)
+            for d in self._direct_fds.values():
+                os.close(d)
+            self._direct_fds = None
+            return None
+        return region[info.start - start : info.end - start].view(info.dtype).reshape(info.shape)
+
     def close(self) -> None:
-        for fd in self._fds.values():
+        for fd in [*self._fds.values(), *(self._direct_fds or {}).values()]:
             os.close(fd)
         self._fds.clear()
+        self._direct_fds = {} if hasattr(os, "O_DIRECT") else None
+
+
+def _read_into(fd: int, buf: torch.Tensor, offset: int, needed: int, path: Path, name: str) -> None:
+    """pread into the uint8 tensor `buf` from `offset` until at least `needed` bytes arrived (or all of buf)."""
+    view = memoryview(buf.numpy())
+    done = 0
+    while done < needed:
+        got = os.preadv(fd, [view[done:]], offset + done)
+        if got <= 0:
+            raise FusechatError(f"{path}: ends before tensor {name} does; the file is truncated")
+        done += got
 
 
 @dataclass(frozen=True)
