@@ -16,12 +16,12 @@ import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from fusechat.errors import FusechatError
 from fusechat.merge.buffers import BufferPool
+from fusechat.merge.shard_file import ShardFile
 from fusechat.models import PICKLE_SUFFIXES
 
 SAFETENSORS_DTYPES = {
@@ -253,14 +253,12 @@ class ShardedWriter:
             offset += t.nbytes
         blob = json.dumps(header, separators=(",", ":")).encode()
         blob += b" " * (-len(blob) % 8)
-        self._file = open(self.directory / self.files[index], "wb")  # noqa: SIM115 (closed in _finish)
+        self._file = ShardFile(self.directory / self.files[index])
         self._file.write(struct.pack("<Q", len(blob)) + blob)
         self._shard = index
 
     def _finish(self) -> None:
         if self._file is not None:
-            self._file.flush()
-            os.fsync(self._file.fileno())
             self._file.close()
             self._file = None
 
@@ -271,10 +269,7 @@ class ShardedWriter:
         if shard != self._shard:
             self._open(shard)
         data = tensor.contiguous().reshape(-1).view(torch.uint8).numpy()
-        start = self._file.tell()
-        self._file.write(memoryview(data))
-        self._file.flush()
-        start_writeback(self._file.fileno(), start, data.nbytes)
+        self._file.write(data)
         self.bytes_written += data.nbytes
         self._next += 1
 
@@ -292,32 +287,8 @@ class ShardedWriter:
 
     def abort(self) -> None:
         if self._file is not None:
-            self._file.close()
+            self._file.abort()
             self._file = None
-
-
-_SYNC_FILE_RANGE: Any = None
-
-
-def start_writeback(fd: int, offset: int, nbytes: int) -> None:
-    """Ask the kernel to start writing this byte range to disk now, without waiting (Linux; else a no-op).
-
-    Without it, a merge's output sits in the page cache until the shard's final fsync, which then writes the
-    whole shard while nothing else happens; started per tensor, the disk writes while the next ones merge.
-    """
-    global _SYNC_FILE_RANGE
-    if _SYNC_FILE_RANGE is None:
-        _SYNC_FILE_RANGE = False
-        try:
-            import ctypes
-
-            fn = ctypes.CDLL(None, use_errno=True).sync_file_range
-            fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-            _SYNC_FILE_RANGE = fn
-        except (OSError, AttributeError):
-            pass
-    if _SYNC_FILE_RANGE and nbytes:
-        _SYNC_FILE_RANGE(fd, offset, nbytes, 2)  # SYNC_FILE_RANGE_WRITE: start writeback, do not wait
 
 
 def iter_names_sorted(names: Iterable[str]) -> list[str]:
