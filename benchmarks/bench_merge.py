@@ -213,13 +213,14 @@ def main() -> None:
             out = args.root / f"out-{tool}-{method}"
             shutil.rmtree(out, ignore_errors=True)
             evict(files)
-            if tool.startswith("fusechat"):
-                compiled = tool == "fusechat"
+            if tool == "fusechat":  # the command line, as users run it
+                cmd = [sys.executable, "-m", "fusechat", "merge", str(path), str(out)]
+            elif tool == "fusechat-torch":  # the same call with the kernels off, and the CLI's quick exit
                 cmd = [
                     sys.executable,
                     "-c",
-                    "import sys; from fusechat.merge import merge; "
-                    f"merge(sys.argv[1], sys.argv[2], compiled={compiled})",
+                    "import gc, sys; from fusechat.merge import merge; "
+                    "merge(sys.argv[1], sys.argv[2], compiled=False); gc.freeze()",
                     str(path),
                     str(out),
                 ]
