@@ -4,9 +4,12 @@ Builds three ~500M-parameter Llama-style bf16 checkpoints under /tmp (a pivot an
 it, two shards each), measures this disk's read and write bandwidth, then for every method runs fusechat and
 mergekit 0.1.5 (installed in its own venv, by this script if absent) on the same config, each in a fresh
 process with the inputs evicted from the page cache first. Prints, per method: wall time, wall time over the
-disk floor (bytes read / read bandwidth + bytes written / write bandwidth), peak RSS, and the ratios.
+disk floor (bytes read / read bandwidth + bytes written / write bandwidth), CPU seconds, peak RSS, the load
+average of the machine when the run ended, and the ratios. With --torch-path, fusechat also runs with its
+compiled kernels off (the torch functions of merge/methods/), for the kernels' speed-up in the same run.
 
-    python benchmarks/bench_merge.py [--methods ties,sce] [--skip-mergekit] [--root /tmp/fusechat-bench-merge]
+    python benchmarks/bench_merge.py [--methods ties,sce] [--skip-mergekit] [--torch-path]
+        [--root /tmp/fusechat-bench-merge]
 """
 
 from __future__ import annotations
@@ -78,25 +81,49 @@ def evict(paths: list[Path]) -> None:
             os.close(fd)
 
 
-def disk_bandwidth(root: Path, size: int = 1 << 30) -> tuple[float, float]:
-    """(read, write) bytes/s: write `size` bytes with fsync, evict them, read them back."""
+def disk_bandwidth(root: Path, size: int = 1 << 30) -> dict[str, float]:
+    """Read and write bytes/s, buffered and direct: 1 GiB written with fsync, evicted, read back; then the
+    same with O_DIRECT (16 MiB aligned blocks, as the merge writes). The floor uses the faster of each, so
+    that neither way of doing IO can beat it."""
+    import numpy as np
+
     path = root / "bandwidth.tmp"
     block = os.urandom(1 << 24)
+    out = {}
     start = time.perf_counter()
     with open(path, "wb") as f:
         for _ in range(size // len(block)):
             f.write(block)
         f.flush()
         os.fsync(f.fileno())
-    write = size / (time.perf_counter() - start)
+    out["write_buffered"] = size / (time.perf_counter() - start)
     evict([path])
     start = time.perf_counter()
     with open(path, "rb", buffering=0) as f:
         while f.read(1 << 24):
             pass
-    read = size / (time.perf_counter() - start)
+    out["read_buffered"] = size / (time.perf_counter() - start)
     path.unlink()
-    return read, write
+    raw = np.frombuffer(bytearray(len(block) + 4096), dtype=np.uint8)
+    aligned = raw[-raw.ctypes.data % 4096 :][: len(block)]
+    aligned[:] = np.frombuffer(block, dtype=np.uint8)
+    view = memoryview(aligned)
+    start = time.perf_counter()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_DIRECT)
+    for _ in range(size // len(block)):
+        os.write(fd, view)
+    os.fsync(fd)
+    os.close(fd)
+    out["write_direct"] = size / (time.perf_counter() - start)
+    evict([path])
+    start = time.perf_counter()
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
+    while os.readv(fd, [view]):
+        pass
+    os.close(fd)
+    out["read_direct"] = size / (time.perf_counter() - start)
+    path.unlink()
+    return out
 
 
 def config_for(method: str, pivot: Path, a: Path, b: Path) -> dict:
@@ -183,12 +210,19 @@ def main() -> None:
     ap.add_argument("--root", type=Path, default=Path("/tmp/fusechat-bench-merge"))
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--skip-mergekit", action="store_true")
+    ap.add_argument("--torch-path", action="store_true", help="also run fusechat with compiled=False")
     args = ap.parse_args()
     args.root.mkdir(parents=True, exist_ok=True)
     pivot, a, b = build(args.root)
     mergekit = None if args.skip_mergekit else ensure_mergekit()
-    read_bw, write_bw = disk_bandwidth(args.root)
-    print(f"disk: read {read_bw / 1e6:.0f} MB/s, write {write_bw / 1e6:.0f} MB/s (this run)", flush=True)
+    bw = disk_bandwidth(args.root)
+    read_bw = max(bw["read_buffered"], bw["read_direct"])
+    write_bw = max(bw["write_buffered"], bw["write_direct"])
+    print(
+        "disk (this run), MB/s: " + ", ".join(f"{k} {v / 1e6:.0f}" for k, v in bw.items()),
+        f"; floor uses read {read_bw / 1e6:.0f}, write {write_bw / 1e6:.0f}; load average {os.getloadavg()[0]:.1f}",
+        flush=True,
+    )
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     rows = []
     for method in args.methods.split(","):
@@ -201,17 +235,22 @@ def main() -> None:
         files = [f for d in sorted(inputs) for f in sorted(d.glob("*.safetensors"))]
         read_bytes = sum(f.stat().st_size for f in files)
         row = {"method": method}
-        for tool in ("fusechat", "mergekit"):
+        for tool in ("fusechat", "fusechat-torch", "mergekit"):
             if tool == "mergekit" and (mergekit is None or method == "varm"):
+                continue
+            if tool == "fusechat-torch" and not args.torch_path:
                 continue
             out = args.root / f"out-{tool}-{method}"
             shutil.rmtree(out, ignore_errors=True)
             evict(files)
-            if tool == "fusechat":
+            if tool == "fusechat":  # the command line, as users run it
+                cmd = [sys.executable, "-m", "fusechat", "merge", str(path), str(out)]
+            elif tool == "fusechat-torch":  # the same call with the kernels off, and the CLI's quick exit
                 cmd = [
                     sys.executable,
                     "-c",
-                    "import sys; from fusechat.merge import merge; merge(sys.argv[1], sys.argv[2])",
+                    "import gc, sys; from fusechat.merge import merge; "
+                    "merge(sys.argv[1], sys.argv[2], compiled=False); gc.freeze()",
                     str(path),
                     str(out),
                 ]
@@ -236,7 +275,7 @@ def main() -> None:
                 "peak_rss_gb": round(rss, 2),
                 "load_avg_1min": round(os.getloadavg()[0], 1),
             }
-            if tool == "fusechat":
+            if tool.startswith("fusechat"):
                 row[tool]["merge_s"] = json.loads((out / "manifest.json").read_text())["seconds"]
                 row[tool]["merge_x_floor"] = round(row[tool]["merge_s"] / floor, 2)
             shutil.rmtree(out, ignore_errors=True)
@@ -244,9 +283,10 @@ def main() -> None:
         rows.append(row)
     print(
         "\n| method | floor s | fusechat wall s (merge only) | × floor | CPU s | mergekit wall s | × floor "
-        "| CPU s | wall speed-up | CPU ratio | peak RSS GB fusechat / mergekit | RSS ratio |"
+        "| CPU s | wall speed-up | CPU ratio | peak RSS GB fusechat / mergekit | RSS ratio | load avg |"
+        + (" torch path wall s | CPU s | kernels' CPU speed-up |" if args.torch_path else "")
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---" * (13 + 3 * args.torch_path) + "|")
     for r in rows:
         f, m = r["fusechat"], r.get("mergekit")
         ours = f"{f['wall_s']} ({f['merge_s']}) | {f['x_floor']} ({f['merge_x_floor']}) | {f['cpu_s']}"
@@ -258,7 +298,11 @@ def main() -> None:
             )
         else:
             theirs = f"– | – | – | – | – | {f['peak_rss_gb']} / – | –"
-        print(f"| {r['method']} | {f['floor_s']} | {ours} | {theirs} |")
+        line = f"| {r['method']} | {f['floor_s']} | {ours} | {theirs} | {f['load_avg_1min']} |"
+        if args.torch_path:
+            t = r["fusechat-torch"]
+            line += f" {t['wall_s']} | {t['cpu_s']} | {t['cpu_s'] / f['cpu_s']:.1f}× |"
+        print(line)
 
 
 if __name__ == "__main__":

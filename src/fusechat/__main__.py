@@ -1,5 +1,5 @@
 """Allows `python -m fusechat` (and `torchrun -m fusechat`) to run the command line."""
 
-from fusechat.cli import main
+from fusechat.cli import run
 
-raise SystemExit(main())
+run()

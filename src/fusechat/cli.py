@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import argparse
 import errno
+import gc
 import importlib
 import logging
 import sys
+from typing import NoReturn
 
 from fusechat import __version__
 from fusechat.errors import FusechatError
@@ -66,5 +68,16 @@ def main(argv: list[str] | None = None) -> int:
     return int(result or 0)
 
 
+def run() -> NoReturn:
+    """The console entry point: `main()`, then exit without the interpreter's teardown collections.
+
+    At exit Python runs full garbage collections over every object torch and numba created: 1.5-2 s of a
+    `fusechat merge` here, longer than some merges. Freezing them first (nothing runs after) skips that.
+    """
+    code = main()
+    gc.freeze()
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run()

@@ -11,7 +11,7 @@ from safetensors.torch import load_file, save_file
 
 from fusechat.errors import FusechatError
 from fusechat.merge import merge, simple_config
-from fusechat.merge.methods.sparsify import tensor_generator
+from fusechat.merge.methods.sparsify import tensor_key
 from fusechat.merge.methods.task_arithmetic import Sparsify, task_arithmetic
 from tests.merge.checkpoints import llama_config, make_family, write_checkpoint
 
@@ -28,7 +28,7 @@ def whole_model_ties(base, a, b, sparsify=Sparsify.MAGNITUDE, seed=0):
     tb, ta, tt = load(base), load(a), load(b)
     out = {}
     for name in tb:
-        gens = [tensor_generator(seed, name, i) for i in range(2)] if sparsify is Sparsify.RANDOM else None
+        gens = [tensor_key(seed, name, i) for i in range(2)] if sparsify is Sparsify.RANDOM else None
         out[name] = task_arithmetic(
             tb[name],
             [ta[name], tt[name]],
@@ -38,7 +38,7 @@ def whole_model_ties(base, a, b, sparsify=Sparsify.MAGNITUDE, seed=0):
             sign_election=True,
             normalize=sparsify is Sparsify.MAGNITUDE,
             rescale=sparsify is Sparsify.RANDOM,
-            generators=gens,
+            keys=gens,
         )
     return out
 
@@ -116,10 +116,10 @@ def test_dare_is_reproducible_with_a_seed(tmp_path):
 
 
 def test_dare_statistics():
-    g = tensor_generator(0, "w", 0)
+    g = tensor_key(0, "w", 0)
     base = torch.zeros(200_000)
     x = torch.randn(200_000, generator=torch.Generator().manual_seed(1))
-    out = task_arithmetic(base, [x], [1.0], densities=[0.3], sparsify=Sparsify.RANDOM, rescale=True, generators=[g])
+    out = task_arithmetic(base, [x], [1.0], densities=[0.3], sparsify=Sparsify.RANDOM, rescale=True, keys=[g])
     kept = float((out != 0).float().mean())
     assert abs(kept - 0.3) < 0.005
     assert float(out.abs().sum()) == pytest.approx(float(x.abs().sum()), rel=1e-5)  # L1 preserved

@@ -15,7 +15,7 @@ import torch
 from fusechat.merge.methods.linear import linear
 from fusechat.merge.methods.sce import sce
 from fusechat.merge.methods.slerp import slerp
-from fusechat.merge.methods.sparsify import tensor_generator
+from fusechat.merge.methods.sparsify import tensor_key
 from fusechat.merge.methods.task_arithmetic import Sparsify, task_arithmetic
 from fusechat.merge.methods.varm import Granularity, Variation, varm, varm_element, varm_matrix
 
@@ -104,9 +104,9 @@ def _slerp(job: TensorJob) -> tuple[torch.Tensor, None]:
 
 def _gta(sparsify: Sparsify, sign_election: bool) -> Callable[[TensorJob], tuple[torch.Tensor, None]]:
     def run(job: TensorJob) -> tuple[torch.Tensor, None]:
-        generators = None
+        keys = None
         if sparsify is Sparsify.RANDOM:
-            generators = [tensor_generator(job.seed, job.name, i) for i in range(len(job.inputs))]
+            keys = [tensor_key(job.seed, job.name, i) for i in range(len(job.inputs))]
         out = task_arithmetic(
             job.base,
             job.inputs,
@@ -117,7 +117,7 @@ def _gta(sparsify: Sparsify, sign_election: bool) -> Callable[[TensorJob], tuple
             normalize=job.shared["normalize"],
             rescale=job.shared.get("rescale", False),
             lambda_=job.shared["lambda"],
-            generators=generators,
+            keys=keys,
             consume=job.consume,
         )
         return out, None

@@ -31,7 +31,12 @@ def sum_squares(x: torch.Tensor) -> float:
     """Σ x² over all entries, accumulated in float64, without a full-size temporary."""
     flat = x.reshape(-1)
     total = 0.0
-    for s in blocks(flat.numel()):
-        b = flat[s] if flat.dtype in (torch.float32, torch.float64) else flat[s].float()
-        total += float(torch.dot(b, b)) if b.dtype == torch.float32 else float(b.square().sum())
+    for s in blocks(flat.numel()):  # widened first: a float32 dot would accumulate in float32
+        b = flat[s].double()
+        total += float(torch.dot(b, b))
     return total
+
+
+def dot64(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Σ aᵢbᵢ of two flat tensors, accumulated in float64, one block at a time."""
+    return float(sum(torch.dot(a[s].double(), b[s].double()) for s in blocks(a.numel())))

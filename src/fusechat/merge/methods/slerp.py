@@ -11,6 +11,8 @@ import math
 
 import torch
 
+from fusechat.merge.methods.blocks import dot64
+
 PARALLEL_DOT = 0.9995  # |cos| above this: straight interpolation (mergekit's threshold)
 TINY_NORM = 1e-8  # vectors with a norm at or below this are not normalised
 
@@ -28,17 +30,19 @@ def slerp(base: torch.Tensor, other: torch.Tensor, t: float) -> torch.Tensor:
         return base.clone()
     norm_a = float(torch.linalg.vector_norm(a, dtype=torch.float64))
     norm_b = float(torch.linalg.vector_norm(b, dtype=torch.float64))
-    norm_a = norm_a if norm_a > TINY_NORM else 1.0
-    norm_b = norm_b if norm_b > TINY_NORM else 1.0
-    dot = float(torch.dot(a, b).double()) / (norm_a * norm_b)
-    dot = min(1.0, max(-1.0, dot))
-    if abs(dot) > PARALLEL_DOT:
-        coef_a, coef_b = 1.0 - t, t
-    else:
-        theta = math.acos(dot)
-        sin_theta = math.sin(theta)
-        coef_a = math.sin((1.0 - t) * theta) / sin_theta
-        coef_b = math.sin(t * theta) / sin_theta
+    coef_a, coef_b = coefficients(norm_a, norm_b, dot64(a, b), t)
     out = base.mul(coef_a)
     out.add_(other, alpha=coef_b)
     return out
+
+
+def coefficients(norm_a: float, norm_b: float, dot: float, t: float) -> tuple[float, float]:
+    """SLERP's two coefficients from the norms and the (unnormalised) dot product of the flattened tensors."""
+    norm_a = norm_a if norm_a > TINY_NORM else 1.0
+    norm_b = norm_b if norm_b > TINY_NORM else 1.0
+    cos = min(1.0, max(-1.0, dot / (norm_a * norm_b)))
+    if abs(cos) > PARALLEL_DOT:
+        return 1.0 - t, t
+    theta = math.acos(cos)
+    sin_theta = math.sin(theta)
+    return math.sin((1.0 - t) * theta) / sin_theta, math.sin(t * theta) / sin_theta

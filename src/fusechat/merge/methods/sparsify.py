@@ -3,6 +3,12 @@
 Both keep a fraction `density` of a delta's entries; with `rescale` the kept entries are scaled so the delta's
 L1 norm is unchanged (mergekit's rule; DARE's paper rescales by 1/density instead, which preserves the norm
 only in expectation). Functions work in place on a delta the caller owns, to keep peak memory at one tensor.
+
+DARE's mask is a counter-based draw: entry j of a tensor is kept when a 32-bit hash of (j, the tensor's key)
+is below density · 2³², the key coming from (seed, tensor name, model index). Any entry's draw is computed on
+its own, so the compiled kernels (`merge/fast/`) draw the same mask in parallel chunks, and a merge does not
+depend on the order or the sharding of its tensors. (Before, masks were `torch.rand` streams from a seeded
+generator; the same seed now gives a different, equally reproducible mask.)
 """
 
 from __future__ import annotations
@@ -33,20 +39,20 @@ def magnitude_prune_(delta: torch.Tensor, density: float, rescale: bool = False)
     return delta
 
 
-def random_prune_(
-    delta: torch.Tensor, density: float, generator: torch.Generator, rescale: bool = True
-) -> torch.Tensor:
+def random_prune_(delta: torch.Tensor, density: float, key: tuple[int, int], rescale: bool = True) -> torch.Tensor:
     """Keep each entry with probability `density` (DARE), in place; returns `delta`.
 
-    delta: (...) float; generator: the source of the mask, so a seed reproduces it. With `rescale`, the kept
-    entries are scaled to restore the L1 norm of `delta` (skipped when either norm is below 1e-7).
+    delta: (...) float; key: the tensor's mask key (`tensor_key`), so a seed reproduces the mask. With
+    `rescale`, the kept entries are scaled to restore the L1 norm of `delta` (skipped when either norm is
+    below 1e-7).
     """
     if density >= 1 or delta.numel() == 0:
         return delta
     before = sum_abs(delta) if rescale else 0.0
     flat = delta.reshape(-1)
-    for s in blocks(flat.numel()):  # the mask is drawn block by block from one generator: reproducible
-        keep = torch.rand(s.stop - s.start, generator=generator, dtype=torch.float32) < density
+    limit = keep_limit(density)
+    for s in blocks(flat.numel()):
+        keep = element_hash(torch.arange(s.start, s.stop, dtype=torch.int64), key) < limit
         flat[s].mul_(keep.to(delta.dtype))
     if rescale:
         _rescale_l1_(delta, before)
@@ -59,7 +65,34 @@ def _rescale_l1_(delta: torch.Tensor, before: float) -> None:
         delta.mul_(before / after)
 
 
-def tensor_generator(seed: int, tensor_name: str, model_index: int) -> torch.Generator:
-    """A generator seeded from (seed, tensor name, model index): masks do not depend on processing order."""
+def tensor_key(seed: int, tensor_name: str, model_index: int) -> tuple[int, int]:
+    """The mask key of (seed, tensor name, model index): two 32-bit words of their sha256."""
     digest = hashlib.sha256(f"{seed}\0{tensor_name}\0{model_index}".encode()).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
+    return int.from_bytes(digest[:4], "little"), int.from_bytes(digest[4:8], "little")
+
+
+def keep_limit(density: float) -> int:
+    """An entry is kept when its 32-bit draw is below this: probability `density` (to 2⁻³²)."""
+    return min(1 << 32, int(density * 4294967296.0))
+
+
+_MASK32 = 0xFFFFFFFF
+
+
+def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
+    """x · c mod 2³² for int64 x < 2³², without int64 overflow (the constant in two 16-bit halves)."""
+    return (x * (c & 0xFFFF) + (((x * (c >> 16)) & 0xFFFF) << 16)) & _MASK32
+
+
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    x = x ^ (x >> 16)
+    x = _mul32(x, 0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = _mul32(x, 0x846CA68B)
+    return x ^ (x >> 16)
+
+
+def element_hash(index: torch.Tensor, key: tuple[int, int]) -> torch.Tensor:
+    """Each flat index's 32-bit draw under `key` (int64 tensor in, int64 values in [0, 2³²) out)."""
+    h = _mix32((index & _MASK32) ^ key[0])
+    return _mix32(h ^ (index >> 32) ^ key[1])

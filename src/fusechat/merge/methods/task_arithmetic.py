@@ -38,12 +38,12 @@ def task_arithmetic(
     normalize: bool = False,
     rescale: bool = False,
     lambda_: float = 1.0,
-    generators: Sequence[torch.Generator] | None = None,
+    keys: Sequence[tuple[int, int]] | None = None,
     consume: bool = False,
 ) -> torch.Tensor:
     """base + λ · combine(wᵢ · sparsify(xᵢ − base)).
 
-    base: (...) float; tensors: n of (...); weights, densities: n floats; generators: n, for random sparsify.
+    base: (...) float; tensors: n of (...); weights, densities: n floats; keys: n mask keys, for random sparsify.
     With `sign_election`, an entry of wᵢδᵢ is kept only where its sign matches sign(Σⱼ wⱼδⱼ) (a zero sum
     counts as +, zero entries never match), and the divisor is the sum of the kept weights (0 → 1); without
     it, the sum of all weights (|Σ| < 1e-8 → 1). The sum is divided by the divisor only when `normalize`.
@@ -60,9 +60,9 @@ def task_arithmetic(
         if sparsify is Sparsify.MAGNITUDE:
             magnitude_prune_(delta, densities[i], rescale=rescale)
         elif sparsify is Sparsify.RANDOM:
-            if generators is None:
-                raise ValueError("random sparsification needs one generator per tensor")
-            random_prune_(delta, densities[i], generators[i], rescale=rescale)
+            if keys is None:
+                raise ValueError("random sparsification needs one mask key per tensor")
+            random_prune_(delta, densities[i], keys[i], rescale=rescale)
         delta.mul_(float(weights[i]))
         deltas.append(delta)
 

@@ -1,0 +1,157 @@
+"""Exact top-k selection in two histogram passes over the float bits, and DARE's mask statistics, compiled.
+
+A non-negative float32 orders like its bit pattern read as an integer, so the k-th largest magnitude is found
+without sorting: pass one counts the top 16 bits (the sign masked off: 32,768 buckets) and picks the bucket
+holding the k-th value; pass two counts the low 16 bits of the entries in that bucket, which gives the exact
+threshold T, how many entries are above it, and how many equal it in each chunk. Ties at T are kept first in
+memory order: entries equal to T are kept before a cut index, found by scanning the one chunk where the count
+of kept ties runs out, so the output pass decides each entry on its own. Both passes run over fixed chunks in
+parallel and recompute the task vector δ = x − base from the inputs (cheaper than storing it), so selection
+costs two reads of the inputs and no tensor-sized buffer. Same rule as `methods/select.py`, which the tests
+hold these passes equal to.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from fusechat.merge.fast._prims import ABS_MASK, element_hash, f32_bits, load
+
+CHUNK = 1 << 20  # elements per parallel work item
+TILE = 4096  # elements per inner loop: the tile of every input stays in L1/L2 while the inputs are visited
+HIGH = 1 << 15
+LOW = 1 << 16
+
+
+def n_chunks(n: int) -> int:
+    return max(1, -(-n // CHUNK))
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def magnitude_high(base, xs, active, want_sums, hist, abs_sums):  # pragma: no cover - compiled
+    """hist[c, i, b] = entries of chunk c whose |δᵢ| has top bits b; abs_sums[c, i] = Σ |δᵢ| (float64),
+    only when `want_sums` (a float64 sum is a serial chain of adds: it would double this pass's time)."""
+    size = base.size
+    for c in prange(hist.shape[0]):
+        for i in range(len(xs)):
+            if not active[i]:
+                continue
+            x = xs[i][c * CHUNK : min(size, (c + 1) * CHUNK)]
+            tile_base = base[c * CHUNK : min(size, (c + 1) * CHUNK)]
+            h = hist[c, i]
+            if want_sums:
+                s = 0.0
+                for r in range(x.size):
+                    d = load(x, r) - load(tile_base, r)
+                    h[(f32_bits(d) & ABS_MASK) >> np.uint32(16)] += 1
+                    s += abs(np.float64(d))
+                abs_sums[c, i] = s
+            else:
+                for r in range(x.size):
+                    h[(f32_bits(load(x, r) - load(tile_base, r)) & ABS_MASK) >> np.uint32(16)] += 1
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def magnitude_low(base, xs, active, buckets, hist):  # pragma: no cover - compiled
+    """hist[c, i, l] = entries of chunk c whose |δᵢ| bits are (buckets[i] << 16) | l."""
+    size = base.size
+    for c in prange(hist.shape[0]):
+        for i in range(len(xs)):
+            if not active[i]:
+                continue
+            x = xs[i][c * CHUNK : min(size, (c + 1) * CHUNK)]
+            tile_base = base[c * CHUNK : min(size, (c + 1) * CHUNK)]
+            h = hist[c, i]
+            bucket = buckets[i]
+            for r in range(x.size):
+                a = f32_bits(load(x, r) - load(tile_base, r)) & ABS_MASK
+                if (a >> np.uint32(16)) == bucket:
+                    h[a & np.uint32(0xFFFF)] += 1
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def magnitude_kept_abs(base, xs, active, thresholds, cuts, sums):  # pragma: no cover - compiled
+    """sums[c, i] = Σ |δᵢ| over the entries of chunk c that the selection keeps (TIES with rescale)."""
+    size = base.size
+    for c in prange(sums.shape[0]):
+        for i in range(len(xs)):
+            if not active[i]:
+                continue
+            x = xs[i]
+            t = thresholds[i]
+            cut = cuts[i]
+            s = 0.0
+            for j in range(c * CHUNK, min(size, (c + 1) * CHUNK)):
+                d = load(x, j) - load(base, j)
+                a = f32_bits(d) & ABS_MASK
+                if a > t or (a == t and j < cut):
+                    s += abs(np.float64(d))
+            sums[c, i] = s
+
+
+@njit(nogil=True, cache=True)
+def nth_equal_magnitude(base, x, threshold, start, m):  # pragma: no cover - compiled
+    """The index of the m-th entry (1-based) from `start` whose |x − base| has the bits `threshold`."""
+    for j in range(start, base.size):
+        if (f32_bits(load(x, j) - load(base, j)) & ABS_MASK) == threshold:
+            m -= 1
+            if m == 0:
+                return j
+    return base.size
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def random_abs_sums(base, xs, active, keys, limits, before, after):  # pragma: no cover - compiled
+    """before[c, i] = Σ |δᵢ| over chunk c; after[c, i] = the same over the entries DARE's mask keeps."""
+    size = base.size
+    for c in prange(before.shape[0]):
+        for i in range(len(xs)):
+            if not active[i]:
+                continue
+            start = c * CHUNK
+            x = xs[i][start : min(size, start + CHUNK)]
+            tile_base = base[start : min(size, start + CHUNK)]
+            k0, k1, limit = keys[i, 0], keys[i, 1], limits[i]
+            s = 0.0
+            s_kept = 0.0
+            for r in range(x.size):
+                d = abs(np.float64(load(x, r) - load(tile_base, r)))
+                s += d
+                s_kept += d * (element_hash(start + r, k0, k1) < limit)
+            before[c, i] = s
+            after[c, i] = s_kept
+
+
+def high_bucket(hist: np.ndarray, k: int) -> tuple[int, int]:
+    """From a top-bits histogram (summed over chunks), the bucket of the k-th largest and the count above it."""
+    above = np.cumsum(hist[::-1])[::-1]  # above[b] = entries in buckets >= b
+    bucket = int(np.flatnonzero(above >= k)[-1])
+    return bucket, int(above[bucket + 1]) if bucket + 1 < above.size else 0
+
+
+def threshold(low: np.ndarray, bucket: int, n_above: int, k: int) -> tuple[int, int, np.ndarray]:
+    """The k-th largest's bits T, how many entries equal to T are kept, and each chunk's count of them.
+
+    low: (chunks, 65536) counts of the bucket's entries by their low bits. Entries above T are all kept; of
+    those equal to T, the first k − (number above T) in memory order are.
+    """
+    total = low.sum(axis=0)
+    above = np.cumsum(total[::-1])[::-1]
+    rank = k - n_above
+    lo = int(np.flatnonzero(above >= rank)[-1])
+    n_greater = n_above + (int(above[lo + 1]) if lo + 1 < above.size else 0)
+    return (bucket << 16) | lo, k - n_greater, low[:, lo].astype(np.int64)
+
+
+def cut_index(equal: np.ndarray, needed: int, size: int, scan) -> int:
+    """The flat index before which entries equal to the threshold are kept (`needed` of them).
+
+    equal: per chunk, its entries equal to the threshold; scan(start, m): the index of the m-th such entry
+    from `start`. Only the chunk where the count reaches `needed` is scanned.
+    """
+    if needed >= int(equal.sum()):
+        return size
+    before = np.cumsum(equal) - equal
+    c = int(np.flatnonzero(before + equal >= needed)[0])
+    return int(scan(c * CHUNK, needed - int(before[c]))) + 1
