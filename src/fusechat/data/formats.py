@@ -112,19 +112,26 @@ def normalise(raw: RawRecord, fmt: str | None) -> Conversation:
         raise bad("not_a_conversation", f"is a JSON {type(data).__name__}, not an object")
     fmt = fmt or detect_format(data)
     if fmt is None:
-        keys = ", ".join(sorted(map(str, data))[:8])
+        keys = ", ".join(repr(k) for k in sorted(map(str, data))[:8])
         raise bad(
             "not_a_conversation",
             f"is in no known chat format (keys: {keys}); expected 'messages' (OpenAI), 'conversations' "
             "(ShareGPT) or 'instruction' and 'output' (Alpaca)",
         )
     if fmt == "alpaca":
+        if "instruction" not in data or "output" not in data:
+            found = ", ".join(repr(k) for k in sorted(map(str, data))[:8])
+            raise bad(
+                "not_a_conversation",
+                f"has no 'instruction' and 'output' (keys: {found}); the file was read as alpaca",
+                "give each file in one format, or pass --format",
+            )
         messages = _alpaca(data, bad)
     else:
         key = "messages" if fmt == "openai" else "conversations"
         turns = data.get(key)
         if not isinstance(turns, list):
-            found = ", ".join(sorted(map(str, data))[:8])
+            found = ", ".join(repr(k) for k in sorted(map(str, data))[:8])
             raise bad(
                 "not_a_conversation",
                 f"has no '{key}' list (keys: {found}); the file was read as {fmt}",
