@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from fusechat.errors import FusechatError
+from fusechat.errors import FusechatError, yaml_error
 
 Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
 
@@ -132,7 +132,7 @@ def load_recipe(path: str | os.PathLike) -> tuple[Recipe, Path]:
     except FileNotFoundError:
         raise FusechatError(f"{path}: no such recipe file") from None
     except yaml.YAMLError as e:
-        raise FusechatError(f"{path}: not valid YAML ({e})") from None
+        raise yaml_error(path, e) from None
     if not isinstance(raw, dict):
         raise FusechatError(f"{path}: a recipe is a YAML mapping of keys to values")
     try:
