@@ -131,6 +131,8 @@ def load_recipe(path: str | os.PathLike) -> tuple[Recipe, Path]:
         raw = yaml.safe_load(path.read_text())
     except FileNotFoundError:
         raise FusechatError(f"{path}: no such recipe file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise FusechatError(f"{path}: cannot read the recipe ({e}); give a UTF-8 YAML file") from None
     except yaml.YAMLError as e:
         raise yaml_error(path, e) from None
     if not isinstance(raw, dict):

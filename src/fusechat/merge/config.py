@@ -231,6 +231,8 @@ def load_config(source: MergeConfig | Mapping[str, Any] | str | os.PathLike) -> 
             source = yaml.safe_load(path.read_text())
         except yaml.YAMLError as e:
             raise yaml_error(path, e) from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise FusechatError(f"{path}: cannot read the merge config ({e}); give a UTF-8 YAML file") from None
         if not isinstance(source, Mapping):
             raise FusechatError(f"{path}: a merge config is a YAML mapping with merge_method, models, ...")
     try:

@@ -32,7 +32,11 @@ def _trainer_arg(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
     key, value = text.split("=", 1)
-    return key.strip(), yaml.safe_load(value)
+    try:
+        return key.strip(), yaml.safe_load(value)
+    except yaml.YAMLError as e:
+        problem = f"{key.strip()}: value {value!r} is not valid YAML ({e.__class__.__name__})"
+        raise argparse.ArgumentTypeError(problem) from None
 
 
 def register(subparsers: Any) -> None:
