@@ -3,7 +3,7 @@ merge config (merge.config.MergeConfig, and every parameter of every merge metho
 wrong type, an out-of-range value, a misspelt name, and (if required) left out; plus whole files that are not
 YAML mappings. A key added to a model is covered without touching this file.
 
-Each case is `(label, text, key_paths)`: the YAML text to load and the key paths the one error line may name
+Each case is `(label, text, key_paths)`: the YAML text (or bytes) to load and the key paths the one error line may name
 (a misspelt key may be reported as unknown, or its real name as missing).
 """
 
@@ -33,6 +33,8 @@ WHOLE_FILES = {
     "a number": "42\n",
     "binary": "\x00\x01\x02name: x\n",
     "duplicate anchors": "a: &x 1\nb: *y\n",
+    "not UTF-8": b"\xff\xfen\x00a\x00m\x00e\x00:\x00 \x00x\x00",
+    "latin-1": "name: caf\xe9\n".encode("latin-1"),
 }
 
 

@@ -17,8 +17,11 @@ RECIPES = list(recipe_cases())
 MERGES = list(merge_cases())
 
 
-def check_refused(load, path: Path, text: str, paths: list[str]) -> str:
-    path.write_text(text)
+def check_refused(load, path: Path, text: str | bytes, paths: list[str]) -> str:
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(text)
     with pytest.raises(FusechatError) as e:
         load(path)
     msg = str(e.value)
@@ -45,3 +48,9 @@ def test_bad_recipe_is_one_line_naming_the_key(tmp_path, label, text, paths):
 @pytest.mark.parametrize(("label", "text", "paths"), MERGES, ids=[c[0][:60] for c in MERGES])
 def test_bad_merge_config_is_one_line_naming_the_key(tmp_path, label, text, paths):
     check_refused(load_config, tmp_path / "merge.yaml", text, paths)
+
+
+@pytest.mark.parametrize("load", [load_recipe, load_config])
+def test_a_directory_is_refused(tmp_path, load):
+    with pytest.raises(FusechatError, match=str(tmp_path)):
+        load(tmp_path)
