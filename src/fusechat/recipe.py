@@ -7,6 +7,7 @@ a stage. Paths in a recipe are relative to the recipe file, and every output sta
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -77,6 +78,13 @@ class Train(_Strict):
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     clm_baseline: bool = Field(True, description="train the CLM-only baseline the targets must beat")
 
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, seeds: list[int]) -> list[int]:
+        if len(set(seeds)) != len(seeds):
+            raise ValueError(f"{seeds}: a seed is listed twice; each seed trains into its own directory")
+        return seeds
+
 
 class MergeMethod(_Strict):
     method: Literal["varm", "linear", "slerp", "task_arithmetic", "ties", "dare_ties", "dare_linear", "sce"]
@@ -88,6 +96,17 @@ class MergeMethod(_Strict):
 class Merge(_Strict):
     targets: Literal["pairwise", "pairwise+multi"] = "pairwise"
     methods: list[MergeMethod] = Field(default_factory=list)
+
+    @field_validator("methods")
+    @classmethod
+    def _distinct_methods(cls, methods: list[MergeMethod]) -> list[MergeMethod]:
+        names = [m.method for m in methods]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(
+                f"method {twice[0]!r} is listed twice; its output is merge/{twice[0]}-s<seed>, so keep one"
+            )
+        return methods
 
 
 Task = Literal["bpb", "gsm", "gsm_bpb", "asdiv", "hhh", "boolq", "csqa", "mtbench"]
@@ -117,7 +136,24 @@ class Recipe(_Strict):
         names = [s.name for s in sources]
         if len(set(names)) != len(names) or "pivot" in names:
             raise ValueError("source names must be unique and not 'pivot'")
+        reserved = [n for n in names if _TRAINED.search(n)]
+        if reserved:
+            raise ValueError(
+                f"source name {reserved[0]!r} ends like a trained or merged model's name (-s<seed>); rename it"
+            )
         return sources
+
+
+_TRAINED = re.compile(r"-s\d+$")  # train/<target>-s<seed>, merge/<method>-s<seed>: evaluated beside the sources
+
+
+def _message(err: dict) -> str:
+    if err["type"] == "string_pattern_mismatch":
+        return (
+            f"{err['input']!r} is not a usable name: give 1-64 letters, digits, '.', '_' or '-', starting with "
+            "a letter or digit (names become directories under workdir)"
+        )
+    return str(err["msg"]).removeprefix("Value error, ")
 
 
 def _loc(loc: tuple) -> str:
@@ -142,5 +178,5 @@ def load_recipe(path: str | os.PathLike) -> tuple[Recipe, Path]:
     except ValidationError as e:
         first = e.errors()[0]
         more = f" (and {e.error_count() - 1} more)" if e.error_count() > 1 else ""
-        raise FusechatError(f"{path}: {_loc(first['loc'])}: {first['msg']}{more}") from None
+        raise FusechatError(f"{path}: {_loc(first['loc'])}: {_message(first)}{more}") from None
     return recipe, path.resolve().parent
