@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from fusechat import cli
 from fusechat.errors import FusechatError
 from fusechat.merge.config import load_config
 from fusechat.recipe import load_recipe
@@ -17,19 +18,21 @@ RECIPES = list(recipe_cases())
 MERGES = list(merge_cases())
 
 
-def check_refused(load, path: Path, text: str | bytes, paths: list[str]) -> str:
+def check_refused(command: list[str], path: Path, text: str | bytes, paths: list[str], capsys) -> str:
+    """Run the command line (in-process) on the config: exit 2 and one stderr line naming the file and key.
+    The models it names do not exist, so an error about anything else means the config was not checked first."""
     if isinstance(text, bytes):
         path.write_bytes(text)
     else:
         path.write_text(text)
-    with pytest.raises(FusechatError) as e:
-        load(path)
-    msg = str(e.value)
-    assert "\n" not in msg and "\r" not in msg, msg
-    assert msg.startswith(f"{path}: "), msg
-    rest = msg.removeprefix(f"{path}: ")
+    code = cli.main([command[0], str(path), *command[1:]])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, (code, err)
+    prefix = f"fusechat {command[0]}: error: {path}: "
+    assert err.startswith(prefix), err
+    rest = err.removeprefix(prefix)
     if paths:
-        assert any(rest.startswith(f"{p}: ") for p in paths), f"names no key of {paths}: {msg}"
+        assert any(rest.startswith(f"{p}: ") for p in paths), f"names no key of {paths}: {err}"
     return rest
 
 
@@ -41,13 +44,14 @@ def test_every_key_is_covered():
 
 
 @pytest.mark.parametrize(("label", "text", "paths"), RECIPES, ids=[c[0][:60] for c in RECIPES])
-def test_bad_recipe_is_one_line_naming_the_key(tmp_path, label, text, paths):
-    check_refused(load_recipe, tmp_path / "recipe.yaml", text, paths)
+def test_bad_recipe_is_one_line_naming_the_key(tmp_path, capsys, label, text, paths):
+    check_refused(["run"], tmp_path / "recipe.yaml", text, paths, capsys)
 
 
 @pytest.mark.parametrize(("label", "text", "paths"), MERGES, ids=[c[0][:60] for c in MERGES])
-def test_bad_merge_config_is_one_line_naming_the_key(tmp_path, label, text, paths):
-    check_refused(load_config, tmp_path / "merge.yaml", text, paths)
+def test_bad_merge_config_is_one_line_naming_the_key(tmp_path, capsys, label, text, paths):
+    check_refused(["merge", str(tmp_path / "out")], tmp_path / "merge.yaml", text, paths, capsys)
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("load", [load_recipe, load_config])
