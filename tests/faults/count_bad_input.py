@@ -71,7 +71,7 @@ def _runner(
             for skip in (False, True):
                 ended = run_prepare(path, drawn, pivot, template, work / f"out-{skip}", skip)
                 mode = "--skip-invalid" if skip else "strict"
-                runs[f"{mode}: {'one error line' if ended == 'error' else 'succeeded'}"] += 1
+                runs[f"{mode}: {'succeeded' if ended == 'ok' else 'one ' + ended}"] += 1
         finally:
             shutil.rmtree(work)
 

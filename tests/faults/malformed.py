@@ -430,7 +430,8 @@ def run_prepare(
     path: Path, cases_: list[Case], pivot: Path, template: Path, out: Path, skip_invalid: bool, max_length: int = 4096
 ) -> str:
     """Run the prepare entry point in-process on one generated file and check the outcome against `expected`;
-    returns 'error' (one clear line naming the file and record) or 'ok'. Any other exception escapes: a bug."""
+    returns how it ended: an error (one clear line naming the file, and the record) or 'ok'. Any other
+    exception escapes: a bug."""
     from fusechat.data.conversations import Conversations
     from fusechat.data.prepare import prepare
     from fusechat.errors import FusechatError
@@ -445,9 +446,9 @@ def run_prepare(
         assert msg.startswith(f"{path}: "), f"error does not name the file first: {msg}"
         if want.error_record is not None:
             assert msg.startswith(f"{path}: record {want.error_record}: "), (want.error_record, msg)
-            return "error"
+            return "error naming the record"
         assert no_good and "no conversation kept" in msg, msg
-        return "error"
+        return "error: no conversation kept"
     assert want.error_record is None, f"accepted, but record {want.error_record} is bad"
     assert not no_good, "succeeded with no good record"
     conv = Conversations(out)
