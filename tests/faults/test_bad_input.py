@@ -99,3 +99,73 @@ def test_one_megabyte_messages(tmp_path_factory, pivot, template, data):
     run_prepare(path, order, pivot, template, tmp / "strict", False)
     run_prepare(path, order, pivot, template, tmp / "skip", True)
     shutil.rmtree(tmp)
+
+
+GOOD_LINE = '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}\n'
+WHOLE_FILES = {
+    "empty.jsonl": b"",
+    "blank.jsonl": b"\n\n  \n",
+    "empty.json": b"",
+    "open.json": b"[",
+    "object.json": b"{}",
+    "numbers.json": b"[1, 2]",
+    "scalar.json": b"42",
+    "garbage.json": b"\x00\x01\x02\xff",
+    "one-chat.json": GOOD_LINE.replace("\n", "").encode().replace(b"}]}", b"}]}  "),
+    "two-lists.json": b'{"a": [{"x": 1}], "b": [{"y": 2}]}',
+    "garbage.parquet": b"PAR1 not really parquet",
+    "truncated.parquet": None,  # a real Parquet file cut in half
+    "utf16.jsonl": GOOD_LINE.encode("utf-16"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(WHOLE_FILES))
+def test_whole_file_faults_are_one_line(tmp_path, capsys, pivot, name):
+    """Files that are wrong as a whole (empty, not a list, not Parquet, UTF-16): exit 2, one line naming it."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from fusechat import cli
+
+    path = tmp_path / name
+    blob = WHOLE_FILES[name]
+    if blob is None:
+        pq.write_table(pa.table({"messages": [[{"role": "user", "content": "hi" * 500}]] * 200}), path)
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    else:
+        path.write_bytes(blob)
+    code = cli.main(["prepare", str(path), "--pivot", str(pivot), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err, err
+    last = err.rstrip("\n").splitlines()[-1]
+    assert last.startswith(f"fusechat prepare: error: {path}"), err
+
+
+TEMPLATES = {
+    "syntax": "{% for m in messages %}{{ m['content'] }",
+    "raises": "{{ raise_exception('no chats today') }}",
+    "divides": "{{ 1 / 0 }}",
+    "index": "{{ messages[99]['content'] + 1 }}",
+    "empty": "",
+    "not-utf8": None,
+    "drops-content": "{% for m in messages %}<{{ m['role'] }}>{% endfor %}",
+}
+
+
+@pytest.mark.parametrize("name", sorted(TEMPLATES))
+def test_bad_chat_template_is_one_line_before_any_record(tmp_path, capsys, pivot, name):
+    from fusechat import cli
+
+    data = tmp_path / "chats.jsonl"
+    data.write_text(GOOD_LINE)
+    template = tmp_path / f"{name}.jinja"
+    if TEMPLATES[name] is None:
+        template.write_bytes(b"\xff\xfe{{ x }}")
+    else:
+        template.write_text(TEMPLATES[name])
+    args = ["prepare", str(data), "--pivot", str(pivot), "--out", str(tmp_path / "out")]
+    code = cli.main([*args, "--chat-template", str(template)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert str(template) in err, err
+    assert not (tmp_path / "out" / "conversations.parquet").exists()
