@@ -9,6 +9,7 @@ command line in a subprocess, and one runs `fusechat run` on a recipe whose data
 from __future__ import annotations
 
 import itertools
+import os
 import shutil
 
 import pytest
@@ -19,6 +20,8 @@ from ..data.chatdata import train_tokenizer
 from .malformed import CONTAINERS, FAULTS, FORMATS, REFUSING_TEMPLATE, SUFFIX, cases, kinds_for, run_prepare, write_file
 
 COMBOS = list(itertools.product(FORMATS, CONTAINERS))
+# pyproject does not deselect `slow` tests, so the thousand-example variants also need FUSECHAT_SLOW=1.
+AT_SCALE = pytest.mark.skipif(not os.environ.get("FUSECHAT_SLOW"), reason="set FUSECHAT_SLOW=1 to run at scale")
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +64,7 @@ def test_malformed_files(tmp_path_factory, pivot, template, fmt, container, data
 
 
 @pytest.mark.slow
+@AT_SCALE
 @pytest.mark.parametrize(("fmt", "container"), COMBOS)
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
