@@ -26,8 +26,9 @@ from fusechat.recipe import load_recipe
 
 from ..data.chatdata import train_tokenizer
 from .bad_configs import merge_cases, recipe_cases
-from .malformed import CONTAINERS, FORMATS, KEEP, LONG, REFUSING_TEMPLATE, SUFFIX, cases, kinds_for, run_prepare
-from .malformed import write_file as write
+from .malformed import CONTAINERS, FORMATS, KEEP, LONG, REFUSING_TEMPLATE, SUFFIX, cases, kinds_for
+from .oracle import run_prepare
+from .oracle import write_file as write
 
 
 def count_data(files: int, huge: int, tmp: Path) -> tuple[Counter, Counter, Counter]:

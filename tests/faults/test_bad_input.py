@@ -17,7 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ..data.chatdata import train_tokenizer
-from .malformed import CONTAINERS, FAULTS, FORMATS, REFUSING_TEMPLATE, SUFFIX, cases, kinds_for, run_prepare, write_file
+from .malformed import CONTAINERS, FAULTS, FORMATS, REFUSING_TEMPLATE, SUFFIX, cases, kinds_for
+from .oracle import run_prepare, write_file
 
 COMBOS = list(itertools.product(FORMATS, CONTAINERS))
 # pyproject does not deselect `slow` tests, so the thousand-example variants also need FUSECHAT_SLOW=1.

@@ -20,7 +20,8 @@ from tiny_models import byte_bpe_tokenizer, sample_chats, save_llama
 from fusechat.data.conversations import Conversations
 
 from ..data.chatdata import train_tokenizer
-from .malformed import CONTAINERS, REFUSING_TEMPLATE, SUFFIX, cases, expected, kinds_for, write_file
+from .malformed import CONTAINERS, REFUSING_TEMPLATE, SUFFIX, cases, kinds_for
+from .oracle import expected, write_file
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 # pyproject does not deselect `slow` tests, so the thousand-example variants also need FUSECHAT_SLOW=1.
