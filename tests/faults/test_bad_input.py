@@ -58,7 +58,7 @@ def _check(tmp_path_factory, pivot, template, fmt, container, data, huge=False):
 
 
 @pytest.mark.parametrize(("fmt", "container"), COMBOS)
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_malformed_files(tmp_path_factory, pivot, template, fmt, container, data):
     _check(tmp_path_factory, pivot, template, fmt, container, data)
