@@ -40,8 +40,9 @@ def expected(cases_: list[Case], skip_invalid: bool) -> Expected:
     return Expected(None, [c.messages for c in good if c.messages is not None], skipped, too_long, truncated)
 
 
-def write_file(path: Path, container: str, cases_: list[Case]) -> bool:
-    """Write the cases as one file; False if the container cannot hold them (mixed Parquet column types)."""
+def write_file(path: Path, container: str, cases_: list[Case], bom: bool = False) -> bool:
+    """Write the cases as one file (text files starting with a byte-order mark if `bom`); False if the container
+    cannot hold them (mixed Parquet column types)."""
     if container == "parquet":
         if any(c.raw is not None or not isinstance(c.record, dict) for c in cases_):
             return False
@@ -56,10 +57,11 @@ def write_file(path: Path, container: str, cases_: list[Case]) -> bool:
         pq.write_table(table, path)
         return True
     parts = [c.raw if c.raw is not None else json.dumps(c.record, ensure_ascii=False).encode() for c in cases_]
+    head = b"\xef\xbb\xbf" if bom else b""
     if container == "jsonl":
-        path.write_bytes(b"".join(p + b"\n" for p in parts))
+        path.write_bytes(head + b"".join(p + b"\n" for p in parts))
     else:
-        path.write_bytes(b"[\n" + b",\n".join(parts) + b"\n]\n")
+        path.write_bytes(head + b"[\n" + b",\n".join(parts) + b"\n]\n")
     return True
 
 

@@ -48,7 +48,7 @@ def _check(tmp_path_factory, pivot, template, fmt, container, data, huge=False):
     cases_ = data.draw(files(fmt, container, huge))
     tmp = tmp_path_factory.mktemp("case")
     path = tmp / f"chats{SUFFIX[container]}"
-    if not write_file(path, container, cases_):
+    if not write_file(path, container, cases_, bom=data.draw(st.booleans())):
         return  # this file kind cannot hold these records (mixed Parquet column types)
     try:
         for skip in (False, True):
