@@ -180,3 +180,11 @@ def load_recipe(path: str | os.PathLike) -> tuple[Recipe, Path]:
         more = f" (and {e.error_count() - 1} more)" if e.error_count() > 1 else ""
         raise FusechatError(f"{path}: {_loc(first['loc'])}: {_message(first)}{more}") from None
     return recipe, path.resolve().parent
+
+
+def check_data_files(recipe: Recipe, base: Path, recipe_path: str | os.PathLike) -> None:
+    """Refuse a data file that does not exist, naming its key, before any stage runs (a dry run included)."""
+    for part in ("train", "heldout"):
+        for i, spec in enumerate(getattr(recipe.data, part)):
+            if spec.kind == "file" and not (base / str(spec.path)).is_file():
+                raise FusechatError(f"{recipe_path}: data.{part}[{i}].path: {base / str(spec.path)} is not a file")
