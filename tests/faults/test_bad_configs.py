@@ -58,3 +58,21 @@ def test_bad_merge_config_is_one_line_naming_the_key(tmp_path, capsys, label, te
 def test_a_directory_is_refused(tmp_path, load):
     with pytest.raises(FusechatError, match=str(tmp_path)):
         load(tmp_path)
+
+
+def test_a_missing_data_file_is_named_by_its_key(tmp_path, capsys):
+    """Even a dry run names the data file that is not there (the models exist, so only the file is wrong)."""
+    import yaml
+
+    from .bad_configs import full_recipe
+
+    raw = full_recipe()
+    (tmp_path / "models").mkdir()
+    raw["pivot"] = raw["sources"][0]["model"] = "models"
+    raw["data"]["heldout"] = [{"kind": "file", "path": "held.jsonl"}]
+    (tmp_path / "train.jsonl").write_text("{}\n")
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert cli.main(["run", "--dry-run", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"fusechat run: error: {path}: data.heldout[0].path: {tmp_path / 'held.jsonl'} is not a file\n"
