@@ -28,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _pipeline(recipe_path: str | Path, workdir: str | None = None):
     from fusechat import assets
     from fusechat.pipeline import Pipeline
-    from fusechat.plan import plan
+    from fusechat.plan import check_merges, plan
     from fusechat.recipe import check_data_files, load_recipe
 
     recipe, base = load_recipe(recipe_path)
@@ -40,6 +40,10 @@ def _pipeline(recipe_path: str | Path, workdir: str | None = None):
             known = ", ".join(sorted(assets.ASSETS))
             raise FusechatError(f"{recipe_path}: {key}: {model!r} is no directory and no known model ({known})")
     check_data_files(recipe, base, recipe_path)
+    try:
+        check_merges(recipe)
+    except FusechatError as e:
+        raise FusechatError(f"{recipe_path}: {e}") from None
     pipe = Pipeline((base / recipe.workdir).resolve(), plan(recipe, base))
     return recipe, base, pipe, [m for m in keys.values() if m in assets.ASSETS and not (base / m).exists()]
 
