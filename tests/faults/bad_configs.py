@@ -223,3 +223,22 @@ def merge_cases() -> Iterator[tuple[str, str, list[str]]]:
             yield f"{name}: {path} misspelt", yaml.safe_dump(bad), [key_path((*where, p.name + "x")), path]
     for label, text in WHOLE_FILES.items():
         yield label, text, []
+
+
+def recipe_merge_cases() -> Iterator[tuple[str, dict, str]]:
+    """A recipe's merge methods with bad parameters (every shared parameter of every method, from the registry):
+    `(label, merge section, the start of the error after 'merge.methods[0] (method): ')`. The recipe has two
+    sources, so each method merges two targets."""
+    for name, spec in METHODS.items():
+        for p in spec.shared:
+            values: list[Any] = ["abc", [1, "x"], {"filter": "x"}] if p.type is not str else [5, True]
+            for v in values + _range_breakers(p):
+                section = {"methods": [{"method": name, "parameters": {p.name: v}}]}
+                yield f"{name}: parameters.{p.name} = {v!r}", section, f"parameters.{p.name}: "
+            section = {"methods": [{"method": name, "parameters": {p.name + "x": _valid(p)}}]}
+            yield f"{name}: parameters.{p.name} misspelt", section, f"parameters.{p.name}x: "
+        if spec.per_model:
+            section = {"methods": [{"method": name, "weights": [0.5, 0.25, 0.25]}]}
+            yield f"{name}: three weights for two targets", section, "weights: 3 values for 2 models"
+    section = {"methods": [{"method": "slerp", "parameters": {"t": 0.5}}], "targets": "pairwise+multi"}
+    yield "slerp over three targets", section, "merge slerp needs exactly two targets"

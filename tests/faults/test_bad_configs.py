@@ -76,3 +76,30 @@ def test_a_missing_data_file_is_named_by_its_key(tmp_path, capsys):
     assert cli.main(["run", "--dry-run", str(path)]) == 2
     err = capsys.readouterr().err
     assert err == f"fusechat run: error: {path}: data.heldout[0].path: {tmp_path / 'held.jsonl'} is not a file\n"
+
+
+def test_bad_merge_parameters_in_a_recipe_fail_before_any_step(tmp_path, capsys):
+    """A recipe's merge parameters are checked when it is loaded, as the merge step will check them: a bad one
+    must not wait for the teacher passes and the training to be found."""
+    import yaml
+
+    from .bad_configs import full_recipe, recipe_merge_cases
+
+    (tmp_path / "models").mkdir()
+    (tmp_path / "train.jsonl").write_text("{}\n")
+    tried = 0
+    for label, section, says in recipe_merge_cases():
+        raw = full_recipe()
+        raw["pivot"] = "models"
+        raw["sources"] = [{"name": "a", "model": "models"}, {"name": "b", "model": "models"}]
+        raw["data"]["heldout"] = []
+        raw["merge"] = section
+        path = tmp_path / "recipe.yaml"
+        path.write_text(yaml.safe_dump(raw))
+        assert cli.main(["run", "--dry-run", str(path)]) == 2, label
+        err = capsys.readouterr().err
+        method = section["methods"][0]["method"]
+        assert err.startswith(f"fusechat run: error: {path}: merge.methods[0] ({method}): {says}"), (label, err)
+        assert err.count("\n") == 1, err
+        tried += 1
+    assert tried > 40
