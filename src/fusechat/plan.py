@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from fusechat.errors import FusechatError
 from fusechat.pipeline import Step
 from fusechat.recipe import Recipe
 
@@ -31,6 +32,23 @@ def _file_state(path: Path) -> list:
 def target_names(recipe: Recipe) -> list[str]:
     names = [f"pair-{s.name}" for s in recipe.sources] if recipe.fuse.pairwise else []
     return names + (["multi"] if recipe.fuse.multi and len(recipe.sources) > 1 else [])
+
+
+def merged_targets(recipe: Recipe) -> list[str]:
+    return [t for t in target_names(recipe) if recipe.merge.targets == "pairwise+multi" or t != "multi"]
+
+
+def check_merges(recipe: Recipe) -> None:
+    """Validate each merge method's parameters against the targets it will merge, as the merge step will, so a
+    bad value fails before the teacher pass and the training runs instead of after them."""
+    from fusechat import stages
+
+    targets = [f"train/{t}" for t in merged_targets(recipe)]
+    for i, m in enumerate(recipe.merge.methods):
+        try:
+            stages.merge_config(m, "pivot", targets)
+        except FusechatError as e:
+            raise FusechatError(f"merge.methods[{i}] ({m.method}): {str(e).removeprefix('config: ')}") from None
 
 
 def plan(recipe: Recipe, base: Path) -> list[Step]:
@@ -118,7 +136,7 @@ def plan(recipe: Recipe, base: Path) -> list[Step]:
                 [f"fuse/{target}"],
                 stages.trainer(pivot, work / "fuse" / target, out, recipe.train, seed, clm_only),
             )
-        merge_inputs = [t for t in target_names(recipe) if recipe.merge.targets == "pairwise+multi" or t != "multi"]
+        merge_inputs = merged_targets(recipe)
         for m in recipe.merge.methods:
             out = work / "merge" / f"{m.method}-s{seed}"
             add(

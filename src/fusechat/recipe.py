@@ -7,13 +7,14 @@ a stage. Paths in a recipe are relative to the recipe file, and every output sta
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from fusechat.errors import FusechatError
+from fusechat.errors import FusechatError, yaml_error
 
 Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
 
@@ -80,6 +81,13 @@ class Train(_Strict):
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     clm_baseline: bool = Field(True, description="train the CLM-only baseline the targets must beat")
 
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, seeds: list[int]) -> list[int]:
+        if len(set(seeds)) != len(seeds):
+            raise ValueError(f"{seeds}: a seed is listed twice; each seed trains into its own directory")
+        return seeds
+
 
 class MergeMethod(_Strict):
     method: Literal["varm", "linear", "slerp", "task_arithmetic", "ties", "dare_ties", "dare_linear", "sce"]
@@ -91,6 +99,17 @@ class MergeMethod(_Strict):
 class Merge(_Strict):
     targets: Literal["pairwise", "pairwise+multi"] = "pairwise"
     methods: list[MergeMethod] = Field(default_factory=list)
+
+    @field_validator("methods")
+    @classmethod
+    def _distinct_methods(cls, methods: list[MergeMethod]) -> list[MergeMethod]:
+        names = [m.method for m in methods]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(
+                f"method {twice[0]!r} is listed twice; its output is merge/{twice[0]}-s<seed>, so keep one"
+            )
+        return methods
 
 
 Task = Literal["bpb", "gsm", "gsm_bpb", "asdiv", "hhh", "boolq", "csqa", "mtbench"]
@@ -120,7 +139,24 @@ class Recipe(_Strict):
         names = [s.name for s in sources]
         if len(set(names)) != len(names) or "pivot" in names:
             raise ValueError("source names must be unique and not 'pivot'")
+        reserved = [n for n in names if _TRAINED.search(n)]
+        if reserved:
+            raise ValueError(
+                f"source name {reserved[0]!r} ends like a trained or merged model's name (-s<seed>); rename it"
+            )
         return sources
+
+
+_TRAINED = re.compile(r"-s\d+$")  # train/<target>-s<seed>, merge/<method>-s<seed>: evaluated beside the sources
+
+
+def _message(err: dict) -> str:
+    if err["type"] == "string_pattern_mismatch":
+        return (
+            f"{err['input']!r} is not a usable name: give 1-64 letters, digits, '.', '_' or '-', starting with "
+            "a letter or digit (names become directories under workdir)"
+        )
+    return str(err["msg"]).removeprefix("Value error, ")
 
 
 def _loc(loc: tuple) -> str:
@@ -134,8 +170,10 @@ def load_recipe(path: str | os.PathLike) -> tuple[Recipe, Path]:
         raw = yaml.safe_load(path.read_text())
     except FileNotFoundError:
         raise FusechatError(f"{path}: no such recipe file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise FusechatError(f"{path}: cannot read the recipe ({e}); give a UTF-8 YAML file") from None
     except yaml.YAMLError as e:
-        raise FusechatError(f"{path}: not valid YAML ({e})") from None
+        raise yaml_error(path, e) from None
     if not isinstance(raw, dict):
         raise FusechatError(f"{path}: a recipe is a YAML mapping of keys to values")
     try:
@@ -143,5 +181,13 @@ def load_recipe(path: str | os.PathLike) -> tuple[Recipe, Path]:
     except ValidationError as e:
         first = e.errors()[0]
         more = f" (and {e.error_count() - 1} more)" if e.error_count() > 1 else ""
-        raise FusechatError(f"{path}: {_loc(first['loc'])}: {first['msg']}{more}") from None
+        raise FusechatError(f"{path}: {_loc(first['loc'])}: {_message(first)}{more}") from None
     return recipe, path.resolve().parent
+
+
+def check_data_files(recipe: Recipe, base: Path, recipe_path: str | os.PathLike) -> None:
+    """Refuse a data file that does not exist, naming its key, before any stage runs (a dry run included)."""
+    for part in ("train", "heldout"):
+        for i, spec in enumerate(getattr(recipe.data, part)):
+            if spec.kind == "file" and not (base / str(spec.path)).is_file():
+                raise FusechatError(f"{recipe_path}: data.{part}[{i}].path: {base / str(spec.path)} is not a file")

@@ -28,8 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _pipeline(recipe_path: str | Path, workdir: str | None = None):
     from fusechat import assets
     from fusechat.pipeline import Pipeline
-    from fusechat.plan import plan
-    from fusechat.recipe import load_recipe
+    from fusechat.plan import check_merges, plan
+    from fusechat.recipe import check_data_files, load_recipe
 
     recipe, base = load_recipe(recipe_path)
     if workdir is not None:
@@ -39,6 +39,11 @@ def _pipeline(recipe_path: str | Path, workdir: str | None = None):
         if not (base / model).exists() and model not in assets.ASSETS:
             known = ", ".join(sorted(assets.ASSETS))
             raise FusechatError(f"{recipe_path}: {key}: {model!r} is no directory and no known model ({known})")
+    check_data_files(recipe, base, recipe_path)
+    try:
+        check_merges(recipe)
+    except FusechatError as e:
+        raise FusechatError(f"{recipe_path}: {e}") from None
     _check_template(recipe, base, recipe_path)
     pipe = Pipeline((base / recipe.workdir).resolve(), plan(recipe, base))
     return recipe, base, pipe, [m for m in keys.values() if m in assets.ASSETS and not (base / m).exists()]

@@ -134,30 +134,36 @@ def trainer(pivot: str, targets: Path, out: Path, cfg: Train, seed: int, clm_onl
 WEIGHTED = ("linear", "task_arithmetic", "ties", "dare_ties", "dare_linear")
 
 
+def merge_config(cfg: MergeMethod, base: str | None, checkpoints: list[str]) -> object:
+    """The merge config of one recipe merge method over the trained targets (validated: FusechatError if bad)."""
+    from fusechat.merge import simple_config
+
+    densities = [cfg.density] * len(checkpoints) if cfg.density is not None else None
+    weights = cfg.weights
+    if weights is None and cfg.method in WEIGHTED:  # equal weights unless the recipe says otherwise
+        weights = [1.0 / len(checkpoints)] * len(checkpoints)
+    if cfg.method == "slerp":  # SLERP interpolates two models: the first target is its base
+        if len(checkpoints) != 2:
+            raise FusechatError(f"merge slerp needs exactly two targets, the recipe gives {len(checkpoints)}")
+        return simple_config("slerp", checkpoints[0], [checkpoints[1]], parameters=cfg.parameters)
+    # linear averages the targets alone; the task-vector methods and VaRM measure change from the pivot.
+    return simple_config(
+        cfg.method,
+        None if cfg.method == "linear" else base,
+        checkpoints,
+        weights=weights,
+        densities=densities,
+        parameters=cfg.parameters or None,
+    )
+
+
 def merger(pivot: str, checkpoints: list[Path], out: Path, cfg: MergeMethod) -> Callable[[], Path]:
     def run() -> Path:
-        from fusechat.merge import merge, simple_config
+        from fusechat.merge import merge
         from fusechat.models import resolve_model_dir
 
-        densities = [cfg.density] * len(checkpoints) if cfg.density is not None else None
-        weights = cfg.weights
-        if weights is None and cfg.method in WEIGHTED:  # equal weights unless the recipe says otherwise
-            weights = [1.0 / len(checkpoints)] * len(checkpoints)
-        if cfg.method == "slerp":  # SLERP interpolates two models: the first target is its base
-            if len(checkpoints) != 2:
-                raise FusechatError(f"merge slerp needs exactly two targets, the recipe gives {len(checkpoints)}")
-            config = simple_config("slerp", str(checkpoints[0]), [str(checkpoints[1])], parameters=cfg.parameters)
-            return merge(config, out, exist_ok=True)
-        # linear averages the targets alone; the task-vector methods and VaRM measure change from the pivot.
-        base = None if cfg.method == "linear" else str(resolve_model_dir(pivot))
-        config = simple_config(
-            cfg.method,
-            base,
-            [str(c) for c in checkpoints],
-            weights=weights,
-            densities=densities,
-            parameters=cfg.parameters or None,
-        )
+        base = None if cfg.method in ("linear", "slerp") else str(resolve_model_dir(pivot))
+        config = merge_config(cfg, base, [str(c) for c in checkpoints])
         return merge(config, out, exist_ok=True, explain_weights=cfg.method == "varm")
 
     return run

@@ -121,7 +121,7 @@ S = {"role": "system", "content": "s"}
         (
             {"prompt": "x", "completion": "y"},
             "not_a_conversation",
-            "no known chat format (keys: completion, prompt)",
+            "no known chat format (keys: 'completion', 'prompt')",
         ),
         ([1, 2], "not_a_conversation", "is a JSON list, not an object"),
         ({"instruction": "x", "output": 3}, "non_string_content", "'output' has content of type int"),

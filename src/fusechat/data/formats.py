@@ -46,6 +46,7 @@ ROLE_ALIASES = {
 # The reasons a record can be rejected (the keys of `skipped_invalid` in the manifest).
 REASONS = (
     "invalid_json",
+    "invalid_text",
     "not_a_conversation",
     "unknown_role",
     "non_string_content",
@@ -105,25 +106,32 @@ def normalise(raw: RawRecord, fmt: str | None) -> Conversation:
 
     if raw.error is not None:
         fix = "fix the line, or pass --skip-invalid"
-        raise BadRecord(raw.source, raw.record, "invalid_json", raw.error, fix)
+        raise BadRecord(raw.source, raw.record, raw.reason, raw.error, fix)
     data = raw.data
     if not isinstance(data, dict):
         raise bad("not_a_conversation", f"is a JSON {type(data).__name__}, not an object")
     fmt = fmt or detect_format(data)
     if fmt is None:
-        keys = ", ".join(sorted(map(str, data))[:8])
+        keys = ", ".join(repr(k) for k in sorted(map(str, data))[:8])
         raise bad(
             "not_a_conversation",
             f"is in no known chat format (keys: {keys}); expected 'messages' (OpenAI), 'conversations' "
             "(ShareGPT) or 'instruction' and 'output' (Alpaca)",
         )
     if fmt == "alpaca":
+        if "instruction" not in data or "output" not in data:
+            found = ", ".join(repr(k) for k in sorted(map(str, data))[:8])
+            raise bad(
+                "not_a_conversation",
+                f"has no 'instruction' and 'output' (keys: {found}); the file was read as alpaca",
+                "give each file in one format, or pass --format",
+            )
         messages = _alpaca(data, bad)
     else:
         key = "messages" if fmt == "openai" else "conversations"
         turns = data.get(key)
         if not isinstance(turns, list):
-            found = ", ".join(sorted(map(str, data))[:8])
+            found = ", ".join(repr(k) for k in sorted(map(str, data))[:8])
             raise bad(
                 "not_a_conversation",
                 f"has no '{key}' list (keys: {found}); the file was read as {fmt}",
@@ -139,6 +147,8 @@ def normalise(raw: RawRecord, fmt: str | None) -> Conversation:
         messages = messages[:-1]
     own = data.get("id")
     own_id = str(own) if isinstance(own, str | int) and not isinstance(own, bool) and str(own) else None
+    if own_id is not None and not _is_unicode(own_id):
+        raise bad("invalid_text", f"its id {own_id!r} is not valid Unicode (a lone surrogate or an undecodable byte)")
     return Conversation(raw.source, raw.record, messages, own_id, trailing, leading)
 
 
@@ -176,7 +186,24 @@ def _text(content: Any, what: str, bad) -> str:
         raise bad("non_string_content", f"{what} has content of type {type(content).__name__}, not text")
     if not content.strip():
         raise bad("empty_message", f"{what} is empty")
+    if not _is_unicode(content):
+        bad_at = next(i for i, c in enumerate(content) if "\ud800" <= c <= "\udfff")
+        raise bad(
+            "invalid_text",
+            f"{what} is not valid Unicode at character {bad_at} (a lone surrogate: an undecodable byte in the "
+            "file, or a \\uD800-\\uDFFF escape without its pair)",
+        )
     return content
+
+
+def _is_unicode(text: str) -> bool:
+    """Whether `text` can be written as UTF-8: no lone surrogates (from `\\ud800` escapes, or bytes that
+    were not UTF-8 and were read with `surrogateescape`)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _alpaca(data: dict, bad) -> list[dict]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,10 +74,7 @@ class JsonRecords:
             self._char0 += self._pos
             self._buf, self._pos = self._buf[self._pos :], 0
         assert self._f is not None
-        try:
-            more = self._f.read(max(self.chunk_chars, at_least))
-        except UnicodeDecodeError as e:
-            raise FusechatError(f"{self.path}: not UTF-8 text ({e}); convert it to UTF-8") from None
+        more = self._f.read(max(self.chunk_chars, at_least))
         if not more:
             self._eof = True
             return False
@@ -141,6 +139,8 @@ class JsonRecords:
                 if not self._fill(at_least=len(self._buf) - start):
                     raise _Incomplete from None
                 continue
+            except RecursionError:
+                self._syntax(f"nested too deeply to read (over {sys.getrecursionlimit()} levels)", start)
             # A number or literal ending exactly at the window's end may continue in the next chunk.
             if end == len(self._buf) and not isinstance(obj, dict | list | str) and self._fill():
                 continue
@@ -149,7 +149,9 @@ class JsonRecords:
 
     # -- document structure
     def __iter__(self) -> Iterator[tuple[int, int, Any]]:
-        with open(self.path, encoding="utf-8-sig", newline="") as f:
+        # Bytes that are not UTF-8 become lone surrogates: inside a string they make that one record invalid
+        # (formats.normalise names it), elsewhere they are a syntax error at their line; never a whole-file stop.
+        with open(self.path, encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
             self._f = f
             try:
                 first = self._peek()

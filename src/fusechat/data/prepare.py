@@ -195,8 +195,9 @@ class _Job:
         finally:
             writer.close()
         if self.counts.kept == 0:
+            names = ", ".join(s.name for s in sources)
             raise FusechatError(
-                f"no conversation kept from {self.counts.read} records "
+                f"{names}: no conversation kept from {self.counts.read} records "
                 f"(invalid: {dict(self.counts.skipped)}, too long: {self.counts.dropped_too_long}); "
                 "check the inputs and --max-length"
             )

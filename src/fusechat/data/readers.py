@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +36,7 @@ class RawRecord:
     line: int | None
     data: Any
     error: str | None = None  # set when the record could not even be parsed (a bad JSON line)
+    reason: str = "invalid_json"  # the skip-count key of `error` (formats.REASONS)
 
 
 class Source(Protocol):
@@ -92,24 +94,35 @@ class FileSource:
         """One JSON object a line, blank lines skipped. A last line cut short (no newline, text ending early)
         means the file was cut: the lines before it are kept and the cut is reported."""
         number = char = 0
-        with open(path, encoding="utf-8-sig") as f:
-            try:
-                for lineno, line in enumerate(f, start=1):
-                    char += len(line)
-                    if not line.strip():
-                        continue
-                    try:
-                        yield RawRecord(self.name, number, lineno, json.loads(line))
-                    except json.JSONDecodeError as e:
-                        if not line.endswith("\n") and may_be_incomplete(e, line):
-                            self.cut = Cut(line=lineno, char=char - len(line), complete_records=number)
-                            log.warning("%s: last line %d is cut off; kept %d records", path, lineno, number)
-                            return
-                        problem = f"line {lineno} is not valid JSON ({e.msg} at column {e.colno})"
-                        yield RawRecord(self.name, number, lineno, None, error=problem)
+        with open(path, "rb") as f:
+            for lineno, raw in enumerate(f, start=1):
+                if lineno == 1:
+                    raw = raw.removeprefix(b"\xef\xbb\xbf")  # a byte-order mark
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    # One bad line, not a bad file: the other lines are still records (and skippable).
+                    char += len(raw.decode("utf-8", "surrogateescape"))
+                    problem = f"line {lineno} is not UTF-8 text (byte {raw[e.start]:#04x} at byte {e.start + 1})"
+                    yield RawRecord(self.name, number, lineno, None, error=problem, reason="invalid_text")
                     number += 1
-            except UnicodeDecodeError as e:
-                raise FusechatError(f"{path}: not UTF-8 text ({e}); convert it to UTF-8") from None
+                    continue
+                char += len(line)
+                if not line.strip():
+                    continue
+                try:
+                    yield RawRecord(self.name, number, lineno, json.loads(line))
+                except json.JSONDecodeError as e:
+                    if not line.endswith("\n") and may_be_incomplete(e, line):
+                        self.cut = Cut(line=lineno, char=char - len(line), complete_records=number)
+                        log.warning("%s: last line %d is cut off; kept %d records", path, lineno, number)
+                        return
+                    problem = f"line {lineno} is not valid JSON ({e.msg} at column {e.colno})"
+                    yield RawRecord(self.name, number, lineno, None, error=problem)
+                except RecursionError:
+                    problem = f"line {lineno} is JSON nested too deeply to read (over {sys.getrecursionlimit()} levels)"
+                    yield RawRecord(self.name, number, lineno, None, error=problem)
+                number += 1
 
     def describe(self) -> dict:
         if self._sha256 is None:
@@ -150,17 +163,14 @@ def file_kind(path: Path) -> str:
         head = f.read(4)
     if head.startswith(b"PAR1"):
         return "parquet"
-    try:
-        with open(path, encoding="utf-8-sig") as f:
-            text: list[str] = []  # the first two non-blank lines, each read only up to SNIFF_CHARS
-            for _ in range(100):
-                line = f.readline(SNIFF_CHARS)
-                if line.strip():
-                    text.append(line)
-                if len(text) == 2 or not line.endswith("\n"):
-                    break
-    except UnicodeDecodeError as e:
-        raise FusechatError(f"{path}: not UTF-8 text ({e}); convert it to UTF-8") from None
+    with open(path, encoding="utf-8-sig", errors="surrogateescape") as f:  # bad bytes: found per record later
+        text: list[str] = []  # the first two non-blank lines, each read only up to SNIFF_CHARS
+        for _ in range(100):
+            line = f.readline(SNIFF_CHARS)
+            if line.strip():
+                text.append(line)
+            if len(text) == 2 or not line.endswith("\n"):
+                break
     if len(text) < 2 or not text[0].lstrip().startswith("{") or not text[0].endswith("\n"):
         return "json"  # a list, a pretty-printed object, or one line (possibly longer than the sniff)
     try:

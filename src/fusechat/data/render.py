@@ -87,6 +87,10 @@ class ChatRenderer:
             raise FusechatError(f"chat template from {self.origin}: Jinja syntax error: {e}") from None
         except jinja2.TemplateError as e:
             raise TemplateRefused(str(e)) from None
+        except (ArithmeticError, LookupError, TypeError, ValueError, AttributeError, RecursionError) as e:
+            # The template is the user's code: `{{ 1 / n }}`, `messages[9]`, `'a' + 1` raise plain Python
+            # errors out of the Jinja sandbox. They are a refusal of this conversation, not a fusechat bug.
+            raise TemplateRefused(f"{type(e).__name__}: {e}") from None
         return list(out)
 
     def render(self, messages: list[dict]) -> Rendered:

@@ -36,6 +36,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--judge-url", help="OpenAI-compatible base URL for MT-Bench judging (or FUSECHAT_JUDGE_BASE_URL)")
     p.add_argument("--judge-model", help="judge model name (or FUSECHAT_JUDGE_MODEL); key: FUSECHAT_JUDGE_API_KEY")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--trust-remote-code", action="store_true", help="run the model repositories' own code")
+    p.add_argument("--allow-pickle", action="store_true", help="accept pickled .bin weights (runs their code)")
     p.set_defaults(func=_run)
 
 
@@ -94,6 +96,8 @@ def _run(args: argparse.Namespace) -> int:
         "judge_url": args.judge_url,
         "judge_model": args.judge_model,
         "progress": not args.no_progress,
+        "trust_remote_code": args.trust_remote_code,
+        "allow_pickle": args.allow_pickle,
     }
     if args.gsm_seed is not None:
         opts["gsm_seed"] = args.gsm_seed

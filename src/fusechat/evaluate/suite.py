@@ -36,8 +36,14 @@ def load_for_eval(name: str, model_dir: Path, opts: EvalOptions) -> Loaded:
     from fusechat.teacher.teach import pick_device, pick_dtype
 
     device = pick_device(opts.device)
-    tokenizer = load_tokenizer(model_dir)
-    model = load_model(model_dir, dtype=pick_dtype(opts.dtype, device), device=device).eval()
+    tokenizer = load_tokenizer(model_dir, trust_remote_code=opts.trust_remote_code)
+    model = load_model(
+        model_dir,
+        dtype=pick_dtype(opts.dtype, device),
+        device=device,
+        trust_remote_code=opts.trust_remote_code,
+        allow_pickle=opts.allow_pickle,
+    ).eval()
     backbone, head = model_parts(model)
     check_head(model, backbone, head, torch.tensor([tokenizer("Hello, world.")["input_ids"]], device=device))
     text = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
@@ -45,13 +51,13 @@ def load_for_eval(name: str, model_dir: Path, opts: EvalOptions) -> Loaded:
     return Loaded(name, model, tokenizer, backbone, head, device, min(int(limit), opts.max_tokens))
 
 
-def _check_names(models: dict[str, str | os.PathLike]) -> dict[str, Path]:
+def _check_names(models: dict[str, str | os.PathLike], allow_pickle: bool = False) -> dict[str, Path]:
     dirs = {}
     for name, spec in models.items():
         if not name or "/" in name or name.startswith("."):
             raise FusechatError(f"model name {name!r}: use a plain name (no '/'), e.g. NAME=PATH")
         path = resolve_model_dir(spec)
-        check_model_dir(path)
+        check_model_dir(path, allow_pickle)
         dirs[name] = path
     if not dirs:
         raise FusechatError("evaluate: give at least one model")
@@ -75,7 +81,7 @@ def evaluate(models: dict[str, str | os.PathLike], suite: list[str] | str, out: 
     except TypeError as e:
         raise FusechatError(f"evaluate: {e}") from None
     names = parse_suite(suite)
-    dirs = _check_names(models)
+    dirs = _check_names(models, options.allow_pickle)
     from fusechat.assets import cache_dir
 
     cache = ResultCache(options.cache_dir or cache_dir() / "eval")

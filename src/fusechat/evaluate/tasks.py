@@ -47,6 +47,8 @@ class EvalOptions:
     judge_url: str | None = None
     judge_model: str | None = None
     progress: bool = True
+    trust_remote_code: bool = False  # run a model repository's own Python code (auto_map)
+    allow_pickle: bool = False  # read pickled .bin/.pt weights (loading a pickle runs code)
 
 
 @dataclass

@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
-from fusechat.errors import FusechatError
+from fusechat.errors import FusechatError, yaml_error
 from fusechat.merge.params import ConfigProblem, Setting, normalise_setting, scalars
 from fusechat.merge.registry import METHODS, REQUIRED, MethodSpec
 
@@ -230,7 +230,9 @@ def load_config(source: MergeConfig | Mapping[str, Any] | str | os.PathLike) -> 
         try:
             source = yaml.safe_load(path.read_text())
         except yaml.YAMLError as e:
-            raise FusechatError(f"{path}: not valid YAML ({e})") from None
+            raise yaml_error(path, e) from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise FusechatError(f"{path}: cannot read the merge config ({e}); give a UTF-8 YAML file") from None
         if not isinstance(source, Mapping):
             raise FusechatError(f"{path}: a merge config is a YAML mapping with merge_method, models, ...")
     try:

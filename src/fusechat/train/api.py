@@ -186,6 +186,8 @@ def train(
     lora_rank: int | None = None,
     lora_alpha: float | None = None,
     callbacks: list | None = None,
+    trust_remote_code: bool = False,
+    allow_pickle: bool = False,
     **trainer_options: Any,
 ) -> Path:
     """Fine-tune `pivot` on the training targets in `targets`; write a Hugging Face checkpoint to `out`.
@@ -219,12 +221,12 @@ def train(
     settings.check()
     out = Path(out)
     pivot_dir = resolve_model_dir(pivot)
-    check_model_dir(pivot_dir)
-    tokenizer = load_tokenizer(pivot_dir)
+    check_model_dir(pivot_dir, allow_pickle)
+    tokenizer = load_tokenizer(pivot_dir, trust_remote_code=trust_remote_code)
     pivot_fp = tokenizer_fingerprint(tokenizer)
     store = _open_targets(targets, clm_only, pivot_fp)
     dataset = TargetsDataset(store, max_length=max_length, with_targets=not clm_only)
-    vocab = AutoConfig.from_pretrained(pivot_dir).get_text_config().vocab_size
+    vocab = AutoConfig.from_pretrained(pivot_dir, trust_remote_code=trust_remote_code).get_text_config().vocab_size
     top = dataset.max_target_id()
     if top >= vocab:
         raise FusechatError(f"{targets}: token id {top} is beyond the pivot's vocabulary ({vocab}); wrong pivot?")
@@ -252,7 +254,7 @@ def train(
     manifest["fingerprint"] = fingerprint(fp_inputs)
 
     args = _training_args(out, dict(trainer_options))
-    run = _Run(args, settings, pivot_dir, tokenizer, dataset, manifest, out, callbacks)
+    run = _Run(args, settings, pivot_dir, tokenizer, dataset, manifest, out, callbacks, trust_remote_code, allow_pickle)
     with contextlib.ExitStack() as stack:
         # The main process claims the directory and writes its incomplete manifest before the others look.
         with args.main_process_first(local=False, desc="prepare the output directory"):
@@ -288,6 +290,8 @@ class _Run:
     manifest: dict[str, Any]
     out: Path
     callbacks: list | None
+    trust_remote_code: bool = False
+    allow_pickle: bool = False
 
     def __call__(self, resume: str | None) -> Path:
         from fusechat.models import load_model
@@ -296,7 +300,7 @@ class _Run:
         from fusechat.train.trainer import FusionTrainer, LossConfig
 
         s, args = self.settings, self.args
-        model = load_model(self.pivot_dir)
+        model = load_model(self.pivot_dir, trust_remote_code=self.trust_remote_code, allow_pickle=self.allow_pickle)
         model.config.use_cache = False
         if s.lora_rank is not None:
             model = _with_lora(model, s.lora_rank, s.lora_alpha)

@@ -32,7 +32,11 @@ def _trainer_arg(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
     key, value = text.split("=", 1)
-    return key.strip(), yaml.safe_load(value)
+    try:
+        return key.strip(), yaml.safe_load(value)
+    except yaml.YAMLError as e:
+        problem = f"{key.strip()}: value {value!r} is not valid YAML ({e.__class__.__name__})"
+        raise argparse.ArgumentTypeError(problem) from None
 
 
 def register(subparsers: Any) -> None:
@@ -48,6 +52,8 @@ def register(subparsers: Any) -> None:
     add("--out", required=True, help="output checkpoint directory")
     add("--lambda", dest="lam", type=float, default=0.9, help="weight of the CLM term (default 0.9)")
     add("--clm-only", action="store_true", help="train the CLM-only baseline on the same data")
+    add("--trust-remote-code", action="store_true", help="run the pivot repository's own code")
+    add("--allow-pickle", action="store_true", help="accept pickled .bin pivot weights (runs their code)")
     add("--temperature", type=float, default=1.0, help="temperature of the fusion term (default 1)")
     add("--tail-bucket", action="store_true", help="keep the targets' tail mass as one extra bucket")
     add("--max-length", type=int, default=2048, help="truncate conversations to N tokens (2048)")
@@ -100,6 +106,8 @@ def run(args: argparse.Namespace) -> int:
         keep_checkpoints=args.keep_checkpoints,
         lora_rank=args.lora_rank,
         lora_alpha=args.lora_alpha,
+        trust_remote_code=args.trust_remote_code,
+        allow_pickle=args.allow_pickle,
         **options,
     )
     print(out)
