@@ -290,6 +290,7 @@ class TopKStore:
             )
         self.k = int(self.manifest["top_k"])
         self.n_shards = int(self.manifest["n_shards"])
+        self._checked: set[int] = set()
 
     def __len__(self) -> int:
         return int(self.manifest["counts"]["conversations"])
@@ -297,8 +298,29 @@ class TopKStore:
     def shard_path(self, index: int) -> Path:
         return self.dir / self.manifest["shards"][index]["file"]
 
+    def check_shard(self, index: int) -> None:
+        """Fail unless shard `index` has the size and sha256 its manifest recorded (checked once per store object).
+
+        A truncated or bit-flipped shard can still decode as Parquet (a flipped bit in a float page is valid
+        data), so the checksum, not the decoder, decides whether its bytes are the ones the stage wrote.
+        """
+        if index in self._checked:
+            return
+        info = self.manifest["shards"][index]
+        path = self.dir / info["file"]
+        if not path.is_file():
+            raise FusechatError(f"{path}: missing from the store; rerun the stage that wrote {self.dir}")
+        size = path.stat().st_size
+        if size != info.get("bytes", size) or ("sha256" in info and sha256_file(path) != info["sha256"]):
+            raise FusechatError(
+                f"{path}: does not match the checksum in {self.dir / 'manifest.json'} (truncated or corrupted); "
+                f"delete it and rerun the stage that wrote {self.dir}: the rerun rebuilds the missing shard"
+            )
+        self._checked.add(index)
+
     def read_table(self, index: int, columns: list[str] | None = None) -> pa.Table:
         path = self.shard_path(index)
+        self.check_shard(index)
         try:
             return pq.read_table(path, columns=columns)
         except (OSError, pa.ArrowException) as e:
