@@ -69,6 +69,44 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
+_VERIFIED: dict[tuple[str, int, int], str] = {}
+
+
+def file_entries(directory: str | os.PathLike, names: list[str]) -> dict[str, dict[str, Any]]:
+    """`{name: {bytes, sha256}}` for files of `directory`: what a manifest's `files` promises about them."""
+    directory = Path(directory)
+    return {n: {"bytes": (directory / n).stat().st_size, "sha256": sha256_file(directory / n)} for n in names}
+
+
+def check_files(directory: str | os.PathLike, suffixes: tuple[str, ...] = (".safetensors", ".json")) -> None:
+    """Fail, naming the file, unless every file the manifest's `files` lists (with one of `suffixes`) has the
+    recorded size and sha256. A directory without a manifest or without `files` passes. Each file is hashed at
+    most once per process for a given size and modification time, so loading one model twice costs one hash.
+    """
+    directory = Path(directory)
+    path = directory / MANIFEST
+    if not path.is_file():
+        return
+    try:
+        files = json.loads(path.read_text()).get("files") or {}
+    except (json.JSONDecodeError, AttributeError):
+        raise FusechatError(f"{path}: not valid JSON; rerun the stage that wrote {directory}") from None
+    for name, info in files.items():
+        if not name.endswith(suffixes):
+            continue
+        f = directory / name
+        if not f.is_file():
+            raise FusechatError(f"{f}: listed in {path} but missing; rerun the stage that wrote {directory}")
+        st = f.stat()
+        key = (str(f.resolve()), st.st_size, st.st_mtime_ns)
+        if st.st_size != info.get("bytes") or (_VERIFIED.get(key) or sha256_file(f)) != info.get("sha256"):
+            raise FusechatError(
+                f"{f}: does not match the checksum in {path} (truncated or corrupted); "
+                f"rerun the stage that wrote {directory} into a new directory"
+            )
+        _VERIFIED[key] = info["sha256"]
+
+
 def fingerprint(obj: Any) -> str:
     """A short stable hash of a JSON-serialisable object (keys sorted)."""
     blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode()

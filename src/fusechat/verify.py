@@ -34,6 +34,11 @@ def safetensors_problem(path: Path) -> str | None:
     return None
 
 
+def weight_files(directory: Path) -> list[str]:
+    """The files of a model directory that a manifest's checksums cover: weights and their index."""
+    return sorted(p.name for p in directory.iterdir() if p.suffix == ".safetensors" or p.name.endswith(".index.json"))
+
+
 def verify(directory: str | os.PathLike) -> list[str]:
     """Every problem found in `directory` (empty when it is sound)."""
     directory = Path(directory)
