@@ -161,10 +161,13 @@ def prepare_output_dir(directory: str | os.PathLike, stage: str) -> Path:
 
 
 @contextlib.contextmanager
-def locked(directory: str | os.PathLike, shared: bool = False, name: str = LOCK) -> Iterator[None]:
+def locked(
+    directory: str | os.PathLike, shared: bool = False, name: str = LOCK, label: str | os.PathLike | None = None
+) -> Iterator[None]:
     """Hold an advisory lock on `directory` (exclusive by default); a second holder fails at once.
 
-    `name` picks the lock file, so that processes of one sharded run can each lock only their own shard.
+    `name` picks the lock file, so that processes of one sharded run can each lock only their own shard;
+    `label` is what the refusal names (default: `directory`), for a lock kept beside the output it guards.
     """
     path = Path(directory) / name
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -172,7 +175,9 @@ def locked(directory: str | os.PathLike, shared: bool = False, name: str = LOCK)
         try:
             fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise FusechatError(f"{directory}: another fusechat run is writing here; wait for it or stop it") from None
+            raise FusechatError(
+                f"{label or directory}: another fusechat run is writing here; wait for it or stop it"
+            ) from None
         yield
     finally:
         os.close(fd)

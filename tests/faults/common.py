@@ -198,14 +198,21 @@ def flip_bit(path: Path, where: float = 0.5) -> None:
     path.write_bytes(bytes(data))
 
 
-def reference_run(cmd: list[str], started: Callable[[], bool]) -> float:
-    """Run `cmd` uninterrupted; return how long it kept working after `started()` first held (the kill window)."""
+def reference_run(cmd: list[str], started: Callable[[], bool], finished: Callable[[], bool] | None = None) -> float:
+    """Run `cmd` uninterrupted; return the kill window: from `started()` first holding until `finished()` does
+    (the output is whole; by default, until the process exits)."""
     proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     t0 = time.monotonic()
-    seen = t0 if not wait_for(started, proc) else time.monotonic()
+    seen = time.monotonic() if wait_for(started, proc) else t0
+    end = None
+    while finished is not None and proc.poll() is None:
+        if finished():
+            end = time.monotonic()
+            break
+        time.sleep(0.01)
     _, err = proc.communicate(timeout=TIMEOUT)
     assert proc.returncode == 0, err[-3000:]
-    return max(time.monotonic() - seen, 0.05)
+    return max((end or time.monotonic()) - seen, 0.05)
 
 
 def second_run_refused(stage: str, cmd: list[str], started: Callable[[], bool]) -> str:

@@ -11,6 +11,7 @@ import shutil
 import pyarrow.parquet as pq
 import pytest
 from faults.common import (
+    claims_complete,
     corrupted_input_case,
     flip_bit,
     full_disk_case,
@@ -36,7 +37,7 @@ def setup(world, tmp_path_factory):
         return fusechat("fuse", "--pivot-store", world["pivot_store"], "--aligned", aligned, "--out", out)
 
     ref = root / "reference"
-    window = reference_run(cmd(ref), lambda: (ref / "manifest.json").exists())
+    window = reference_run(cmd(ref), lambda: (ref / "manifest.json").exists(), lambda: claims_complete(ref))
     return {"root": root, "cmd": cmd, "ref": ref, "window": window, "world": world}
 
 

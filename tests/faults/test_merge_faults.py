@@ -50,7 +50,7 @@ def setup(world, tmp_path_factory):
         return fusechat("merge", cfg, out, "--max-shard-size", "2e6")
 
     ref = root / "reference"
-    window = reference_run(cmd(ref), lambda: bool(partials(ref)))
+    window = reference_run(cmd(ref), lambda: bool(partials(ref)), ref.exists)
     return {"root": root, "cmd": cmd, "ref": ref, "window": window, "world": world, "config": config}
 
 
@@ -106,5 +106,6 @@ def test_corrupted_checkpoint_is_caught_by_name(setup, tmp_path, damage):
 
 def test_second_run_on_the_same_output_refuses(setup, tmp_path):
     out = tmp_path / "out"
-    second_run_refused("merge", setup["cmd"](out), lambda: bool(partials(out)))
+    line = second_run_refused("merge", setup["cmd"](out), lambda: bool(partials(out)))
+    assert f"{out}: another fusechat run" in line
     same_as_reference(setup)(out)

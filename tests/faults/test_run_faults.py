@@ -12,6 +12,7 @@ import json
 import pytest
 import yaml
 from faults.common import (
+    claims_complete,
     fusechat,
     kill_sweep,
     manifest,
@@ -64,7 +65,8 @@ def setup(world, tmp_path_factory):
         return fusechat("run", recipe_file(run_root, world))
 
     ref = root / "reference"
-    window = reference_run(cmd(ref), lambda: (ref / "run" / "pipeline.json").exists())
+    report = ref / "run" / "report"
+    window = reference_run(cmd(ref), lambda: (ref / "run" / "pipeline.json").exists(), lambda: claims_complete(report))
     return {"root": root, "cmd": cmd, "ref": ref / "run", "window": window}
 
 

@@ -12,6 +12,7 @@ import shutil
 import pytest
 import torch
 from faults.common import (
+    claims_complete,
     corrupted_input_case,
     flip_bit,
     full_disk_case,
@@ -40,7 +41,7 @@ def setup(world, tmp_path_factory):
         )  # fmt: skip
 
     ref = root / "reference"
-    window = reference_run(cmd(ref), lambda: (ref / "checkpoints").exists())
+    window = reference_run(cmd(ref), lambda: (ref / "checkpoints").exists(), lambda: claims_complete(ref))
     return {"root": root, "cmd": cmd, "ref": ref, "window": window, "world": world}
 
 

@@ -73,7 +73,7 @@ def merge(
         fp = fingerprint({"config": cfg.to_yaml_dict(), "options": options, "inputs": _input_identity(plan)})
         tokenizer_dir = _tokenizer_dir(cfg, plan)
         out.parent.mkdir(parents=True, exist_ok=True)
-        with locked(out.parent, name=f".{out.name}.lock"):
+        with locked(out.parent, name=f".{out.name}.lock", label=out):
             if out.exists():
                 if exist_ok and _complete_with(out, fp):
                     log.info("%s: already holds this merge; nothing to do", out)
