@@ -39,6 +39,22 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         raise
 
 
+def remove_temporaries(directory: str | os.PathLike, name: str = "*") -> int:
+    """Delete the temporary files (`.NAME.*.tmp`) a killed writer of `name` left in `directory`; return how many.
+
+    A SIGKILL gives the writer no chance to clean up, and a shard's temporary file can be gigabytes. Call this
+    only while holding the lock that makes the caller the sole writer of `name` in `directory`.
+    """
+    removed = 0
+    for p in Path(directory).glob(f".{name}.*.tmp"):
+        if not p.is_file():
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
+            removed += 1
+    return removed
+
+
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     """Write `obj` as indented JSON, atomically."""
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())

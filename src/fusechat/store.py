@@ -21,7 +21,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from fusechat.errors import FusechatError
-from fusechat.manifest import atomic_path, atomic_write_json, read_manifest, sha256_file, write_manifest
+from fusechat.manifest import (
+    atomic_path,
+    atomic_write_json,
+    read_manifest,
+    remove_temporaries,
+    sha256_file,
+    write_manifest,
+)
 
 FORMAT = "fusechat.topk-store"
 FORMAT_VERSION = 1
@@ -95,7 +102,11 @@ def _fixed(values: np.ndarray, width: int, value_type: pa.DataType) -> pa.Array:
 
 
 class ShardWriter:
-    """Writes one shard: rows are buffered into row groups, the file is renamed into place on `close()`."""
+    """Writes one shard: rows are buffered into row groups, the file is renamed into place on `close()`.
+
+    Only the process that owns shard `index` (under its stage's lock) creates its writer, so the writer may
+    delete the temporary files an earlier, killed writer of the same shard left behind.
+    """
 
     def __init__(self, store_dir: str | os.PathLike, index: int, n_shards: int, k: int, extra: pa.Schema | None = None):
         self.store_dir, self.index, self.n_shards, self.k = Path(store_dir), index, n_shards, k
@@ -103,6 +114,8 @@ class ShardWriter:
         for f in extra or []:
             self.schema = self.schema.append(f)
         self.path = self.store_dir / shard_name(index, n_shards)
+        for name in (self.path.name, self.path.with_suffix(".json").name):  # what a killed writer left
+            remove_temporaries(self.store_dir, name)
         self._ctx = atomic_path(self.path)
         self._tmp = self._ctx.__enter__()
         self._writer = pq.ParquetWriter(self._tmp, self.schema, **PARQUET_OPTIONS)

@@ -152,6 +152,8 @@ def kill_sweep(
             again = run(cmd(out))
             assert again.returncode == 0, again.stderr[-3000:]
             no_false_complete(outs(out))
+            leftovers = [p for d in outs(out) if d.is_dir() for p in d.glob(".*.tmp") if p.is_file()]
+            assert not leftovers, f"temporary files of the killed run survived the rerun: {leftovers}"
         check_same(out)
         tally.recovered += 1
     tally.save()

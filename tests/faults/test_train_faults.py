@@ -1,6 +1,6 @@
 """Faults in `fusechat train` through the real CLI: kill -9, a full disk, corrupted targets, two runs.
 
-Training checkpoints every step here, so a kill resumes from the Trainer's newest whole checkpoint (a
+Training checkpoints every other step here, so a kill resumes from the Trainer's newest whole checkpoint (a
 checkpoint cut off while being saved is discarded). The resumed weights are compared with an uninterrupted
 run's within float tolerance; whether they are also bitwise equal is recorded for the figures.
 """
@@ -21,12 +21,15 @@ from faults.common import (
     manifest,
     record,
     reference_run,
+    run,
     second_run_refused,
     truncate,
 )
 from safetensors.torch import load_file
 
-STEPS = 8
+from fusechat.verify import verify
+
+STEPS = 24
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +39,7 @@ def setup(world, tmp_path_factory):
     def cmd(out, targets=world["fused"]):
         return fusechat(
             "train", "--pivot", world["pivot"], "--targets", targets, "--out", out, "--max-steps", STEPS,
-            "--batch-size", 2, "--save-steps", 1, "--seed", 0, "--lr", "1e-3", "--report-to", "none",
+            "--batch-size", 2, "--save-steps", 2, "--seed", 0, "--lr", "1e-3", "--report-to", "none",
             "--max-length", 256,
         )  # fmt: skip
 
@@ -94,6 +97,14 @@ def test_corrupted_targets_shard_is_caught_by_name(setup, tmp_path, damage):
     line = corrupted_input_case("train", setup["cmd"](out, targets=store), victim,
                                 truncate if damage == "truncated" else flip_bit, damage)  # fmt: skip
     assert "checksum" in line and not (out / "checkpoints").exists()
+    # The documented repair: delete the damaged shard and rerun the stage that wrote the store.
+    victim.unlink()
+    world = setup["world"]
+    repaired = run(fusechat("fuse", "--pivot-store", world["pivot_store"], "--aligned", world["aligned"],
+                            "--out", store))  # fmt: skip
+    assert repaired.returncode == 0, repaired.stderr[-2000:]
+    assert manifest(store)["shards"] == manifest(world["fused"])["shards"] and verify(store) == []
+    record("repair", "fuse", kind=damage, repaired=True)
 
 
 def test_second_run_on_the_same_output_refuses(setup, tmp_path):

@@ -28,6 +28,7 @@ from fusechat.manifest import (
     locked,
     prepare_output_dir,
     read_manifest,
+    remove_temporaries,
     write_manifest,
 )
 from fusechat.train.card import model_card
@@ -292,6 +293,7 @@ def train(
             if args.should_save:
                 prepare_output_dir(out, STAGE)
                 stack.enter_context(locked(out))
+                remove_temporaries(out)  # left by a killed run; this process is now the only writer
             resume = _previous_run(out, manifest["fingerprint"])
             if args.should_save and resume != "done":
                 write_manifest(out, manifest, complete=False)
