@@ -121,21 +121,29 @@ def kill_sweep(
     kills: int,
     seed: int,
     done: Callable[[Path], bool] = claims_complete,
+    progress: Callable[[Path], int] | None = None,
+    units: int = 1,
 ) -> KillTally:
     """Kill `kills` runs of `cmd` with SIGKILL and rerun each to completion.
 
     Each run is killed a seeded random delay in [0, window) seconds after `started(out)` first holds (the stage
-    has begun writing), so most kills land mid-work. After the kill no output may claim `complete` while it is
+    has begun writing), so most kills land mid-work. With `progress` (units of work the output shows done:
+    shards, checkpoints, steps) and `units`, each run is instead killed a random fraction of one unit's time
+    after a random number of units are done, which spreads the kills over the whole run whatever the load on
+    the machine (a timed delay alone lands after the end whenever the machine is faster than it was for the
+    reference run). After the kill no output may claim `complete` while it is
     damaged; the rerun must exit 0, and `check_same(out)` compares its result with the uninterrupted run's.
     """
     rng = random.Random(seed)
     tally = KillTally(stage)
     for trial in range(kills):
         out = root / f"{stage}-killed-{trial}"
-        delay = rng.uniform(0.0, window)
+        at = rng.randrange(units) if progress is not None else 0
+        delay = rng.uniform(0.0, window / units if progress is not None else window)
         proc = subprocess.Popen(cmd(out), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            if wait_for(lambda out=out: started(out), proc):
+            ready = (lambda o=out, a=at: started(o) and progress(o) >= a) if progress else (lambda o=out: started(o))
+            if wait_for(ready, proc):
                 time.sleep(delay)
         finally:
             proc.send_signal(signal.SIGKILL)

@@ -25,6 +25,10 @@ from faults.common import (
 )
 
 
+def shards_done(store):
+    return sum(1 for p in store.glob("shard-*.json") if not p.name.endswith(".stats.json"))
+
+
 def shard_hashes(store):
     return [s["sha256"] for s in manifest(store)["shards"]]
 
@@ -50,7 +54,7 @@ def _sweep(setup, kills, seed):
 
     return kill_sweep(
         "fuse", setup["cmd"], lambda o: [o], lambda o: (o / "manifest.json").exists(), setup["window"], same,
-        setup["root"] / f"sweep-{seed}", kills, seed,
+        setup["root"] / f"sweep-{seed}", kills, seed, progress=shards_done, units=manifest(ref)["n_shards"],
     )  # fmt: skip
 
 

@@ -66,6 +66,8 @@ def _sweep(setup, kills, seed):
     return kill_sweep(
         "merge", setup["cmd"], lambda o: [o, *partials(o)], lambda o: bool(partials(o)) or o.exists(),
         setup["window"], same_as_reference(setup), setup["root"] / f"sweep-{seed}", kills, seed,
+        progress=lambda o: sum(len(list(p.glob("*.safetensors"))) for p in partials(o)),
+        units=len([f for f in manifest(setup["ref"])["files"] if f.endswith(".safetensors")]),
     )  # fmt: skip
 
 

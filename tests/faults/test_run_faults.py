@@ -115,8 +115,16 @@ def _sweep(setup, kills, seed):
         return bool(status and status.returncode == 0 and status.stdout.splitlines()[-1].endswith("complete")
                     and "partial" not in status.stdout and "missing" not in status.stdout)  # fmt: skip
 
+    def steps_done(run_root):
+        try:
+            return len(json.loads((run_root / "run" / "pipeline.json").read_text())["done"])
+        except (OSError, ValueError, KeyError):
+            return 0
+
+    units = len(json.loads((setup["ref"] / "pipeline.json").read_text())["steps"])
     return kill_sweep("run", setup["cmd"], outs, started, setup["window"], same_run(setup),
-                      setup["root"] / f"sweep-{seed}", kills, seed, done=done)  # fmt: skip
+                      setup["root"] / f"sweep-{seed}", kills, seed, done=done, progress=steps_done,
+                      units=units)  # fmt: skip
 
 
 def test_kill_9_then_rerun_gives_the_same_run(setup):

@@ -67,6 +67,7 @@ def _sweep(setup, kills, seed):
     return kill_sweep(
         "train", setup["cmd"], lambda o: [o], lambda o: (o / "checkpoints").exists(), setup["window"],
         same_weights(setup), setup["root"] / f"sweep-{seed}", kills, seed,
+        progress=lambda o: len(list((o / "checkpoints").glob("checkpoint-*"))), units=STEPS // 2,
     )  # fmt: skip
 
 
