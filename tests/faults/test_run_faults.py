@@ -127,6 +127,7 @@ def _sweep(setup, kills, seed):
                       units=units)  # fmt: skip
 
 
+@pytest.mark.slow  # a whole recipe per run: test_pipeline_e2e covers the recipe itself by default
 def test_kill_9_then_rerun_gives_the_same_run(setup):
     tally = _sweep(setup, kills=1, seed=51)
     assert tally.recovered == 1
@@ -138,6 +139,7 @@ def test_kill_9_sweep(setup):
     assert tally.recovered == 10 and tally.mid_work >= 8
 
 
+@pytest.mark.slow
 def test_second_run_on_the_same_run_directory_refuses(setup, tmp_path):
     second_run_refused("run", setup["cmd"](tmp_path), lambda: started(tmp_path))
     same_run(setup)(tmp_path)

@@ -108,6 +108,7 @@ def test_corrupted_targets_shard_is_caught_by_name(setup, tmp_path, damage):
     record("repair", "fuse", kind=damage, repaired=True)
 
 
+@pytest.mark.slow  # two training runs; the lock itself is the one align, fuse and merge show by default
 def test_second_run_on_the_same_output_refuses(setup, tmp_path):
     out = tmp_path / "out"
     second_run_refused("train", setup["cmd"](out), lambda: (out / "manifest.json").exists())
