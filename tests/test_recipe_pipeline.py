@@ -82,10 +82,12 @@ def test_pipeline_skips_redoes_and_resumes(tmp_path):
     assert calls == ["a", "b", "a", "b"]  # a's settings changed: a and everything after it are redone
     write_manifest(tmp_path / "b", {"stage": "b"}, complete=False)  # b was killed part-way
     pipe = Pipeline(tmp_path, _steps(tmp_path, calls, settings=2))
-    assert [s for _, s, _ in pipe.status()] == ["done", "partial"]
+    assert [s.state for s in pipe.status()] == ["complete", "partial"]
     pipe.run(echo=lambda s: None)
     assert calls[-1] == "b" and len(calls) == 5
-    assert json.loads((tmp_path / "pipeline.json").read_text()).keys() == {"a", "b"}
+    state = json.loads((tmp_path / "pipeline.json").read_text())
+    assert state["done"].keys() == {"a", "b"} and [s["name"] for s in state["steps"]] == ["a", "b"]
+    assert all(d["seconds"] >= 0 and d["finished"] for d in state["done"].values())
 
 
 def test_pipeline_refuses_outputs_outside_workdir(tmp_path):

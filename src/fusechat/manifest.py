@@ -39,6 +39,22 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         raise
 
 
+def remove_temporaries(directory: str | os.PathLike, name: str = "*") -> int:
+    """Delete the temporary files (`.NAME.*.tmp`) a killed writer of `name` left in `directory`; return how many.
+
+    A SIGKILL gives the writer no chance to clean up, and a shard's temporary file can be gigabytes. Call this
+    only while holding the lock that makes the caller the sole writer of `name` in `directory`.
+    """
+    removed = 0
+    for p in Path(directory).glob(f".{name}.*.tmp"):
+        if not p.is_file():
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
+            removed += 1
+    return removed
+
+
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     """Write `obj` as indented JSON, atomically."""
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
@@ -67,6 +83,44 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+_VERIFIED: dict[tuple[str, int, int], str] = {}
+
+
+def file_entries(directory: str | os.PathLike, names: list[str]) -> dict[str, dict[str, Any]]:
+    """`{name: {bytes, sha256}}` for files of `directory`: what a manifest's `files` promises about them."""
+    directory = Path(directory)
+    return {n: {"bytes": (directory / n).stat().st_size, "sha256": sha256_file(directory / n)} for n in names}
+
+
+def check_files(directory: str | os.PathLike, suffixes: tuple[str, ...] = (".safetensors", ".json")) -> None:
+    """Fail, naming the file, unless every file the manifest's `files` lists (with one of `suffixes`) has the
+    recorded size and sha256. A directory without a manifest or without `files` passes. Each file is hashed at
+    most once per process for a given size and modification time, so loading one model twice costs one hash.
+    """
+    directory = Path(directory)
+    path = directory / MANIFEST
+    if not path.is_file():
+        return
+    try:
+        files = json.loads(path.read_text()).get("files") or {}
+    except (json.JSONDecodeError, AttributeError):
+        raise FusechatError(f"{path}: not valid JSON; rerun the stage that wrote {directory}") from None
+    for name, info in files.items():
+        if not name.endswith(suffixes):
+            continue
+        f = directory / name
+        if not f.is_file():
+            raise FusechatError(f"{f}: listed in {path} but missing; rerun the stage that wrote {directory}")
+        st = f.stat()
+        key = (str(f.resolve()), st.st_size, st.st_mtime_ns)
+        if st.st_size != info.get("bytes") or (_VERIFIED.get(key) or sha256_file(f)) != info.get("sha256"):
+            raise FusechatError(
+                f"{f}: does not match the checksum in {path} (truncated or corrupted); "
+                f"rerun the stage that wrote {directory} into a new directory"
+            )
+        _VERIFIED[key] = info["sha256"]
 
 
 def fingerprint(obj: Any) -> str:
@@ -123,10 +177,13 @@ def prepare_output_dir(directory: str | os.PathLike, stage: str) -> Path:
 
 
 @contextlib.contextmanager
-def locked(directory: str | os.PathLike, shared: bool = False, name: str = LOCK) -> Iterator[None]:
+def locked(
+    directory: str | os.PathLike, shared: bool = False, name: str = LOCK, label: str | os.PathLike | None = None
+) -> Iterator[None]:
     """Hold an advisory lock on `directory` (exclusive by default); a second holder fails at once.
 
-    `name` picks the lock file, so that processes of one sharded run can each lock only their own shard.
+    `name` picks the lock file, so that processes of one sharded run can each lock only their own shard;
+    `label` is what the refusal names (default: `directory`), for a lock kept beside the output it guards.
     """
     path = Path(directory) / name
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -134,7 +191,9 @@ def locked(directory: str | os.PathLike, shared: bool = False, name: str = LOCK)
         try:
             fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise FusechatError(f"{directory}: another fusechat run is writing here; wait for it or stop it") from None
+            raise FusechatError(
+                f"{label or directory}: another fusechat run is writing here; wait for it or stop it"
+            ) from None
         yield
     finally:
         os.close(fd)

@@ -50,6 +50,24 @@ def check_model_dir(path: Path, allow_pickle: bool = False) -> None:
         )
     if not safetensors and not pickled:
         raise FusechatError(f"{path}: no weights (*.safetensors) found")
+    check_weights(path, safetensors)
+
+
+def check_weights(path: Path, safetensors: list[Path]) -> None:
+    """Refuse truncated or corrupted weights before they are read as numbers.
+
+    Every safetensors file must end where its own header says (cheap, catches a cut copy of any model); a
+    fusechat output (train, merge) is also checked against the sha256 its manifest recorded, which catches a
+    flipped bit that still parses.
+    """
+    from fusechat.manifest import check_files
+    from fusechat.verify import safetensors_problem
+
+    for f in sorted(safetensors):
+        problem = safetensors_problem(f)
+        if problem is not None:
+            raise FusechatError(f"{problem}; replace the file or rerun the stage that wrote it")
+    check_files(path)
 
 
 def has_chat_template(path: Path) -> bool:

@@ -1,7 +1,8 @@
 """Run a recipe's stages in order, skipping what is done and redoing what is stale.
 
 Each step has a fingerprint: its settings plus the fingerprints of the steps it reads. `WORKDIR/pipeline.json`
-records the fingerprint each finished step was made with; a step whose fingerprint is unchanged and whose output
+records the planned steps and, for each finished step, the fingerprint it was made with, when it finished and
+how long it took; a step whose fingerprint is unchanged and whose output
 manifest says `complete` is skipped, a step whose inputs changed is removed and redone, and an unfinished step
 is rerun, which for sharded or checkpointed stages resumes where it stopped. Stages are the same functions the
 single commands call; this module only wires them together.
@@ -15,6 +16,7 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 from fusechat.errors import FusechatError
@@ -22,6 +24,7 @@ from fusechat.manifest import MANIFEST, atomic_write_json, fingerprint, locked
 
 log = logging.getLogger(__name__)
 STATE = "pipeline.json"
+STATE_FORMAT = "fusechat.pipeline-state"
 
 
 @dataclass
@@ -67,50 +70,81 @@ class Pipeline:
             fps[s.name] = fingerprint({"settings": s.settings, "needs": {n: fps[n] for n in s.needs}})
         return fps
 
-    def status(self) -> list[tuple[str, str, Path]]:
-        """(step, done | stale | partial | todo, output) for every step."""
-        state = self._state()
-        rows = []
-        for s, fp in zip(self.steps, self.fingerprints().values(), strict=True):
-            if state.get(s.name) == fp and _complete(s.out):
-                status = "done"
-            elif s.out.exists() and state.get(s.name) not in (None, fp):
-                status = "stale"
-            elif s.out.exists():
-                status = "partial"
-            else:
-                status = "todo"
-            rows.append((s.name, status, s.out))
-        return rows
+    def status(self) -> list:
+        """A `run_status.StepStatus` (complete | partial | stale | missing, size, times) for every step."""
+        from fusechat.run_status import step_statuses
+
+        fps = self.fingerprints()
+        return step_statuses(self.workdir, [(s.name, s.out, fps[s.name]) for s in self.steps])
 
     def _state(self) -> dict[str, str]:
-        path = self.workdir / STATE
-        return json.loads(path.read_text()) if path.is_file() else {}
+        return done_fingerprints(read_state(self.workdir))
 
     def run(self, echo: Callable[[str], None] = print) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         with locked(self.workdir):
-            state = self._state()
+            record = read_state(self.workdir)
+            done: dict[str, dict] = record["done"]
             fps = self.fingerprints()
+            # The plan goes in first, so that `fusechat status RUN_DIR` can tell every step's state from the
+            # run directory alone (no recipe, no model loaded), even while this run is under way or was killed.
+            record["steps"] = [
+                {"name": s.name, "out": _relative(s.out, self.workdir), "needs": s.needs, "fingerprint": fps[s.name]}
+                for s in self.steps
+            ]
+            atomic_write_json(self.workdir / STATE, record)
             started = time.monotonic()
             for i, s in enumerate(self.steps, 1):
                 fp = fps[s.name]
                 head = f"[{i}/{len(self.steps)}] {s.name}"
-                if state.get(s.name) == fp and _complete(s.out):
+                previous = (done.get(s.name) or {}).get("fingerprint")
+                if previous == fp and _complete(s.out):
                     echo(f"{head}: up to date -> {s.out}")
                     continue
-                if s.out.exists() and state.get(s.name) not in (None, fp):
+                if s.out.exists() and previous not in (None, fp):
                     echo(f"{head}: inputs changed, redoing")
                     shutil.rmtree(s.out)
-                state.pop(s.name, None)
-                atomic_write_json(self.workdir / STATE, state)
+                done.pop(s.name, None)
+                atomic_write_json(self.workdir / STATE, record)
                 t0 = time.monotonic()
                 echo(f"{head}: running (elapsed {_clock(t0 - started)})")
                 if s.run is not None:
                     s.run()
-                state[s.name] = fp
-                atomic_write_json(self.workdir / STATE, state)
-                echo(f"{head}: done in {_clock(time.monotonic() - t0)} -> {s.out}")
+                seconds = time.monotonic() - t0
+                done[s.name] = {"fingerprint": fp, "finished": _now(), "seconds": round(seconds, 3)}
+                atomic_write_json(self.workdir / STATE, record)
+                echo(f"{head}: done in {_clock(seconds)} -> {s.out}")
+
+
+def read_state(workdir: Path) -> dict:
+    """`WORKDIR/pipeline.json`: the planned steps and, per finished step, its fingerprint, end time, duration.
+
+    A file from before the plan was recorded (a flat {step: fingerprint} map) is read as finished steps only.
+    """
+    path = Path(workdir) / STATE
+    if not path.is_file():
+        return {"format": STATE_FORMAT, "steps": [], "done": {}}
+    try:
+        body = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise FusechatError(f"{path}: not valid JSON ({e}); remove it and rerun the recipe to rebuild it") from None
+    if body.get("format") != STATE_FORMAT:  # the flat layout of older runs
+        return {"format": STATE_FORMAT, "steps": [], "done": {k: {"fingerprint": v} for k, v in body.items()}}
+    body.setdefault("steps", [])
+    body.setdefault("done", {})
+    return body
+
+
+def done_fingerprints(record: dict) -> dict[str, str]:
+    return {name: d.get("fingerprint") for name, d in record["done"].items()}
+
+
+def _relative(path: Path, root: Path) -> str:
+    return str(path.resolve().relative_to(root.resolve()))
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def _clock(seconds: float) -> str:

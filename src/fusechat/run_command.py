@@ -1,4 +1,4 @@
-"""`fusechat run RECIPE`, `fusechat status RUN_DIR` and `fusechat demo`: the whole pipeline from one file."""
+"""`fusechat run RECIPE`, `fusechat status RUN_DIR|RECIPE` and `fusechat demo`: the whole pipeline from one file."""
 
 from __future__ import annotations
 
@@ -16,8 +16,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("recipe", help="recipe YAML file")
     p.add_argument("--dry-run", action="store_true", help="show the steps and their state, run nothing")
     p.set_defaults(func=_run)
-    s = sub.add_parser("status", help="which steps of a recipe are done, partial, stale or to do")
-    s.add_argument("recipe", help="recipe YAML file")
+    s = sub.add_parser(
+        "status", help="each step of a run: complete, partial, stale or missing, with its size and times"
+    )
+    s.add_argument("recipe", metavar="RUN_DIR|RECIPE", help="a run directory (holds pipeline.json) or a recipe file")
     s.set_defaults(func=_status)
     d = sub.add_parser("demo", help="the embedded demo: fuse Qwen2.5-Coder and Gemma-3 into SmolLM2 (real models)")
     d.add_argument("--scale", choices=sorted(SCALES), default="demo", help="demo: ~30 min on 2 CPU cores")
@@ -87,9 +89,13 @@ def _run(args: argparse.Namespace, workdir: str | None = None) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
+    from fusechat.run_status import format_table, run_dir_statuses
+
+    if Path(args.recipe).is_dir():  # a run directory: read alone, no recipe, no model
+        print(format_table(run_dir_statuses(args.recipe)))
+        return 0
     _, _, pipe, _ = _pipeline(args.recipe)
-    for name, state, out in pipe.status():
-        print(f"{state:8s} {name:32s} {out}")
+    print(format_table(pipe.status()))
     return 0
 
 

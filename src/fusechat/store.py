@@ -21,7 +21,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from fusechat.errors import FusechatError
-from fusechat.manifest import atomic_path, atomic_write_json, read_manifest, sha256_file, write_manifest
+from fusechat.manifest import (
+    atomic_path,
+    atomic_write_json,
+    read_manifest,
+    remove_temporaries,
+    sha256_file,
+    write_manifest,
+)
 
 FORMAT = "fusechat.topk-store"
 FORMAT_VERSION = 1
@@ -95,7 +102,11 @@ def _fixed(values: np.ndarray, width: int, value_type: pa.DataType) -> pa.Array:
 
 
 class ShardWriter:
-    """Writes one shard: rows are buffered into row groups, the file is renamed into place on `close()`."""
+    """Writes one shard: rows are buffered into row groups, the file is renamed into place on `close()`.
+
+    Only the process that owns shard `index` (under its stage's lock) creates its writer, so the writer may
+    delete the temporary files an earlier, killed writer of the same shard left behind.
+    """
 
     def __init__(self, store_dir: str | os.PathLike, index: int, n_shards: int, k: int, extra: pa.Schema | None = None):
         self.store_dir, self.index, self.n_shards, self.k = Path(store_dir), index, n_shards, k
@@ -103,6 +114,8 @@ class ShardWriter:
         for f in extra or []:
             self.schema = self.schema.append(f)
         self.path = self.store_dir / shard_name(index, n_shards)
+        for name in (self.path.name, self.path.with_suffix(".json").name):  # what a killed writer left
+            remove_temporaries(self.store_dir, name)
         self._ctx = atomic_path(self.path)
         self._tmp = self._ctx.__enter__()
         self._writer = pq.ParquetWriter(self._tmp, self.schema, **PARQUET_OPTIONS)
@@ -290,6 +303,7 @@ class TopKStore:
             )
         self.k = int(self.manifest["top_k"])
         self.n_shards = int(self.manifest["n_shards"])
+        self._checked: set[int] = set()
 
     def __len__(self) -> int:
         return int(self.manifest["counts"]["conversations"])
@@ -297,8 +311,29 @@ class TopKStore:
     def shard_path(self, index: int) -> Path:
         return self.dir / self.manifest["shards"][index]["file"]
 
+    def check_shard(self, index: int) -> None:
+        """Fail unless shard `index` has the size and sha256 its manifest recorded (checked once per store object).
+
+        A truncated or bit-flipped shard can still decode as Parquet (a flipped bit in a float page is valid
+        data), so the checksum, not the decoder, decides whether its bytes are the ones the stage wrote.
+        """
+        if index in self._checked:
+            return
+        info = self.manifest["shards"][index]
+        path = self.dir / info["file"]
+        if not path.is_file():
+            raise FusechatError(f"{path}: missing from the store; rerun the stage that wrote {self.dir}")
+        size = path.stat().st_size
+        if size != info.get("bytes", size) or ("sha256" in info and sha256_file(path) != info["sha256"]):
+            raise FusechatError(
+                f"{path}: does not match the checksum in {self.dir / 'manifest.json'} (truncated or corrupted); "
+                f"delete it and rerun the stage that wrote {self.dir}: the rerun rebuilds the missing shard"
+            )
+        self._checked.add(index)
+
     def read_table(self, index: int, columns: list[str] | None = None) -> pa.Table:
         path = self.shard_path(index)
+        self.check_shard(index)
         try:
             return pq.read_table(path, columns=columns)
         except (OSError, pa.ArrowException) as e:

@@ -34,6 +34,11 @@ def safetensors_problem(path: Path) -> str | None:
     return None
 
 
+def weight_files(directory: Path) -> list[str]:
+    """The files of a model directory that a manifest's checksums cover: weights and their index."""
+    return sorted(p.name for p in directory.iterdir() if p.suffix == ".safetensors" or p.name.endswith(".index.json"))
+
+
 def verify(directory: str | os.PathLike) -> list[str]:
     """Every problem found in `directory` (empty when it is sound)."""
     directory = Path(directory)
@@ -48,7 +53,8 @@ def verify(directory: str | os.PathLike) -> list[str]:
     except json.JSONDecodeError:
         return [f"{path}: not valid JSON"]
     problems = [] if manifest.get("complete") is True else [f"{directory}: not complete (the stage did not finish)"]
-    for info in manifest.get("shards", []) or []:
+    shards = manifest.get("shards")
+    for info in shards if isinstance(shards, list) else []:  # a merge's `shards` is a count, not a list
         f = directory / info["file"]
         problems += _check(f, info.get("bytes"), info.get("sha256"))
     files = manifest.get("files", {}) or {}

@@ -101,9 +101,14 @@ def up_to_date(out: Path, stage: str, fp: str) -> bool:
         return False
     old = read_manifest(out, stage=stage, require_complete=False)
     if old.get("fingerprint") == fp:
-        if old.get("complete"):
+        # A shard deleted after the fact (the recovery for a corrupted one) makes the output resumable again.
+        whole = all(
+            (out / s["file"]).is_file() and (out / s["file"]).stat().st_size == s.get("bytes")
+            for s in old.get("shards") or []
+        )
+        if old.get("complete") and whole:
             log.info("%s: up to date", out)
-        return bool(old.get("complete"))
+        return bool(old.get("complete")) and whole
     for f in out.iterdir():
         if f.name.startswith("shard-") or f.name == MAP_FILE:
             f.unlink()

@@ -47,6 +47,7 @@ from fusechat.manifest import (
     fingerprint,
     locked,
     prepare_output_dir,
+    remove_temporaries,
     write_manifest,
 )
 from fusechat.store import ShardWriter, TopKRecord, TopKStore, finalize, shard_done, shard_name
@@ -212,6 +213,7 @@ def align(
     with locked(out):
         if up_to_date(out, STAGE, fp):
             return out
+        remove_temporaries(out)  # sole writer under the lock: whatever a killed run left is garbage
         pm, sm = piv.manifest, src.manifest
         manifest = {
             "stage": STAGE,

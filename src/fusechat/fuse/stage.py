@@ -18,7 +18,7 @@ import pyarrow as pa
 from fusechat.align.inputs import check_pair, check_row_ids, open_teacher_store, up_to_date
 from fusechat.errors import FusechatError
 from fusechat.fuse import methods
-from fusechat.manifest import fingerprint, locked, prepare_output_dir, write_manifest
+from fusechat.manifest import fingerprint, locked, prepare_output_dir, remove_temporaries, write_manifest
 from fusechat.store import ShardWriter, TopKRecord, TopKStore, finalize, shard_done
 
 log = logging.getLogger(__name__)
@@ -139,6 +139,7 @@ def fuse(
     with locked(out):
         if up_to_date(out, STAGE, fp):
             return out
+        remove_temporaries(out)  # sole writer under the lock: whatever a killed run left is garbage
         write_manifest(out, manifest, complete=False)
         n = piv.n_shards
         selection = {"conversations": dict.fromkeys(names, 0), "ties": 0, "position_ties": 0}

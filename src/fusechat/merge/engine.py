@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from fusechat.errors import FusechatError
-from fusechat.manifest import fingerprint, read_manifest, write_manifest
+from fusechat.manifest import file_entries, fingerprint, locked, read_manifest, write_manifest
 from fusechat.merge import card, explain
 from fusechat.merge.buffers import BufferPool
 from fusechat.merge.checkpoint import ShardedWriter, plan_shards
@@ -33,6 +33,7 @@ from fusechat.merge.methods.varm import Granularity, Variation, variation_sum, w
 from fusechat.merge.params import layer_index, layer_t, resolve
 from fusechat.merge.plan import MergePlan, TensorPlan, plan_merge
 from fusechat.merge.registry import REQUIRED, TensorJob
+from fusechat.verify import weight_files
 
 log = logging.getLogger(__name__)
 
@@ -76,31 +77,18 @@ def merge(
     try:
         options = {"seed": seed, "mergekit_arithmetic": mergekit_arithmetic, "explain": explain_weights}
         fp = fingerprint({"config": cfg.to_yaml_dict(), "options": options, "inputs": _input_identity(plan)})
-        if out.exists():
-            if exist_ok and _complete_with(out, fp):
-                log.info("%s: already holds this merge; nothing to do", out)
-                return out
-            raise FusechatError(f"{out}: already exists; choose another output directory or remove it")
         tokenizer_dir = _tokenizer_dir(cfg, plan)
-        tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)
-        previous_threads = torch.get_num_threads()
-        try:
-            torch.set_num_threads(max(1, threads))
-            with _collector_paused():
-                stats = _run(cfg, plan, tmp, seed, max_shard_bytes, mergekit_arithmetic, explain_weights, compiled)
-            torch.set_num_threads(previous_threads)
-            card.copy_model_files(plan.base.directory, tokenizer_dir, tmp, out_dtype, cfg.chat_template)
-            card.write_model_card(tmp, cfg, options, title=out.name)
-            manifest = {"stage": STAGE, "format_version": FORMAT_VERSION, "fingerprint": fp, **stats}
-            write_manifest(tmp, manifest, complete=True)
-            os.replace(tmp, out)
-        except BaseException:
-            torch.set_num_threads(previous_threads)
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with locked(out.parent, name=f".{out.name}.lock", label=out):
+            if out.exists():
+                if exist_ok and _complete_with(out, fp):
+                    log.info("%s: already holds this merge; nothing to do", out)
+                    return out
+                raise FusechatError(f"{out}: already exists; choose another output directory or remove it")
+            # Under the lock no other merge writes here: a partial directory is a killed run's, drop it.
+            for stale in out.parent.glob(f".{out.name}.partial-*"):
+                shutil.rmtree(stale, ignore_errors=True)
+            _write(cfg, plan, out, fp, options, tokenizer_dir, out_dtype, seed, max_shard_bytes, threads, compiled)
     finally:
         plan.close()
     return out
@@ -120,6 +108,41 @@ def _collector_paused() -> Iterator[None]:
     finally:
         if was_enabled:
             gc.enable()
+
+
+def _write(
+    cfg: MergeConfig,
+    plan: MergePlan,
+    out: Path,
+    fp: str,
+    options: dict[str, Any],
+    tokenizer_dir: Path,
+    out_dtype: torch.dtype | None,
+    seed: int,
+    max_shard_bytes: int,
+    threads: int,
+    compiled: bool,
+) -> None:
+    """Merge into a hidden sibling of `out`, then rename it into place with its manifest complete."""
+    mergekit_arithmetic, explain_weights = options["mergekit_arithmetic"], options["explain"]
+    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
+    tmp.mkdir()
+    previous_threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(max(1, threads))
+        with _collector_paused():
+            stats = _run(cfg, plan, tmp, seed, max_shard_bytes, mergekit_arithmetic, explain_weights, compiled)
+        torch.set_num_threads(previous_threads)
+        card.copy_model_files(plan.base.directory, tokenizer_dir, tmp, out_dtype, cfg.chat_template)
+        card.write_model_card(tmp, cfg, options, title=out.name)
+        manifest = {"stage": STAGE, "format_version": FORMAT_VERSION, "fingerprint": fp, **stats}
+        manifest["files"] = file_entries(tmp, weight_files(tmp))
+        write_manifest(tmp, manifest, complete=True)
+        os.replace(tmp, out)
+    except BaseException:
+        torch.set_num_threads(previous_threads)
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def _dtype(name: str | None) -> torch.dtype | None:

@@ -23,13 +23,16 @@ from typing import Any
 from fusechat.errors import FusechatError
 from fusechat.manifest import (
     atomic_write_bytes,
+    file_entries,
     fingerprint,
     locked,
     prepare_output_dir,
     read_manifest,
+    remove_temporaries,
     write_manifest,
 )
 from fusechat.train.card import model_card
+from fusechat.verify import weight_files
 
 STAGE = "train"
 CHECKPOINTS = "checkpoints"
@@ -149,11 +152,42 @@ def _training_args(out: Path, options: dict[str, Any]) -> Any:
         raise FusechatError(f"invalid trainer options: {e}") from None
 
 
+def _checkpoint_whole(path: Path) -> bool:
+    """True if the Trainer finished writing this checkpoint: trainer_state.json (written last) is valid JSON
+    for the step in the directory's name, and every safetensors file ends where its header says."""
+    from fusechat.verify import safetensors_problem
+
+    try:
+        state = json.loads((path / "trainer_state.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    if str(state.get("global_step")) != path.name.rsplit("-", 1)[-1]:
+        return False
+    return all(safetensors_problem(f) is None for f in path.glob("*.safetensors"))
+
+
 def _latest_checkpoint(out: Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
+    """The newest whole Trainer checkpoint; newer half-written ones (a kill during a save) are removed first.
+
+    The Trainer writes a checkpoint's files in place, so a run killed while saving leaves a directory that
+    `get_last_checkpoint` would pick and `resume_from_checkpoint` would fail on or, worse, half load.
+    """
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
     d = out / CHECKPOINTS
-    return get_last_checkpoint(str(d)) if d.is_dir() else None
+    if not d.is_dir():
+        return None
+    steps = []
+    for p in d.iterdir():
+        tail = p.name.removeprefix(f"{PREFIX_CHECKPOINT_DIR}-")
+        if p.is_dir() and tail != p.name and tail.isdigit():
+            steps.append((int(tail), p))
+    for _, p in sorted(steps, reverse=True):
+        if _checkpoint_whole(p):
+            return str(p)
+        log.warning("%s: half-written checkpoint (the run was stopped while saving it); removing it", p)
+        shutil.rmtree(p, ignore_errors=True)
+    return None
 
 
 def _previous_run(out: Path, fp: str) -> str | None:
@@ -261,11 +295,14 @@ def train(
             if args.should_save:
                 prepare_output_dir(out, STAGE)
                 stack.enter_context(locked(out))
+                remove_temporaries(out)  # left by a killed run; this process is now the only writer
             resume = _previous_run(out, manifest["fingerprint"])
             if args.should_save and resume != "done":
                 write_manifest(out, manifest, complete=False)
         if resume == "done":
             log.info("%s: already trained with the same inputs; nothing to do", out)
+            if args.should_save and not keep_checkpoints:  # left by a run killed right after it finished
+                shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
             return out
         return run(resume)
 
@@ -365,6 +402,8 @@ class _Run:
         # The loss curve, in the Trainer's own trainer_state.json layout, for the report's plots.
         history = json.loads(json.dumps({"log_history": trainer.state.log_history}, default=str))
         atomic_write_bytes(out / "trainer_state.json", json.dumps(history, indent=1).encode())
+        m["files"] = file_entries(out, weight_files(out))
+        write_manifest(out, json.loads(json.dumps(m, default=str)), complete=True)
+        # Only now: a kill before the manifest is complete must still find the checkpoint to resume from.
         if not self.settings.keep_checkpoints:
             shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
-        write_manifest(out, json.loads(json.dumps(m, default=str)), complete=True)
