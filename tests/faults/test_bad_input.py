@@ -21,7 +21,7 @@ from .malformed import CONTAINERS, FAULTS, FORMATS, REFUSING_TEMPLATE, SUFFIX, c
 from .oracle import run_prepare, write_file
 
 COMBOS = list(itertools.product(FORMATS, CONTAINERS))
-# pyproject does not deselect `slow` tests, so the thousand-example variants also need FUSECHAT_SLOW=1.
+# Beyond `-m slow`, the thousand-example variants (about half an hour each here) also need FUSECHAT_SLOW=1.
 AT_SCALE = pytest.mark.skipif(not os.environ.get("FUSECHAT_SLOW"), reason="set FUSECHAT_SLOW=1 to run at scale")
 
 

@@ -24,7 +24,7 @@ from .malformed import CONTAINERS, REFUSING_TEMPLATE, SUFFIX, cases, kinds_for
 from .oracle import expected, write_file
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
-# pyproject does not deselect `slow` tests, so the thousand-example variants also need FUSECHAT_SLOW=1.
+# Beyond `-m slow`, the thousand-example variants (about half an hour each here) also need FUSECHAT_SLOW=1.
 AT_SCALE = pytest.mark.skipif(not os.environ.get("FUSECHAT_SLOW"), reason="set FUSECHAT_SLOW=1 to run at scale")
 
 
