@@ -104,17 +104,18 @@ def build_table(scores: dict, rows: list[dict]) -> tuple[list[str], list[list[st
 def claims(scores: dict, rows: list[dict], items_dir: Path | None = None) -> list[str]:
     """The paper's ordering, checked metric by metric, each margin with its standard error.
 
+    Rows carrying a `seed` are compared within their seed (each target against the CLM-only baseline of the same
+    seed; VaRM against the other merges and targets of that seed), and each comparison present in every seed is
+    then summarised across seeds (mean, and every seed's margin: the spread that training noise gives).
     With `items_dir` (an evaluation output: ITEMS_DIR/MODEL/TASK.jsonl), the error is the paired one over the
     items both models scored, which is what can tell two fine-tunes of one pivot apart; otherwise (or where the
     items cannot be paired) it is the two rows' errors combined, a much looser bound.
     """
     rows = _ordered(rows)
-    base = next((r for r in rows if r["group"] == "clm"), None)
-    fused = [r for r in rows if r["group"] in ("pairwise", "multi")]
-    merges = [r for r in rows if r["group"] == "merge"]
-    varm = next((r for r in merges if "varm" in (r.get("method") or r["model"]).lower()), None)
     tasks = list(dict.fromkeys(t for r in rows for t in scores.get(r["model"], {})))
-    lines = []
+    seeds = list(dict.fromkeys(r.get("seed") for r in rows if r["group"] in ("clm", "pairwise", "multi", "merge")))
+    lines: list[str] = []
+    margins: dict[tuple[str, str, str], list[float]] = {}
 
     def compare(a: dict, b: dict, t: str) -> str | None:
         ca, cb = _cell(scores, a["model"], t), _cell(scores, b["model"], t)
@@ -128,15 +129,30 @@ def claims(scores: dict, rows: list[dict], items_dir: Path | None = None) -> lis
             )
             if pair is not None:
                 gain, se, kind = sign * pair[0], pair[1], f"paired SE, n = {pair[2]}"
+        margins.setdefault((a.get("name", a["model"]), b.get("name", b["model"]), t), []).append(gain)
         z = f", {gain / se:+.1f} {kind}" if se and not math.isnan(se) else ""
         mark = "✓" if gain >= 0 else "✗"
         return f"{mark} {a.get('label', a['model'])} vs {b.get('label', b['model'])} on {t}: {gain:+.4f}{z}"
 
-    for t in tasks:
-        if base:
-            lines += [c for r in fused if (c := compare(r, base, t))]
-        if varm:
-            lines += [c for r in merges + fused if r is not varm and (c := compare(varm, r, t))]
+    for seed in seeds:
+        group = [r for r in rows if r.get("seed") == seed]
+        base = next((r for r in group if r["group"] == "clm"), None)
+        fused = [r for r in group if r["group"] in ("pairwise", "multi")]
+        merges = [r for r in group if r["group"] == "merge"]
+        varm = next((r for r in merges if "varm" in (r.get("method") or r["model"]).lower()), None)
+        for t in tasks:
+            if base:
+                lines += [c for r in fused if (c := compare(r, base, t))]
+            if varm:
+                lines += [c for r in merges + fused if r is not varm and (c := compare(varm, r, t))]
+    if len(seeds) > 1:
+        lines.append(f"Across the {len(seeds)} seeds (mean margin; each seed's margin):")
+        for (a, b, t), gains in margins.items():
+            if len(gains) == len(seeds):
+                mean = sum(gains) / len(gains)
+                mark = "✓" if all(g >= 0 for g in gains) else ("✗" if all(g < 0 for g in gains) else "±")
+                each = ", ".join(f"{g:+.4f}" for g in gains)
+                lines.append(f"{mark} {a} vs {b} on {t}: {mean:+.4f} ({each})")
     return lines
 
 

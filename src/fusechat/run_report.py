@@ -18,14 +18,15 @@ def report_rows(recipe: Recipe, work: Path) -> list[dict]:
     rows.append({"model": "pivot", "group": "pivot", "label": "pivot"})
     for seed in recipe.train.seeds:
         tag = f"-s{seed}"
+        same = {"seed": seed}
         if recipe.train.clm_baseline:
-            rows.append({"model": f"clm{tag}", "group": "clm", "label": f"CLM only{tag}"})
+            rows.append({"model": f"clm{tag}", "group": "clm", "label": f"CLM only{tag}", "name": "CLM only", **same})
         for t in target_names(recipe):
-            rows.append({"model": f"{t}{tag}", "group": "multi" if t == "multi" else "pairwise", "label": f"{t}{tag}"})
+            group = "multi" if t == "multi" else "pairwise"
+            rows.append({"model": f"{t}{tag}", "group": group, "label": f"{t}{tag}", "name": t, **same})
         for m in recipe.merge.methods:
-            rows.append(
-                {"model": f"{m.method}{tag}", "group": "merge", "label": f"{m.method}{tag}", "method": m.method}
-            )
+            merged = {"model": f"{m.method}{tag}", "group": "merge", "label": f"{m.method}{tag}", "name": m.method}
+            rows.append({**merged, "method": m.method, **same})
     return rows
 
 

@@ -150,3 +150,19 @@ def test_write_report_renders_everything(tmp_path):
 def test_unknown_group_is_refused(tmp_path):
     with pytest.raises(ValueError, match="group"):
         write_report(SCORES, [{"model": "qwen", "group": "teacher"}], tmp_path)
+
+
+def test_claims_compare_within_a_seed_and_summarise_across_seeds():
+    scores, rows = {}, []
+    for seed, (clm, tq, varm, lin) in enumerate([(0.98, 0.95, 0.94, 0.955), (0.97, 0.96, 0.95, 0.94)]):
+        tag = f"-s{seed}"
+        for name, group, value in (("clm", "clm", clm), ("t-qwen", "pairwise", tq), ("varm", "merge", varm)):
+            scores[name + tag] = {"bpb": _r("bits_per_byte", value, 0.01)}
+            rows.append({"model": name + tag, "group": group, "label": name + tag, "name": name, "seed": seed})
+        scores["linear" + tag] = {"bpb": _r("bits_per_byte", lin, 0.01)}
+        rows.append({"model": "linear" + tag, "group": "merge", "name": "linear", "seed": seed, "method": "linear"})
+    lines = claims(scores, rows)
+    assert not any("-s0 vs" in x and "-s1" in x.split(" vs ")[1] for x in lines)  # never across seeds
+    assert any(x.startswith("✓ t-qwen-s1 vs clm-s1 on bpb: +0.0100") for x in lines)
+    assert "✓ t-qwen vs clm on bpb: +0.0200 (+0.0300, +0.0100)" in lines
+    assert "± varm vs linear on bpb: +0.0025 (+0.0150, -0.0100)" in lines  # the seeds disagree
