@@ -208,6 +208,25 @@ def flip_bit(path: Path, where: float = 0.5) -> None:
     path.write_bytes(bytes(data))
 
 
+def damaged_store_copy(store: Path, copy: Path, damage: str, stage: str) -> Path:
+    """Copy a top-k store to `copy`, damage its second shard ("truncated" or "bit-flipped"), record whether the
+    damaged file still parses as Parquet (what the checksum is there for), and return the damaged shard."""
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    shutil.copytree(store, copy)
+    victim = copy / manifest(copy)["shards"][1]["file"]
+    (truncate if damage == "truncated" else flip_bit)(victim)
+    try:
+        pq.read_table(victim)
+        parses = True
+    except Exception:  # noqa: BLE001 (any failure of the Parquet reader counts)
+        parses = False
+    record("corruption-parses", stage, kind=damage, parses_as_parquet=parses)
+    return victim
+
+
 def reference_run(cmd: list[str], started: Callable[[], bool], finished: Callable[[], bool] | None = None) -> float:
     """Run `cmd` uninterrupted; return the kill window: from `started()` first holding until `finished()` does
     (the output is whole; by default, until the process exits)."""

@@ -6,22 +6,17 @@ uninterrupted run.
 
 from __future__ import annotations
 
-import shutil
-
-import pyarrow.parquet as pq
 import pytest
 from faults.common import (
     claims_complete,
     corrupted_input_case,
-    flip_bit,
+    damaged_store_copy,
     full_disk_case,
     fusechat,
     kill_sweep,
     manifest,
-    record,
     reference_run,
     second_run_refused,
-    truncate,
 )
 
 
@@ -80,15 +75,7 @@ def test_full_disk(setup, tmp_path):
 @pytest.mark.parametrize("damage", ["truncated", "bit-flipped"])
 def test_corrupted_teacher_shard_is_caught_by_name(setup, tmp_path, damage):
     store = tmp_path / "pivot-store"
-    shutil.copytree(setup["world"]["pivot_store"], store)
-    victim = store / manifest(store)["shards"][1]["file"]
-    (truncate if damage == "truncated" else flip_bit)(victim)
-    try:
-        pq.read_table(victim)
-        parses = True
-    except Exception:  # noqa: BLE001 (any failure of the Parquet reader counts)
-        parses = False
-    record("corruption-parses", "align", kind=damage, parses_as_parquet=parses)
+    victim = damaged_store_copy(setup["world"]["pivot_store"], store, damage, "align")
     out = tmp_path / "out"
     line = corrupted_input_case("align", setup["cmd"](out, pivot=store), victim, lambda p: None, damage)
     assert "checksum" in line

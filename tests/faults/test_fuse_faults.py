@@ -6,22 +6,17 @@ uninterrupted run.
 
 from __future__ import annotations
 
-import shutil
-
-import pyarrow.parquet as pq
 import pytest
 from faults.common import (
     claims_complete,
     corrupted_input_case,
-    flip_bit,
+    damaged_store_copy,
     full_disk_case,
     fusechat,
     kill_sweep,
     manifest,
-    record,
     reference_run,
     second_run_refused,
-    truncate,
 )
 
 
@@ -81,15 +76,7 @@ def test_full_disk(setup, tmp_path):
 @pytest.mark.parametrize("damage", ["truncated", "bit-flipped"])
 def test_corrupted_aligned_shard_is_caught_by_name(setup, tmp_path, damage):
     store = tmp_path / "aligned-store"
-    shutil.copytree(setup["world"]["aligned"], store)
-    victim = store / manifest(store)["shards"][1]["file"]
-    (truncate if damage == "truncated" else flip_bit)(victim)
-    try:
-        pq.read_table(victim)
-        parses = True
-    except Exception:  # noqa: BLE001 (any failure of the Parquet reader counts)
-        parses = False
-    record("corruption-parses", "fuse", kind=damage, parses_as_parquet=parses)
+    victim = damaged_store_copy(setup["world"]["aligned"], store, damage, "fuse")
     out = tmp_path / "out"
     line = corrupted_input_case("fuse", setup["cmd"](out, aligned=store), victim, lambda p: None, damage)
     assert "checksum" in line
