@@ -3,6 +3,7 @@ the files a checkpoint needs, and every bad input refused before anything is wri
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pytest
@@ -86,6 +87,18 @@ def test_output_loads_in_transformers_with_files_and_card(tmp_path):
     merged = load(out)
     assert torch.equal(model.model.layers[1].mlp.up_proj.weight, merged["model.layers.1.mlp.up_proj.weight"])
     assert not list(tmp_path.glob(".out.partial*"))
+
+
+def test_manifest_checksums_match_the_files_written(tmp_path):
+    """Shards are hashed as they are written, not read back: the manifest must still equal the files' bytes."""
+    base, a, b = make_family(tmp_path, seed=5)
+    out = merge(simple_config("linear", None, [a, b], weights=[1, 2]), tmp_path / "out", max_shard_bytes=5_000)
+    files = json.loads((out / "manifest.json").read_text())["files"]
+    on_disk = sorted(p.name for p in out.iterdir() if p.suffix == ".safetensors" or p.name.endswith(".index.json"))
+    assert len(on_disk) > 3 and sorted(files) == on_disk
+    for name, entry in files.items():
+        data = (out / name).read_bytes()
+        assert entry == {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}, name
 
 
 def test_tied_embeddings(tmp_path):

@@ -239,6 +239,7 @@ class ShardedWriter:
         self._file = None
         self._shard = -1
         self.bytes_written = 0
+        self.entries: dict[str, dict[str, object]] = {}  # file → {bytes, sha256}, as a manifest lists them
 
     def _open(self, index: int) -> None:
         self._finish()
@@ -260,6 +261,7 @@ class ShardedWriter:
     def _finish(self) -> None:
         if self._file is not None:
             self._file.close()
+            self.entries[self.files[self._shard]] = {"bytes": self._file.size, "sha256": self._file.sha256}
             self._file = None
 
     def write(self, name: str, tensor: torch.Tensor) -> None:

@@ -135,8 +135,10 @@ def _write(
         torch.set_num_threads(previous_threads)
         card.copy_model_files(plan.base.directory, tokenizer_dir, tmp, out_dtype, cfg.chat_template)
         card.write_model_card(tmp, cfg, options, title=out.name)
+        shards = stats.pop("files")  # hashed as they were written; the rest (the index) is hashed here
+        files = {**file_entries(tmp, [f for f in weight_files(tmp) if f not in shards]), **shards}
         manifest = {"stage": STAGE, "format_version": FORMAT_VERSION, "fingerprint": fp, **stats}
-        manifest["files"] = file_entries(tmp, weight_files(tmp))
+        manifest["files"] = dict(sorted(files.items()))
         write_manifest(tmp, manifest, complete=True)
         os.replace(tmp, out)
     except BaseException:
@@ -338,6 +340,7 @@ def _run(
         "shards": len(set(weight_map.values())),
         "bytes_written": writer.bytes_written,
         "seconds": round(elapsed, 3),
+        "files": writer.entries,
     }
 
 

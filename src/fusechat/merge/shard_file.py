@@ -6,10 +6,13 @@ side. With O_DIRECT the disk reads from our buffer. O_DIRECT needs block-aligned
 so bytes are gathered in an aligned 16 MiB buffer written whenever it fills; the last block is padded with
 zeros and the file truncated to its true size. Where the filesystem refuses O_DIRECT (tmpfs), the shard is
 written the buffered way, with writeback started per write so the disk works while the merge computes.
+The file's sha256 is computed from the bytes as they are written (`sha256`), on the writer's thread while the
+merge computes: hashing the finished shards by reading them back cost 2.2 s of a 7.8 s merge of 1 GB here.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -25,6 +28,7 @@ class ShardFile:
 
     def __init__(self, path: Path) -> None:
         self.size = 0
+        self._hash = hashlib.sha256()
         self._stage: np.ndarray | None = None
         self._fill = 0
         try:
@@ -40,6 +44,7 @@ class ShardFile:
 
     def write(self, data: Any) -> None:
         view = memoryview(data).cast("B")
+        self._hash.update(view)  # releases the GIL for large buffers
         if not self._direct:
             _write_all(self._fd, view)
             start_writeback(self._fd, self.size, len(view))
@@ -55,6 +60,11 @@ class ShardFile:
             if self._fill == STAGE:
                 self._flush(STAGE)
         self.size += src.size
+
+    @property
+    def sha256(self) -> str:
+        """Hex sha256 of every byte written so far (the file's contents once closed)."""
+        return self._hash.hexdigest()
 
     def _flush(self, nbytes: int) -> None:
         _write_all(self._fd, memoryview(self._stage[:nbytes]))
