@@ -28,28 +28,40 @@ def n_chunks(n: int) -> int:
     return max(1, -(-n // CHUNK))
 
 
+@njit(inline="always")
+def _magnitude_bits(bits, x, base, t0, t1):  # pragma: no cover - compiled
+    """bits[:t1 - t0] = the bits of |x − base| over [t0, t1): a loop the compiler vectorises."""
+    tile_x = x[t0:t1]
+    tile_base = base[t0:t1]
+    for r in range(t1 - t0):
+        bits[r] = f32_bits(load(tile_x, r) - load(tile_base, r)) & ABS_MASK
+
+
 @njit(parallel=True, nogil=True, cache=True)
 def magnitude_high(base, xs, active, want_sums, hist, abs_sums):  # pragma: no cover - compiled
     """hist[c, i, b] = entries of chunk c whose |δᵢ| has top bits b; abs_sums[c, i] = Σ |δᵢ| (float64),
-    only when `want_sums` (a float64 sum is a serial chain of adds: it would double this pass's time)."""
+    only when `want_sums` (a float64 sum is a serial chain of adds: it would double this pass's time).
+
+    The bits of a tile are computed first (vectorised), then counted: 20-35% faster than one fused loop here,
+    whose scalar histogram updates kept the subtraction from vectorising."""
     size = base.size
     for c in prange(hist.shape[0]):
+        bits = np.empty(TILE, dtype=np.uint32)
         for i in range(len(xs)):
             if not active[i]:
                 continue
-            x = xs[i][c * CHUNK : min(size, (c + 1) * CHUNK)]
-            tile_base = base[c * CHUNK : min(size, (c + 1) * CHUNK)]
+            x = xs[i]
             h = hist[c, i]
-            if want_sums:
-                s = 0.0
-                for r in range(x.size):
-                    d = load(x, r) - load(tile_base, r)
-                    h[(f32_bits(d) & ABS_MASK) >> np.uint32(16)] += 1
-                    s += abs(np.float64(d))
-                abs_sums[c, i] = s
-            else:
-                for r in range(x.size):
-                    h[(f32_bits(load(x, r) - load(tile_base, r)) & ABS_MASK) >> np.uint32(16)] += 1
+            s = 0.0
+            for t0 in range(c * CHUNK, min(size, (c + 1) * CHUNK), TILE):
+                t1 = min(size, t0 + TILE, (c + 1) * CHUNK)
+                _magnitude_bits(bits, x, base, t0, t1)
+                for r in range(t1 - t0):
+                    h[bits[r] >> np.uint32(16)] += 1
+                if want_sums:
+                    for r in range(t1 - t0):
+                        s += abs(np.float64(load(x, t0 + r) - load(base, t0 + r)))
+            abs_sums[c, i] = s
 
 
 @njit(parallel=True, nogil=True, cache=True)
@@ -57,17 +69,20 @@ def magnitude_low(base, xs, active, buckets, hist):  # pragma: no cover - compil
     """hist[c, i, l] = entries of chunk c whose |δᵢ| bits are (buckets[i] << 16) | l."""
     size = base.size
     for c in prange(hist.shape[0]):
+        bits = np.empty(TILE, dtype=np.uint32)
         for i in range(len(xs)):
             if not active[i]:
                 continue
-            x = xs[i][c * CHUNK : min(size, (c + 1) * CHUNK)]
-            tile_base = base[c * CHUNK : min(size, (c + 1) * CHUNK)]
+            x = xs[i]
             h = hist[c, i]
             bucket = buckets[i]
-            for r in range(x.size):
-                a = f32_bits(load(x, r) - load(tile_base, r)) & ABS_MASK
-                if (a >> np.uint32(16)) == bucket:
-                    h[a & np.uint32(0xFFFF)] += 1
+            for t0 in range(c * CHUNK, min(size, (c + 1) * CHUNK), TILE):
+                t1 = min(size, t0 + TILE, (c + 1) * CHUNK)
+                _magnitude_bits(bits, x, base, t0, t1)
+                for r in range(t1 - t0):
+                    a = bits[r]
+                    if (a >> np.uint32(16)) == bucket:
+                        h[a & np.uint32(0xFFFF)] += 1
 
 
 @njit(parallel=True, nogil=True, cache=True)
@@ -92,12 +107,25 @@ def magnitude_kept_abs(base, xs, active, thresholds, cuts, sums):  # pragma: no 
 
 @njit(nogil=True, cache=True)
 def nth_equal_magnitude(base, x, threshold, start, m):  # pragma: no cover - compiled
-    """The index of the m-th entry (1-based) from `start` whose |x − base| has the bits `threshold`."""
-    for j in range(start, base.size):
-        if (f32_bits(load(x, j) - load(base, j)) & ABS_MASK) == threshold:
-            m -= 1
-            if m == 0:
-                return j
+    """The index of the m-th entry (1-based) from `start` whose |x − base| has the bits `threshold`.
+
+    Tile by tile: the bits and their count of matches are computed vectorised, and only the tile where the
+    count runs out is walked entry by entry."""
+    bits = np.empty(TILE, dtype=np.uint32)
+    for t0 in range(start, base.size, TILE):
+        t1 = min(base.size, t0 + TILE)
+        _magnitude_bits(bits, x, base, t0, t1)
+        found = 0
+        for r in range(t1 - t0):
+            found += bits[r] == threshold
+        if found < m:
+            m -= found
+            continue
+        for r in range(t1 - t0):
+            if bits[r] == threshold:
+                m -= 1
+                if m == 0:
+                    return t0 + r
     return base.size
 
 
