@@ -9,7 +9,7 @@ average of the machine when the run ended, and the ratios. With --torch-path, fu
 compiled kernels off (the torch functions of merge/methods/), for the kernels' speed-up in the same run.
 
     python benchmarks/bench_merge.py [--methods ties,sce] [--skip-mergekit] [--torch-path]
-        [--root /tmp/fusechat-bench-merge]
+        [--repeat 3] [--root /tmp/fusechat-bench-merge]
 """
 
 from __future__ import annotations
@@ -211,6 +211,7 @@ def main() -> None:
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--skip-mergekit", action="store_true")
     ap.add_argument("--torch-path", action="store_true", help="also run fusechat with compiled=False")
+    ap.add_argument("--repeat", type=int, default=1, help="run fusechat this many times; report the median")
     args = ap.parse_args()
     args.root.mkdir(parents=True, exist_ok=True)
     pivot, a, b = build(args.root)
@@ -240,45 +241,52 @@ def main() -> None:
                 continue
             if tool == "fusechat-torch" and not args.torch_path:
                 continue
-            out = args.root / f"out-{tool}-{method}"
-            shutil.rmtree(out, ignore_errors=True)
-            evict(files)
-            if tool == "fusechat":  # the command line, as users run it
-                cmd = [sys.executable, "-m", "fusechat", "merge", str(path), str(out)]
-            elif tool == "fusechat-torch":  # the same call with the kernels off, and the CLI's quick exit
-                cmd = [
-                    sys.executable,
-                    "-c",
-                    "import gc, sys; from fusechat.merge import merge; "
-                    "merge(sys.argv[1], sys.argv[2], compiled=False); gc.freeze()",
-                    str(path),
-                    str(out),
-                ]
-            else:
-                cmd = [
-                    str(mergekit),
-                    str(path),
-                    str(out),
-                    "--no-copy-tokenizer",
-                    "--random-seed",
-                    "0",
-                    "--quiet",
-                ]
-            wall, cpu, rss = run(cmd, env)
-            written = sum(f.stat().st_size for f in out.glob("*.safetensors"))
-            floor = read_bytes / read_bw + written / write_bw
-            row[tool] = {
-                "wall_s": round(wall, 1),
-                "cpu_s": round(cpu, 1),
-                "floor_s": round(floor, 2),
-                "x_floor": round(wall / floor, 2),
-                "peak_rss_gb": round(rss, 2),
-                "load_avg_1min": round(os.getloadavg()[0], 1),
-            }
-            if tool.startswith("fusechat"):
-                row[tool]["merge_s"] = json.loads((out / "manifest.json").read_text())["seconds"]
-                row[tool]["merge_x_floor"] = round(row[tool]["merge_s"] / floor, 2)
-            shutil.rmtree(out, ignore_errors=True)
+            runs = []
+            for _ in range(args.repeat if tool == "fusechat" else 1):
+                out = args.root / f"out-{tool}-{method}"
+                shutil.rmtree(out, ignore_errors=True)
+                evict(files)
+                if tool == "fusechat":  # the command line, as users run it
+                    cmd = [sys.executable, "-m", "fusechat", "merge", str(path), str(out)]
+                elif tool == "fusechat-torch":  # the same call with the kernels off, and the CLI's quick exit
+                    cmd = [
+                        sys.executable,
+                        "-c",
+                        "import gc, sys; from fusechat.merge import merge; "
+                        "merge(sys.argv[1], sys.argv[2], compiled=False); gc.freeze()",
+                        str(path),
+                        str(out),
+                    ]
+                else:
+                    cmd = [
+                        str(mergekit),
+                        str(path),
+                        str(out),
+                        "--no-copy-tokenizer",
+                        "--random-seed",
+                        "0",
+                        "--quiet",
+                    ]
+                wall, cpu, rss = run(cmd, env)
+                written = sum(f.stat().st_size for f in out.glob("*.safetensors"))
+                floor = read_bytes / read_bw + written / write_bw
+                runs.append(
+                    {
+                        "wall_s": round(wall, 1),
+                        "cpu_s": round(cpu, 1),
+                        "floor_s": round(floor, 2),
+                        "x_floor": round(wall / floor, 2),
+                        "peak_rss_gb": round(rss, 2),
+                        "load_avg_1min": round(os.getloadavg()[0], 1),
+                    }
+                )
+                if tool.startswith("fusechat"):
+                    runs[-1]["merge_s"] = json.loads((out / "manifest.json").read_text())["seconds"]
+                    runs[-1]["merge_x_floor"] = round(runs[-1]["merge_s"] / floor, 2)
+                shutil.rmtree(out, ignore_errors=True)
+            row[tool] = sorted(runs, key=lambda r: r["wall_s"])[len(runs) // 2]  # the median run by wall time
+            if len(runs) > 1:
+                row[tool]["walls_s"] = [r["wall_s"] for r in runs]
             print(json.dumps({"method": method, tool: row[tool]}), flush=True)
         rows.append(row)
     print(
