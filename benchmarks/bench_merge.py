@@ -70,6 +70,28 @@ def build(root: Path) -> tuple[Path, Path, Path]:
     return dirs[0], dirs[1], dirs[2]
 
 
+def set_manifests(dirs: list[Path], on: bool) -> None:
+    """Give the inputs a manifest listing their weight files with sha256 (on), or remove it (off); with one, a
+    merge checks every input byte against it. Also prints what hashing them in a pass of their own costs."""
+    from fusechat import manifest
+
+    for d in dirs:
+        (d / manifest.MANIFEST).unlink(missing_ok=True)
+        if on:
+            names = sorted(p.name for p in d.glob("*.safetensors"))
+            manifest.write_manifest(d, {"stage": "bench", "files": manifest.file_entries(d, names)}, complete=True)
+    if on:
+        files = [f for d in dirs for f in sorted(d.glob("*.safetensors"))]
+        evict(files)
+        code = "import sys; from fusechat.manifest import check_files; [check_files(d) for d in sys.argv[1:]]"
+        wall, cpu, _ = run(
+            [sys.executable, "-c", code, *map(str, dirs)], {**os.environ, "PYTHONPATH": str(REPO / "src")}
+        )
+        print(
+            f"hashing the three inputs in a pass of their own (what a merge did before): {wall:.1f} s, {cpu:.1f} CPU-s"
+        )
+
+
 def evict(paths: list[Path]) -> None:
     """Drop these files' pages from the page cache, so the next read comes from disk (only our files)."""
     for p in paths:
@@ -212,9 +234,15 @@ def main() -> None:
     ap.add_argument("--skip-mergekit", action="store_true")
     ap.add_argument("--torch-path", action="store_true", help="also run fusechat with compiled=False")
     ap.add_argument("--repeat", type=int, default=1, help="run fusechat this many times; report the median")
+    ap.add_argument(
+        "--manifests",
+        action="store_true",
+        help="give the inputs fusechat manifests with sha256 (as trained targets have), and time hashing them apart",
+    )
     args = ap.parse_args()
     args.root.mkdir(parents=True, exist_ok=True)
     pivot, a, b = build(args.root)
+    set_manifests([pivot, a, b], args.manifests)
     mergekit = None if args.skip_mergekit else ensure_mergekit()
     bw = disk_bandwidth(args.root)
     read_bw = max(bw["read_buffered"], bw["read_direct"])

@@ -94,19 +94,27 @@ def file_entries(directory: str | os.PathLike, names: list[str]) -> dict[str, di
     return {n: {"bytes": (directory / n).stat().st_size, "sha256": sha256_file(directory / n)} for n in names}
 
 
-def check_files(directory: str | os.PathLike, suffixes: tuple[str, ...] = (".safetensors", ".json")) -> None:
+def check_files(
+    directory: str | os.PathLike,
+    suffixes: tuple[str, ...] = (".safetensors", ".json"),
+    defer: tuple[str, ...] = (),
+) -> dict[Path, str]:
     """Fail, naming the file, unless every file the manifest's `files` lists (with one of `suffixes`) has the
     recorded size and sha256. A directory without a manifest or without `files` passes. Each file is hashed at
     most once per process for a given size and modification time, so loading one model twice costs one hash.
+
+    Files ending in one of `defer` are only checked for size here; their recorded sha256 is returned (path →
+    hex digest) for a caller that hashes them as it reads them anyway (`checksum_mismatch` words its error).
     """
     directory = Path(directory)
     path = directory / MANIFEST
     if not path.is_file():
-        return
+        return {}
     try:
         files = json.loads(path.read_text()).get("files") or {}
     except (json.JSONDecodeError, AttributeError):
         raise FusechatError(f"{path}: not valid JSON; rerun the stage that wrote {directory}") from None
+    deferred = {}
     for name, info in files.items():
         if not name.endswith(suffixes):
             continue
@@ -115,12 +123,29 @@ def check_files(directory: str | os.PathLike, suffixes: tuple[str, ...] = (".saf
             raise FusechatError(f"{f}: listed in {path} but missing; rerun the stage that wrote {directory}")
         st = f.stat()
         key = (str(f.resolve()), st.st_size, st.st_mtime_ns)
-        if st.st_size != info.get("bytes") or (_VERIFIED.get(key) or sha256_file(f)) != info.get("sha256"):
-            raise FusechatError(
-                f"{f}: does not match the checksum in {path} (truncated or corrupted); "
-                f"rerun the stage that wrote {directory} into a new directory"
-            )
+        if st.st_size != info.get("bytes"):
+            raise checksum_mismatch(f)
+        if name.endswith(defer) and key not in _VERIFIED:
+            deferred[f] = info.get("sha256")
+            continue
+        if (_VERIFIED.get(key) or sha256_file(f)) != info.get("sha256"):
+            raise checksum_mismatch(f)
         _VERIFIED[key] = info["sha256"]
+    return deferred
+
+
+def checksum_mismatch(f: Path) -> FusechatError:
+    """The error for a file that differs from its manifest's record."""
+    return FusechatError(
+        f"{f}: does not match the checksum in {f.parent / MANIFEST} (truncated or corrupted); "
+        f"rerun the stage that wrote {f.parent} into a new directory"
+    )
+
+
+def mark_verified(f: Path, digest: str) -> None:
+    """Record that `f`, as it is now, hashed to `digest` (a later check in this process skips it)."""
+    st = f.stat()
+    _VERIFIED[(str(f.resolve()), st.st_size, st.st_mtime_ns)] = digest
 
 
 def fingerprint(obj: Any) -> str:

@@ -37,8 +37,12 @@ def resolve_model_dir(spec: str | os.PathLike) -> Path:
     raise FusechatError(f"{spec}: no such model directory, and not a known model name ({known})")
 
 
-def check_model_dir(path: Path, allow_pickle: bool = False) -> None:
-    """Refuse a directory with no config, no weights, or only pickled weights (unless allowed)."""
+def check_model_dir(path: Path, allow_pickle: bool = False, defer_checksums: bool = False) -> dict[Path, str]:
+    """Refuse a directory with no config, no weights, or only pickled weights (unless allowed).
+
+    With `defer_checksums`, safetensors files are not hashed here: their recorded sha256 digests are returned
+    for a reader that hashes the bytes as it reads them (the merge), instead of reading every file twice.
+    """
     if not (path / "config.json").is_file():
         raise FusechatError(f"{path}: no config.json; is this a Hugging Face model directory?")
     safetensors = list(path.glob("*.safetensors"))
@@ -50,10 +54,10 @@ def check_model_dir(path: Path, allow_pickle: bool = False) -> None:
         )
     if not safetensors and not pickled:
         raise FusechatError(f"{path}: no weights (*.safetensors) found")
-    check_weights(path, safetensors)
+    return check_weights(path, safetensors, defer_checksums)
 
 
-def check_weights(path: Path, safetensors: list[Path]) -> None:
+def check_weights(path: Path, safetensors: list[Path], defer_checksums: bool = False) -> dict[Path, str]:
     """Refuse truncated or corrupted weights before they are read as numbers.
 
     Every safetensors file must end where its own header says (cheap, catches a cut copy of any model); a
@@ -67,7 +71,7 @@ def check_weights(path: Path, safetensors: list[Path]) -> None:
         problem = safetensors_problem(f)
         if problem is not None:
             raise FusechatError(f"{problem}; replace the file or rerun the stage that wrote it")
-    check_files(path)
+    return check_files(path, defer=(".safetensors",) if defer_checksums else ())
 
 
 def has_chat_template(path: Path) -> bool:

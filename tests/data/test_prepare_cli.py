@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-from fusechat import cli
 from fusechat.data.conversations import Conversations
 
 from .chatdata import CHATS, as_format, write_records
@@ -18,17 +16,9 @@ SRC = Path(__file__).resolve().parents[2] / "src"
 
 
 def fusechat(*args: str) -> subprocess.CompletedProcess:
-    """Run the command line in a fresh interpreter. While a stage listed in cli.COMMANDS is not built yet on
-    this branch, run cli.main with only the prepare command registered, instead of `python -m fusechat`."""
+    """Run the command line in a fresh interpreter."""
     env = dict(os.environ, PYTHONPATH=str(SRC), TOKENIZERS_PARALLELISM="false")
-    if all(importlib.util.find_spec(m) is not None for m in cli.COMMANDS):
-        cmd = [sys.executable, "-m", "fusechat", *args]
-    else:
-        shim = (
-            "import sys; from fusechat import cli; cli.COMMANDS = ('fusechat.data.command',); "
-            "sys.exit(cli.main(sys.argv[1:]))"
-        )
-        cmd = [sys.executable, "-c", shim, *args]
+    cmd = [sys.executable, "-m", "fusechat", *args]
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
 
 

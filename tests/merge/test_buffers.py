@@ -27,3 +27,17 @@ def test_keeps_at_most_max_free():
         pool.give(b)
     assert len(pool._free) == MAX_FREE
     assert min(b.numel() for b in pool._free) == 14  # the smallest were dropped
+
+
+def test_a_held_buffer_is_not_handed_out_until_its_job_is_done():
+    from concurrent.futures import Future
+
+    pool = BufferPool()
+    buf = pool.take(100)
+    job = Future()
+    pool.hold(buf[10:20], job)  # a job (e.g. hashing) still reads part of it
+    pool.give(buf)
+    other = pool.take(50)
+    assert other.data_ptr() != buf.data_ptr()
+    job.set_result(None)
+    assert pool.take(50).data_ptr() == buf.data_ptr()

@@ -12,8 +12,7 @@ import yaml
 from tests.merge.checkpoints import make_family
 
 SRC = Path(__file__).resolve().parents[2] / "src"
-# cli.main with only this stage's command registered: the other stages' command modules live on other branches
-ENTRY = "import sys; from fusechat import cli; cli.COMMANDS = ('fusechat.merge.command',); sys.exit(cli.main())"
+ENTRY = "import sys; from fusechat import cli; sys.exit(cli.main())"  # the real command line
 
 
 def fusechat(*args: str) -> subprocess.CompletedProcess:

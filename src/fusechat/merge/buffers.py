@@ -10,6 +10,7 @@ reuses the same few buffers (a model has a handful of distinct tensor sizes).
 from __future__ import annotations
 
 import threading
+from concurrent.futures import Future
 
 import torch
 
@@ -21,12 +22,26 @@ class BufferPool:
 
     def __init__(self) -> None:
         self._free: list[torch.Tensor] = []
+        self._busy: dict[int, Future] = {}  # storage address → a job still reading that memory
         self._lock = threading.Lock()
 
-    def take(self, nbytes: int) -> torch.Tensor:
-        """A (nbytes,) uint8 tensor: the smallest free buffer that fits (a prefix of it), or a new one."""
+    def hold(self, tensor: torch.Tensor, job: Future) -> None:
+        """Keep the memory under `tensor` out of `take` until `job` (which reads it, e.g. a hash) is done."""
         with self._lock:
-            fits = [i for i, b in enumerate(self._free) if b.numel() >= nbytes]
+            self._busy[tensor.untyped_storage().data_ptr()] = job
+
+    def _ready(self, buf: torch.Tensor) -> bool:  # the lock is held
+        job = self._busy.get(buf.untyped_storage().data_ptr())
+        if job is not None and job.done():
+            del self._busy[buf.untyped_storage().data_ptr()]
+            job = None
+        return job is None
+
+    def take(self, nbytes: int) -> torch.Tensor:
+        """A (nbytes,) uint8 tensor: the smallest free buffer that fits and no job still reads (a prefix of
+        it), or a new one."""
+        with self._lock:
+            fits = [i for i, b in enumerate(self._free) if b.numel() >= nbytes and self._ready(b)]
             if fits:  # by position: list.remove would compare tensors elementwise
                 best = min(fits, key=lambda i: self._free[i].numel())
                 return self._free.pop(best)[:nbytes]

@@ -10,10 +10,12 @@ sequential pass and never buffered whole.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import struct
 from collections.abc import Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,7 +77,8 @@ def read_header(path: Path) -> dict[str, TensorInfo]:
 class Checkpoint:
     """One input model directory: its config and a name → TensorInfo map over all its shards."""
 
-    def __init__(self, directory: Path, allow_pickle: bool = False) -> None:
+    def __init__(self, directory: Path, allow_pickle: bool = False, checksums: dict[Path, str] | None = None) -> None:
+        """`checksums`: sha256 digests (file → hex) to check as the files are read; see `verify_checksums`."""
         self.directory = directory
         self.config = json.loads((directory / "config.json").read_text())
         files = sorted(directory.glob("*.safetensors"))
@@ -91,6 +94,7 @@ class Checkpoint:
             self._load_pickled(allow_pickle)
         self._fds: dict[Path, int] = {}
         self._direct_fds: dict[Path, int] | None = {} if hasattr(os, "O_DIRECT") else None
+        self._hashing = {f: _RunningHash(f, digest) for f, digest in (checksums or {}).items()}
 
     def _load_pickled(self, allow_pickle: bool) -> None:
         pickled = sorted(p for p in self.directory.iterdir() if p.suffix in PICKLE_SUFFIXES)
@@ -108,6 +112,13 @@ class Checkpoint:
 
     def names(self) -> list[str]:
         return list(self._pickled) if self._pickled else list(self.tensors)
+
+    def names_in_file_order(self) -> list[str]:
+        """The tensor names as their bytes lie on disk (shard by shard, by offset); pickles in natural order."""
+        if self._pickled:
+            return iter_names_sorted(self._pickled)
+        files = {f: i for i, f in enumerate(sorted({t.file for t in self.tensors.values()}))}
+        return sorted(self.tensors, key=lambda n: (files[self.tensors[n].file], self.tensors[n].start))
 
     def shape(self, name: str) -> tuple[int, ...]:
         return tuple(self._pickled[name].shape) if self._pickled else self.tensors[name].shape
@@ -138,6 +149,7 @@ class Checkpoint:
         n = info.end - info.start
         buf = pool.take(n) if pool is not None else torch.empty(n, dtype=torch.uint8)
         _read_into(fd, buf, info.start, n, info.file, name)
+        self._hashed(info, buf[:n], pool)
         return buf.view(info.dtype).reshape(info.shape)
 
     def _read_direct(self, name: str, info: TensorInfo, pool: BufferPool) -> torch.Tensor | None:
@@ -173,13 +185,85 @@ class Checkpoint:
                 os.close(d)
             self._direct_fds = None
             return None
-        return region[info.start - start : info.end - start].view(info.dtype).reshape(info.shape)
+        data = region[info.start - start : info.end - start]
+        self._hashed(info, data, pool)
+        return data.view(info.dtype).reshape(info.shape)
+
+    def _hashed(self, info: TensorInfo, data: torch.Tensor, pool: BufferPool | None) -> None:
+        """Feed a file's running checksum; the pool reuses the buffer only once it is hashed."""
+        running = self._hashing.get(info.file)
+        if running is not None:
+            hashed = running.update(info.start, info.end, data)
+            if hashed is not None and pool is not None:
+                pool.hold(data, hashed)
+
+    def verify_checksums(self) -> None:
+        """Fail, naming the file, unless each file given `checksums` hashes to its digest.
+
+        Bytes are hashed as `read` returns them while reads go forward through a file without gaps (a merge
+        reading in file order); what was skipped is then read here (the tail, or the whole file if the reads
+        jumped). A model's bytes are thus read once instead of twice: hashing them before the merge read each
+        input twice, 3 GB more IO and about 6 s serial hashing for three 500M models here.
+        """
+        for running in self._hashing.values():
+            running.finish()
+        self._hashing.clear()
 
     def close(self) -> None:
         for fd in [*self._fds.values(), *(self._direct_fds or {}).values()]:
             os.close(fd)
         self._fds.clear()
         self._direct_fds = {} if hasattr(os, "O_DIRECT") else None
+
+
+_HASHER = ThreadPoolExecutor(1, "input-hash")  # one thread: each file's blocks are hashed in the order read
+
+
+class _RunningHash:
+    """sha256 of one file, fed by reads in file order; `finish` reads what the reads did not cover.
+
+    Hashing runs on a thread of its own, beside the reads and the merge (hashlib releases the GIL); a block's
+    buffer stays alive (and out of the pool) until it is hashed.
+    """
+
+    def __init__(self, path: Path, digest: str) -> None:
+        self.path, self.digest = path, digest
+        with open(path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            f.seek(0)
+            prefix = f.read(8 + n)
+        self.hash = hashlib.sha256(prefix)
+        self.pos = len(prefix)  # bytes [0, pos) are hashed, or queued to be
+        self.jumped = False
+        self.last: Future | None = None
+
+    def update(self, start: int, end: int, data: torch.Tensor) -> Future | None:
+        """Queue the bytes [start, end) for hashing if they come next in the file; the job's future, or None."""
+        if self.jumped or end <= self.pos:  # read again (a base that is also an input): already hashed
+            return None
+        if start != self.pos:
+            self.jumped = True
+            return None
+        self.last = _HASHER.submit(self.hash.update, memoryview(data.numpy()))
+        self.pos = end
+        return self.last
+
+    def finish(self) -> None:
+        from fusechat.manifest import checksum_mismatch, mark_verified, sha256_file
+
+        if self.last is not None:
+            self.last.result()
+        if self.jumped:
+            digest = sha256_file(self.path)
+        else:
+            with open(self.path, "rb") as f:
+                f.seek(self.pos)
+                while block := f.read(1 << 22):
+                    self.hash.update(block)
+            digest = self.hash.hexdigest()
+        if digest != self.digest:
+            raise checksum_mismatch(self.path)
+        mark_verified(self.path, digest)
 
 
 def _read_into(fd: int, buf: torch.Tensor, offset: int, needed: int, path: Path, name: str) -> None:

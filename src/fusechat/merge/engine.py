@@ -324,6 +324,7 @@ def _run(
                 del result
             if written is not None:
                 written.result()
+            plan.verify_checksums()  # before anything is published: a corrupted input fails the merge
             weight_map = writer.close()
         except BaseException:
             if pending is not None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from fusechat.errors import FusechatError
-from fusechat.merge.checkpoint import Checkpoint, OutputTensor, iter_names_sorted
+from fusechat.merge.checkpoint import Checkpoint, OutputTensor
 from fusechat.merge.config import MergeConfig
 from fusechat.merge.params import layer_index
 from fusechat.models import check_model_dir, resolve_model_dir
@@ -45,12 +45,17 @@ class MergePlan:
         for c in {id(c): c for c in [self.base, *self.inputs]}.values():
             c.close()
 
+    def verify_checksums(self) -> None:
+        """Check every input against its manifest's sha256 (hashed while the merge read it); see Checkpoint."""
+        for c in {id(c): c for c in [self.base, *self.inputs]}.values():
+            c.verify_checksums()
+
 
 def open_checkpoint(spec: str, allow_pickle: bool, cache: dict[Path, Checkpoint]) -> Checkpoint:
     path = resolve_model_dir(spec).resolve()
     if path not in cache:
-        check_model_dir(path, allow_pickle)
-        cache[path] = Checkpoint(path, allow_pickle)
+        checksums = check_model_dir(path, allow_pickle, defer_checksums=True)
+        cache[path] = Checkpoint(path, allow_pickle, checksums)
     return cache[path]
 
 
@@ -85,7 +90,7 @@ def plan_merge(cfg: MergeConfig, allow_pickle: bool = False, out_dtype: torch.dt
                     f"{base.config.get(key)!r}; only models of one architecture merge in parameter space"
                 )
 
-    names = iter_names_sorted(base.names())
+    names = base.names_in_file_order()  # reads go forward through each file: hashed as read, see Checkpoint
     tensors = []
     for name in names:
         shape, dtype = base.shape(name), base.dtype(name)
