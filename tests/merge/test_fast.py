@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from fusechat.merge import merge, simple_config
+from fusechat.merge.dtypes import from_torch, to_torch
 from fusechat.merge.fast import _prims, run
 from fusechat.merge.fast._select import CHUNK
 from fusechat.merge.methods.sparsify import element_hash, keep_limit, tensor_key
@@ -75,20 +76,25 @@ def reference(method, base, inputs, shared, per_model, out_dtype):
 
 
 def fast(method, base, inputs, shared, per_model, out_dtype):
+    """The kernels through `run.merge_tensor` on numpy arrays (as the engine reads them), back as torch."""
     spec = METHODS[method]
+    tensors = ([base] if spec.base_required else []) + list(inputs)
+    arrays = [from_torch(t) for t in tensors]
     got = run.merge_tensor(
         method,
         "model.layers.0.mlp.w",
-        base if spec.base_required else None,
-        inputs,
+        arrays[0][0] if spec.base_required else None,
+        [a for a, _ in arrays[1:]] if spec.base_required else [a for a, _ in arrays],
+        [c for _, c in arrays],
         shared,
         per_model,
         3,
         None,
-        out_dtype,
+        from_torch(torch.empty(0, dtype=out_dtype))[1],
     )
     assert got is not None
-    return got
+    out, weights = got
+    return to_torch(out, from_torch(torch.empty(0, dtype=out_dtype))[1]), weights
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

@@ -12,51 +12,60 @@ from __future__ import annotations
 import threading
 from concurrent.futures import Future
 
-import torch
+import numpy as np
 
 MAX_FREE = 16  # buffers kept for reuse; beyond that the smallest are dropped
+
+
+def _owner(a: np.ndarray) -> np.ndarray:
+    """The array that owns the memory under `a` (a itself, or the root of its chain of views)."""
+    while isinstance(a.base, np.ndarray):
+        a = a.base
+    return a
 
 
 class BufferPool:
     """uint8 buffers handed out by `take` and returned by `give`; thread-safe (the reader and writer use it)."""
 
     def __init__(self) -> None:
-        self._free: list[torch.Tensor] = []
-        self._busy: dict[int, Future] = {}  # storage address → a job still reading that memory
+        self._free: list[np.ndarray] = []
+        self._busy: dict[int, Future] = {}  # buffer address → a job still reading that memory
         self._lock = threading.Lock()
 
-    def hold(self, tensor: torch.Tensor, job: Future) -> None:
-        """Keep the memory under `tensor` out of `take` until `job` (which reads it, e.g. a hash) is done."""
+    def hold(self, array: np.ndarray, job: Future) -> None:
+        """Keep the memory under `array` out of `take` until `job` (which reads it, e.g. a hash) is done."""
         with self._lock:
-            self._busy[tensor.untyped_storage().data_ptr()] = job
+            self._busy[_owner(array).ctypes.data] = job
 
-    def _ready(self, buf: torch.Tensor) -> bool:  # the lock is held
-        job = self._busy.get(buf.untyped_storage().data_ptr())
+    def _ready(self, buf: np.ndarray) -> bool:  # the lock is held
+        job = self._busy.get(buf.ctypes.data)
         if job is not None and job.done():
-            del self._busy[buf.untyped_storage().data_ptr()]
+            del self._busy[buf.ctypes.data]
             job = None
         return job is None
 
-    def take(self, nbytes: int) -> torch.Tensor:
-        """A (nbytes,) uint8 tensor: the smallest free buffer that fits and no job still reads (a prefix of
+    def take(self, nbytes: int) -> np.ndarray:
+        """A (nbytes,) uint8 array: the smallest free buffer that fits and no job still reads (a prefix of
         it), or a new one."""
         with self._lock:
-            fits = [i for i, b in enumerate(self._free) if b.numel() >= nbytes and self._ready(b)]
-            if fits:  # by position: list.remove would compare tensors elementwise
-                best = min(fits, key=lambda i: self._free[i].numel())
+            fits = [i for i, b in enumerate(self._free) if b.size >= nbytes and self._ready(b)]
+            if fits:
+                best = min(fits, key=lambda i: self._free[i].size)
                 return self._free.pop(best)[:nbytes]
-        return torch.empty(nbytes, dtype=torch.uint8)
+        return np.empty(nbytes, dtype=np.uint8)
 
-    def give(self, tensor: torch.Tensor) -> None:
-        """Hand back the whole memory under `tensor` (any dtype, shape or view) for reuse.
+    def give(self, array: np.ndarray) -> None:
+        """Hand back the whole memory under `array` (any dtype, shape or view) for reuse.
 
-        The caller must own that memory and be done with every tensor that views it.
+        The caller must own that memory and be done with every array that views it.
         """
-        storage = tensor.untyped_storage()
-        if storage.nbytes() == 0:
+        owner = _owner(array)
+        if owner.nbytes == 0:
             return
-        buf = torch.empty(0, dtype=torch.uint8).set_(storage)
+        buf = owner.reshape(-1).view(np.uint8)
         with self._lock:
+            if any(b.ctypes.data == buf.ctypes.data for b in self._free):
+                return  # already back (two views of one buffer given back)
             self._free.append(buf)
             if len(self._free) > MAX_FREE:
-                self._free.pop(min(range(len(self._free)), key=lambda i: self._free[i].numel()))
+                self._free.pop(min(range(len(self._free)), key=lambda i: self._free[i].size))

@@ -10,7 +10,6 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
 
 from fusechat import __version__
@@ -32,14 +31,14 @@ TOKENIZER_FILES = (
 
 
 def copy_model_files(
-    base_dir: Path, tokenizer_dir: Path, out: Path, out_dtype: torch.dtype | None, chat_template: str | None
+    base_dir: Path, tokenizer_dir: Path, out: Path, out_dtype: str | None, chat_template: str | None
 ) -> None:
-    """Copy the base's config (dtype updated) and generation config, and the tokenizer source's files."""
+    """Copy the base's config (dtype updated to `out_dtype`, a name like `bfloat16`) and generation config,
+    and the tokenizer source's files."""
     config = json.loads((base_dir / "config.json").read_text())
     if out_dtype is not None:
-        dtype = str(out_dtype).removeprefix("torch.")
         key = "torch_dtype" if "torch_dtype" in config and "dtype" not in config else "dtype"
-        config[key] = dtype
+        config[key] = out_dtype
     atomic_write_bytes(out / "config.json", (json.dumps(config, indent=2) + "\n").encode())
     for name in MODEL_FILES:
         if (base_dir / name).is_file():

@@ -18,27 +18,16 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-import torch
+import numpy as np
 
 from fusechat.errors import FusechatError
+from fusechat.merge import dtypes
 from fusechat.merge.buffers import BufferPool
 from fusechat.merge.shard_file import ShardFile
 from fusechat.models import PICKLE_SUFFIXES
 
-SAFETENSORS_DTYPES = {
-    "F64": torch.float64,
-    "F32": torch.float32,
-    "F16": torch.float16,
-    "BF16": torch.bfloat16,
-    "I64": torch.int64,
-    "I32": torch.int32,
-    "I16": torch.int16,
-    "I8": torch.int8,
-    "U8": torch.uint8,
-    "BOOL": torch.bool,
-}
-DTYPE_CODES = {v: k for k, v in SAFETENSORS_DTYPES.items()}
 INDEX = "model.safetensors.index.json"
 DIRECT_ALIGN = 4096  # O_DIRECT: offsets, lengths and memory aligned to the block size (4096 covers all here)
 
@@ -48,7 +37,7 @@ class TensorInfo:
     """Where one tensor lives: file, dtype, shape and byte range (absolute offsets in the file)."""
 
     file: Path
-    dtype: torch.dtype
+    dtype: str  # safetensors code (BF16, F32, ...): see merge/dtypes.py
     shape: tuple[int, ...]
     start: int
     end: int
@@ -67,10 +56,10 @@ def read_header(path: Path) -> dict[str, TensorInfo]:
     for name, meta in header.items():
         if name == "__metadata__":
             continue
-        if meta["dtype"] not in SAFETENSORS_DTYPES:
+        if meta["dtype"] not in dtypes.NUMPY:
             raise FusechatError(f"{path}: tensor {name} has unsupported dtype {meta['dtype']}")
         start, end = meta["data_offsets"]
-        out[name] = TensorInfo(path, SAFETENSORS_DTYPES[meta["dtype"]], tuple(meta["shape"]), base + start, base + end)
+        out[name] = TensorInfo(path, meta["dtype"], tuple(meta["shape"]), base + start, base + end)
     return out
 
 
@@ -82,7 +71,7 @@ class Checkpoint:
         self.directory = directory
         self.config = json.loads((directory / "config.json").read_text())
         files = sorted(directory.glob("*.safetensors"))
-        self._pickled: dict[str, torch.Tensor] = {}
+        self._pickled: dict[str, Any] = {}  # name → torch tensor (pickles need torch to load)
         self.tensors: dict[str, TensorInfo] = {}
         if files:
             for f in files:
@@ -106,6 +95,8 @@ class Checkpoint:
                 f"{self.directory}: weights are pickled ({pickled[0].name}); loading a pickle can run "
                 "arbitrary code. Convert them to safetensors, or pass --allow-pickle if you trust the source"
             )
+        import torch
+
         for p in pickled:  # mmap: tensors are paged in when read, not all at once
             state = torch.load(p, map_location="cpu", mmap=True, weights_only=True)
             self._pickled.update(state)
@@ -123,8 +114,11 @@ class Checkpoint:
     def shape(self, name: str) -> tuple[int, ...]:
         return tuple(self._pickled[name].shape) if self._pickled else self.tensors[name].shape
 
-    def dtype(self, name: str) -> torch.dtype:
-        return self._pickled[name].dtype if self._pickled else self.tensors[name].dtype
+    def dtype(self, name: str) -> str:
+        """The tensor's safetensors dtype code."""
+        if self._pickled:
+            return next(c for c, n in dtypes.TORCH_NAMES.items() if str(self._pickled[name].dtype) == f"torch.{n}")
+        return self.tensors[name].dtype
 
     def nbytes(self, name: str) -> int:
         if self._pickled:
@@ -133,11 +127,11 @@ class Checkpoint:
         info = self.tensors[name]
         return info.end - info.start
 
-    def read(self, name: str, pool: BufferPool | None = None) -> torch.Tensor:
-        """The tensor's data in a buffer the caller owns (its stored dtype and shape): a new one, or one taken
-        from `pool` (then the caller gives it back when done)."""
+    def read(self, name: str, pool: BufferPool | None = None) -> np.ndarray:
+        """The tensor's data in a buffer the caller owns, as an array of its stored dtype (bf16 as uint16 bits,
+        see merge/dtypes.py) and shape: a new one, or one taken from `pool` (given back when done)."""
         if self._pickled:
-            return self._pickled[name].clone()
+            return dtypes.from_torch(self._pickled[name].clone())[0]
         info = self.tensors[name]
         if pool is not None:
             direct = self._read_direct(name, info, pool)
@@ -147,12 +141,12 @@ class Checkpoint:
         if fd is None:
             fd = self._fds[info.file] = os.open(info.file, os.O_RDONLY)
         n = info.end - info.start
-        buf = pool.take(n) if pool is not None else torch.empty(n, dtype=torch.uint8)
+        buf = pool.take(n) if pool is not None else np.empty(n, dtype=np.uint8)
         _read_into(fd, buf, info.start, n, info.file, name)
         self._hashed(info, buf[:n], pool)
-        return buf.view(info.dtype).reshape(info.shape)
+        return dtypes.view(buf[:n], info.dtype, info.shape)
 
-    def _read_direct(self, name: str, info: TensorInfo, pool: BufferPool) -> torch.Tensor | None:
+    def _read_direct(self, name: str, info: TensorInfo, pool: BufferPool) -> np.ndarray | None:
         """The tensor read with O_DIRECT into a pooled buffer (the disk writes straight into it), or None.
 
         A buffered read lands in the page cache and is then copied out; on this VM that copy ran at under
@@ -172,8 +166,8 @@ class Checkpoint:
         start = info.start // DIRECT_ALIGN * DIRECT_ALIGN
         stop = -(-info.end // DIRECT_ALIGN) * DIRECT_ALIGN
         raw = pool.take(stop - start + DIRECT_ALIGN)
-        pad = -raw.data_ptr() % DIRECT_ALIGN
-        if (pad + info.start - start) % torch.empty((), dtype=info.dtype).element_size():
+        pad = -raw.ctypes.data % DIRECT_ALIGN
+        if (pad + info.start - start) % dtypes.itemsize(info.dtype):
             pool.give(raw)
             return None  # the tensor would start misaligned for its dtype: read it the buffered way
         region = raw[pad : pad + stop - start]
@@ -187,9 +181,9 @@ class Checkpoint:
             return None
         data = region[info.start - start : info.end - start]
         self._hashed(info, data, pool)
-        return data.view(info.dtype).reshape(info.shape)
+        return dtypes.view(data, info.dtype, info.shape)
 
-    def _hashed(self, info: TensorInfo, data: torch.Tensor, pool: BufferPool | None) -> None:
+    def _hashed(self, info: TensorInfo, data: np.ndarray, pool: BufferPool | None) -> None:
         """Feed a file's running checksum; the pool reuses the buffer only once it is hashed."""
         running = self._hashing.get(info.file)
         if running is not None:
@@ -237,14 +231,14 @@ class _RunningHash:
         self.jumped = False
         self.last: Future | None = None
 
-    def update(self, start: int, end: int, data: torch.Tensor) -> Future | None:
+    def update(self, start: int, end: int, data: np.ndarray) -> Future | None:
         """Queue the bytes [start, end) for hashing if they come next in the file; the job's future, or None."""
         if self.jumped or end <= self.pos:  # read again (a base that is also an input): already hashed
             return None
         if start != self.pos:
             self.jumped = True
             return None
-        self.last = _HASHER.submit(self.hash.update, memoryview(data.numpy()))
+        self.last = _HASHER.submit(self.hash.update, memoryview(data))
         self.pos = end
         return self.last
 
@@ -266,9 +260,9 @@ class _RunningHash:
         mark_verified(self.path, digest)
 
 
-def _read_into(fd: int, buf: torch.Tensor, offset: int, needed: int, path: Path, name: str) -> None:
-    """pread into the uint8 tensor `buf` from `offset` until at least `needed` bytes arrived (or all of buf)."""
-    view = memoryview(buf.numpy())
+def _read_into(fd: int, buf: np.ndarray, offset: int, needed: int, path: Path, name: str) -> None:
+    """pread into the uint8 array `buf` from `offset` until at least `needed` bytes arrived (or all of buf)."""
+    view = memoryview(buf)
     done = 0
     while done < needed:
         got = os.preadv(fd, [view[done:]], offset + done)
@@ -280,7 +274,7 @@ def _read_into(fd: int, buf: torch.Tensor, offset: int, needed: int, path: Path,
 @dataclass(frozen=True)
 class OutputTensor:
     name: str
-    dtype: torch.dtype
+    dtype: str  # safetensors code
     shape: tuple[int, ...]
 
     @property
@@ -288,7 +282,7 @@ class OutputTensor:
         n = 1
         for d in self.shape:
             n *= d
-        return n * torch.empty((), dtype=self.dtype).element_size()
+        return n * dtypes.itemsize(self.dtype)
 
 
 def plan_shards(tensors: Sequence[OutputTensor], max_shard_bytes: int) -> list[list[OutputTensor]]:
@@ -331,7 +325,7 @@ class ShardedWriter:
         offset = 0
         for t in self.shards[index]:
             header[t.name] = {
-                "dtype": DTYPE_CODES[t.dtype],
+                "dtype": t.dtype,
                 "shape": list(t.shape),
                 "data_offsets": [offset, offset + t.nbytes],
             }
@@ -348,13 +342,14 @@ class ShardedWriter:
             self.entries[self.files[self._shard]] = {"bytes": self._file.size, "sha256": self._file.sha256}
             self._file = None
 
-    def write(self, name: str, tensor: torch.Tensor) -> None:
+    def write(self, name: str, array: np.ndarray) -> None:
+        """Write the next planned tensor: `array` of its planned shape, held as its code's numpy dtype."""
         shard, planned = self._order[self._next]
-        if planned.name != name or tuple(tensor.shape) != planned.shape or tensor.dtype != planned.dtype:
-            raise RuntimeError(f"writer expected {planned}, got {name} {tuple(tensor.shape)} {tensor.dtype}")
+        if planned.name != name or array.shape != planned.shape or array.dtype != dtypes.NUMPY[planned.dtype]:
+            raise RuntimeError(f"writer expected {planned}, got {name} {array.shape} {array.dtype}")
         if shard != self._shard:
             self._open(shard)
-        data = tensor.contiguous().reshape(-1).view(torch.uint8).numpy()
+        data = np.ascontiguousarray(array).reshape(-1).view(np.uint8)
         self._file.write(data)
         self.bytes_written += data.nbytes
         self._next += 1

@@ -21,18 +21,18 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import torch
+import numpy as np
 
 from fusechat.errors import FusechatError
 from fusechat.manifest import file_entries, fingerprint, locked, read_manifest, write_manifest
-from fusechat.merge import card, explain
+from fusechat.merge import card, dtypes, explain
 from fusechat.merge.buffers import BufferPool
 from fusechat.merge.checkpoint import ShardedWriter, plan_shards
 from fusechat.merge.config import MergeConfig, load_config
-from fusechat.merge.methods.varm import Granularity, Variation, variation_sum, weights_from_variations
+from fusechat.merge.methods.rules import Granularity, Variation, weights_from_variations
 from fusechat.merge.params import layer_index, layer_t, resolve
 from fusechat.merge.plan import MergePlan, TensorPlan, plan_merge
-from fusechat.merge.registry import REQUIRED, TensorJob
+from fusechat.merge.registry import REQUIRED
 from fusechat.verify import weight_files
 
 log = logging.getLogger(__name__)
@@ -61,10 +61,11 @@ def merge(
     `explain_weights` also writes VaRM's weights per tensor and a plot of them (varm only).
     `mergekit_arithmetic` computes TIES/DARE/TA/SCE in the config's `dtype` as mergekit does, instead of fp32.
     With `exist_ok`, an `out` holding a complete merge of the same config and inputs is returned as it is.
-    `threads` is torch's intra-op thread count while merging (restored after). One is the default: the
-    reader and writer threads already overlap IO with compute, and the blockwise passes lose more to thread
-    barriers than they gain on a shared machine (measured 3x slower with 2 threads here); raise it on a
-    dedicated many-core node.
+    `threads` is torch's intra-op thread count for the tensors the torch functions merge (restored after;
+    the kernels use numba's threads). One is the default: the reader and writer threads already overlap IO
+    with compute, and the blockwise passes lose more to thread barriers than they gain on a shared machine
+    (measured 3x slower with 2 threads here); raise it on a dedicated many-core node.
+    The fast path holds tensors as numpy arrays (merge/dtypes.py) and does not import torch.
     `compiled` runs the methods' compiled kernels (`merge/fast/`: same values, several times faster; numba's
     thread count, all cores by default, sets their parallelism); False runs the torch functions of `methods/`.
     """
@@ -72,8 +73,8 @@ def merge(
     out = Path(out)
     if explain_weights and cfg.merge_method != "varm":
         raise FusechatError(f"--explain shows VaRM's weights; {cfg.merge_method} has none to show")
-    out_dtype = _dtype(cfg.out_dtype or cfg.dtype)
-    plan = plan_merge(cfg, allow_pickle=allow_pickle, out_dtype=out_dtype)
+    out_dtype = cfg.out_dtype or cfg.dtype  # a dtype name (bfloat16) or None: as stored
+    plan = plan_merge(cfg, allow_pickle=allow_pickle, out_dtype=dtypes.code_of(out_dtype))
     try:
         options = {"seed": seed, "mergekit_arithmetic": mergekit_arithmetic, "explain": explain_weights}
         fp = fingerprint({"config": cfg.to_yaml_dict(), "options": options, "inputs": _input_identity(plan)})
@@ -117,7 +118,7 @@ def _write(
     fp: str,
     options: dict[str, Any],
     tokenizer_dir: Path,
-    out_dtype: torch.dtype | None,
+    out_dtype: str | None,
     seed: int,
     max_shard_bytes: int,
     threads: int,
@@ -127,12 +128,9 @@ def _write(
     mergekit_arithmetic, explain_weights = options["mergekit_arithmetic"], options["explain"]
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
     tmp.mkdir()
-    previous_threads = torch.get_num_threads()
     try:
-        torch.set_num_threads(max(1, threads))
         with _collector_paused():
-            stats = _run(cfg, plan, tmp, seed, max_shard_bytes, mergekit_arithmetic, explain_weights, compiled)
-        torch.set_num_threads(previous_threads)
+            stats = _run(cfg, plan, tmp, seed, max_shard_bytes, mergekit_arithmetic, explain_weights, compiled, threads)
         card.copy_model_files(plan.base.directory, tokenizer_dir, tmp, out_dtype, cfg.chat_template)
         card.write_model_card(tmp, cfg, options, title=out.name)
         shards = stats.pop("files")  # hashed as they were written; the rest (the index) is hashed here
@@ -142,13 +140,8 @@ def _write(
         write_manifest(tmp, manifest, complete=True)
         os.replace(tmp, out)
     except BaseException:
-        torch.set_num_threads(previous_threads)
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-
-
-def _dtype(name: str | None) -> torch.dtype | None:
-    return getattr(torch, name) if name else None
 
 
 def _complete_with(out: Path, fp: str) -> bool:
@@ -216,39 +209,34 @@ def _run(
     mergekit_arithmetic: bool,
     explain_weights: bool,
     compiled: bool,
+    threads: int,
 ) -> dict[str, Any]:
     spec = cfg.method
     settings = _Settings(cfg, plan.num_layers)
-    input_dtype = _dtype(cfg.dtype)
-    compute = torch.float32
-    if mergekit_arithmetic and input_dtype is not None and not spec.fp32_like_mergekit:
-        compute = input_dtype
-
+    input_code = dtypes.code_of(cfg.dtype)
+    low_precision = mergekit_arithmetic and input_code is not None and not spec.fp32_like_mergekit
     fast = None
-    if compiled and compute == torch.float32:
+    if compiled and not low_precision:
         from fusechat.merge.fast import run as fast  # imports numba: only when a merge runs
 
         fast.configure_threads()
-    pool = BufferPool() if fast is not None else None  # buffers only return to it on the compiled path
+    pool = BufferPool()
 
-    def load(tp: TensorPlan) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
+    def load(tp: TensorPlan) -> tuple[np.ndarray | None, list[np.ndarray]]:
         if not tp.mergeable:
             return plan.base.read(tp.base_source, pool), []
         base = plan.base.read(tp.base_source, pool) if spec.base_required else None  # linear: base is an input
         return base, [c.read(s, pool) for c, s in zip(plan.inputs, tp.sources, strict=True)]
 
-    def write(name: str, tensor: torch.Tensor) -> None:
-        writer.write(name, tensor)
-        if pool is not None:
-            pool.give(tensor)
+    def codes(tp: TensorPlan) -> list[str]:
+        base = [plan.base.dtype(tp.base_source)] if spec.base_required else []
+        return base + [c.dtype(s) for c, s in zip(plan.inputs, tp.sources, strict=True)]
 
-    def prepare(x: torch.Tensor) -> torch.Tensor:
-        if input_dtype is not None and x.dtype != input_dtype:
-            x = x.to(input_dtype)  # mergekit's `dtype:` rounds every input as it is loaded
-        work = torch.float64 if x.dtype == torch.float64 else compute
-        return x.to(work)
+    def write(name: str, array: np.ndarray) -> None:
+        writer.write(name, array)
+        pool.give(array)
 
-    group_weights = _varm_group_weights(cfg, plan, load, prepare) if _needs_groups(cfg) else {}
+    group_weights = _varm_group_weights(cfg, plan, load, codes, input_code, fast) if _needs_groups(cfg) else {}
     start = time.perf_counter()
     writer = ShardedWriter(tmp, plan_shards([t.out for t in plan.tensors], max_shard_bytes), {"format": "pt"})
     explained: list[tuple[str, list[float]]] = []
@@ -265,59 +253,42 @@ def _run(
                 pending = None
                 if i + 1 < len(plan.tensors) and sizes[i] + sizes[i + 1] <= budget:
                     pending = reader.submit(load, plan.tensors[i + 1])
-                merged = None
-                if tp.mergeable and fast is not None:
-                    shared, per_model = settings.job(tp.out.name)
-                    try:
-                        merged = fast.merge_tensor(
-                            cfg.merge_method,
-                            tp.out.name,
-                            base_raw if spec.base_required else None,
-                            raws,
-                            shared,
-                            per_model,
-                            seed,
-                            input_dtype,
-                            tp.out.dtype,
-                            group_weights.get(tp.out.name),
-                            pool.take,
-                        )
-                    except ValueError as e:
-                        raise FusechatError(str(e)) from None
                 if not tp.mergeable:
                     result = base_raw
-                elif merged is not None:
+                else:
+                    shared, per_model = settings.job(tp.out.name)
+                    args = (tp.out.name, base_raw, raws, codes(tp), shared, per_model, seed)
+                    merged = None
+                    try:
+                        if fast is not None:
+                            merged = fast.merge_tensor(
+                                cfg.merge_method,
+                                *args,
+                                input_code,
+                                tp.out.dtype,
+                                group_weights.get(tp.out.name),
+                                pool.take,
+                            )
+                        if merged is None:  # what the kernels do not cover: the torch function (imports torch)
+                            from fusechat.merge import torch_path
+
+                            merged = torch_path.run_job(
+                                spec,
+                                *args,
+                                group_weights.get(tp.out.name),
+                                input_code,
+                                input_code if low_precision else None,
+                                tp.out.dtype,
+                                threads,
+                            )
+                    except ValueError as e:
+                        raise FusechatError(str(e)) from None
                     result, weights = merged
                     for raw in [base_raw, *raws] if base_raw is not None else raws:
                         pool.give(raw)  # read into by `load`, used by nothing else now
-                    del base_raw, raws
+                    del base_raw, raws, merged
                     if weights is not None:
                         explained.append((tp.out.name, weights))
-                else:
-                    base = prepare(base_raw) if spec.base_required else None
-                    del base_raw
-                    inputs = []
-                    while raws:  # convert one at a time, dropping each raw buffer as soon as it is converted
-                        inputs.append(prepare(raws.pop(0)))
-                    shared, per_model = settings.job(tp.out.name)
-                    job = TensorJob(
-                        tp.out.name,
-                        base,
-                        inputs,
-                        shared,
-                        per_model,
-                        seed,
-                        group_weights.get(tp.out.name),
-                        True,
-                    )
-                    try:
-                        result, weights = spec.merge(job)
-                    except ValueError as e:
-                        raise FusechatError(str(e)) from None
-                    del job, base, inputs
-                    if weights is not None:
-                        explained.append((tp.out.name, weights))
-                    result = result.to(tp.out.dtype)  # the raw buffers it came from are left to the collector
                 if written is not None:
                     written.result()
                 written = wpool.submit(write, tp.out.name, result)
@@ -379,11 +350,13 @@ def group_of(name: str, granularity: Granularity) -> str:
     return name
 
 
-def _varm_group_weights(cfg: MergeConfig, plan: MergePlan, load: Any, prepare: Any) -> dict[str, list[float]]:
+def _varm_group_weights(
+    cfg: MergeConfig, plan: MergePlan, load: Any, codes: Any, input_code: str | None, fast: Any
+) -> dict[str, list[float]]:
     """First pass for coarse VaRM: each group's summed variation per target, then each tensor's weights.
 
     Every tensor of a group has the same number of entries in every target, so the ratio of sums is the ratio
-    of means the formula asks for.
+    of means the formula asks for. The sums come from the kernels when they cover the data, else from torch.
     """
     settings = _Settings(cfg, plan.num_layers)
     shared, _ = settings.job("")
@@ -397,8 +370,12 @@ def _varm_group_weights(cfg: MergeConfig, plan: MergePlan, load: Any, prepare: A
         for i, tp in enumerate(mergeable):
             base_raw, raws = pending.result()
             pending = reader.submit(load, mergeable[i + 1]) if i + 1 < len(mergeable) else None
-            base = prepare(base_raw)
             group = groups[tp.out.name] = group_of(tp.out.name, granularity)
-            for j, raw in enumerate(raws):
-                sums[group][j] += variation_sum(prepare(raw) - base, measure)
+            found = fast.variation_sums(base_raw, raws, codes(tp), input_code, measure) if fast else None
+            if found is None:
+                from fusechat.merge import torch_path
+
+                found = torch_path.variation_sums(base_raw, raws, codes(tp), input_code, measure)
+            for j, v in enumerate(found):
+                sums[group][j] += v
     return {name: weights_from_variations(sums[g]) for name, g in groups.items()}

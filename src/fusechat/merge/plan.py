@@ -11,9 +11,8 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from fusechat.errors import FusechatError
+from fusechat.merge import dtypes
 from fusechat.merge.checkpoint import Checkpoint, OutputTensor
 from fusechat.merge.config import MergeConfig
 from fusechat.merge.params import layer_index
@@ -73,8 +72,11 @@ def tied_source(ckpt: Checkpoint, name: str) -> str | None:
     return None
 
 
-def plan_merge(cfg: MergeConfig, allow_pickle: bool = False, out_dtype: torch.dtype | None = None) -> MergePlan:
-    """Open every input, check they fit together, and list the output tensors in write order."""
+def plan_merge(cfg: MergeConfig, allow_pickle: bool = False, out_dtype: str | None = None) -> MergePlan:
+    """Open every input, check they fit together, and list the output tensors in write order.
+
+    `out_dtype`: the safetensors code (BF16, F32, ...) floating-point outputs are written in (else as stored).
+    """
     cache: dict[Path, Checkpoint] = {}
     merged = cfg.merged_models()
     inputs = [open_checkpoint(m.model, allow_pickle, cache) for m in merged]
@@ -112,7 +114,7 @@ def plan_merge(cfg: MergeConfig, allow_pickle: bool = False, out_dtype: torch.dt
                     _shape_problem(name, labels[id(ckpt)], ckpt.shape(source), labels[id(base)], shape, vocab)
                 )
             sources.append(source)
-        mergeable = dtype.is_floating_point
+        mergeable = dtype in dtypes.FLOATING
         target_dtype = out_dtype if (out_dtype is not None and mergeable) else dtype
         tensors.append(TensorPlan(OutputTensor(name, target_dtype, shape), name, sources, mergeable))
     for ckpt in inputs:

@@ -1,23 +1,20 @@
 """The one list of merge methods: their parameters (defaults, valid ranges) and how the engine calls them.
 
-Adding a method means writing its pure tensor function in `methods/` and one entry in `METHODS` below; the
-config loader validates parameters against these specs, so a typo or an out-of-range value fails at load time.
+Adding a method means writing its pure tensor function in `methods/`, its adapter in `torch_path.py` (and,
+for speed, a kernel in `fast/`), and one entry in `METHODS` below; the config loader validates parameters
+against these specs, so a typo or an out-of-range value fails at load time. Nothing here imports torch.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+from fusechat.merge.methods.rules import Granularity, Variation
 
-from fusechat.merge.methods.linear import linear
-from fusechat.merge.methods.sce import sce
-from fusechat.merge.methods.slerp import slerp
-from fusechat.merge.methods.sparsify import tensor_key
-from fusechat.merge.methods.task_arithmetic import Sparsify, task_arithmetic
-from fusechat.merge.methods.varm import Granularity, Variation, varm, varm_element, varm_matrix
+if TYPE_CHECKING:
+    import torch
 
 REQUIRED = object()
 
@@ -50,7 +47,6 @@ class TensorJob:
 @dataclass(frozen=True)
 class MethodSpec:
     name: str
-    merge: Callable[[TensorJob], tuple[torch.Tensor, list[float] | None]]
     shared: tuple[Param, ...] = ()
     per_model: tuple[Param, ...] = ()
     base_required: bool = True
@@ -59,6 +55,12 @@ class MethodSpec:
     fp32_like_mergekit: bool = True  # mergekit computes this one in fp32 whatever `dtype:` says
     summary: str = ""
     notes: dict[str, str] = field(default_factory=dict)
+
+    def merge(self, job: TensorJob) -> tuple[torch.Tensor, list[float] | None]:
+        """Run the method's torch function (`merge/torch_path.py`; imports torch) on one tensor's job."""
+        from fusechat.merge.torch_path import FUNCTIONS
+
+        return FUNCTIONS[self.name](job)
 
     def param(self, name: str) -> Param | None:
         for p in self.shared + self.per_model:
@@ -91,62 +93,11 @@ def _rescale(default: bool) -> Param:
     return Param("rescale", bool, default, help="restore each pruned task vector's L1 norm")
 
 
-def _linear(job: TensorJob) -> tuple[torch.Tensor, None]:
-    weights = [p["weight"] for p in job.per_model]
-    if job.shared["normalize"] and abs(sum(weights)) < 1e-12:
-        raise ValueError(f"{job.name}: the weights sum to 0, cannot normalise; set normalize: false")
-    return linear(job.inputs, weights, job.shared["normalize"]), None
-
-
-def _slerp(job: TensorJob) -> tuple[torch.Tensor, None]:
-    return slerp(job.base, job.inputs[0], job.shared["t"]), None
-
-
-def _gta(sparsify: Sparsify, sign_election: bool) -> Callable[[TensorJob], tuple[torch.Tensor, None]]:
-    def run(job: TensorJob) -> tuple[torch.Tensor, None]:
-        keys = None
-        if sparsify is Sparsify.RANDOM:
-            keys = [tensor_key(job.seed, job.name, i) for i in range(len(job.inputs))]
-        out = task_arithmetic(
-            job.base,
-            job.inputs,
-            [p["weight"] for p in job.per_model],
-            densities=[p.get("density", 1.0) for p in job.per_model],
-            sparsify=sparsify,
-            sign_election=sign_election,
-            normalize=job.shared["normalize"],
-            rescale=job.shared.get("rescale", False),
-            lambda_=job.shared["lambda"],
-            keys=keys,
-            consume=job.consume,
-        )
-        return out, None
-
-    return run
-
-
-def _sce(job: TensorJob) -> tuple[torch.Tensor, None]:
-    return sce(job.base, job.inputs, job.shared["select_topk"], consume=job.consume), None
-
-
-def _varm(job: TensorJob) -> tuple[torch.Tensor, list[float]]:
-    measure = Variation(job.shared["variation"])
-    granularity = Granularity(job.shared["granularity"])
-    if granularity is Granularity.ELEMENT:
-        return varm_element(job.base, job.inputs, measure)
-    if granularity is Granularity.MATRIX:
-        return varm_matrix(job.base, job.inputs, measure)
-    if job.group_weights is None:
-        raise ValueError(f"{job.name}: VaRM at {granularity.value} granularity needs its group's weights")
-    return varm(job.inputs, job.group_weights), job.group_weights
-
-
 _GTA_SHARED = (INT8_MASK, LAMBDA)
 
 METHODS: Mapping[str, MethodSpec] = {
     "linear": MethodSpec(
         "linear",
-        _linear,
         shared=(NORMALIZE_ON,),
         per_model=(WEIGHT,),
         base_required=False,
@@ -154,7 +105,6 @@ METHODS: Mapping[str, MethodSpec] = {
     ),
     "slerp": MethodSpec(
         "slerp",
-        _slerp,
         shared=(Param("t", float, REQUIRED, _in_unit_closed, "0 gives the base, 1 the other model"),),
         min_models=1,
         max_models=1,
@@ -162,7 +112,6 @@ METHODS: Mapping[str, MethodSpec] = {
     ),
     "task_arithmetic": MethodSpec(
         "task_arithmetic",
-        _gta(Sparsify.NONE, False),
         shared=(*_GTA_SHARED, NORMALIZE_OFF, _rescale(False)),
         per_model=(WEIGHT,),
         fp32_like_mergekit=False,
@@ -170,7 +119,6 @@ METHODS: Mapping[str, MethodSpec] = {
     ),
     "ties": MethodSpec(
         "ties",
-        _gta(Sparsify.MAGNITUDE, True),
         shared=(*_GTA_SHARED, NORMALIZE_ON, _rescale(False)),
         per_model=(WEIGHT, DENSITY),
         fp32_like_mergekit=False,
@@ -178,7 +126,6 @@ METHODS: Mapping[str, MethodSpec] = {
     ),
     "dare_linear": MethodSpec(
         "dare_linear",
-        _gta(Sparsify.RANDOM, False),
         shared=(*_GTA_SHARED, NORMALIZE_OFF, _rescale(True)),
         per_model=(WEIGHT, DENSITY),
         fp32_like_mergekit=False,
@@ -186,7 +133,6 @@ METHODS: Mapping[str, MethodSpec] = {
     ),
     "dare_ties": MethodSpec(
         "dare_ties",
-        _gta(Sparsify.RANDOM, True),
         shared=(*_GTA_SHARED, NORMALIZE_OFF, _rescale(True)),
         per_model=(WEIGHT, DENSITY),
         fp32_like_mergekit=False,
@@ -194,14 +140,12 @@ METHODS: Mapping[str, MethodSpec] = {
     ),
     "sce": MethodSpec(
         "sce",
-        _sce,
         shared=(INT8_MASK, Param("select_topk", float, 1.0, _in_unit_closed, "fraction of entries selected")),
         fp32_like_mergekit=False,
         summary="select by variance, weights from energy, erase minority signs",
     ),
     "varm": MethodSpec(
         "varm",
-        _varm,
         shared=(
             Param("granularity", str, "matrix", _choice(tuple(g.value for g in Granularity)), "weight groups"),
             Param("variation", str, "squared", _choice(tuple(v.value for v in Variation)), "mean Δ² or |Δ|"),

@@ -15,8 +15,7 @@ from numba import njit, prange
 
 from fusechat.merge.fast._prims import fma, load, store
 from fusechat.merge.fast._select import CHUNK, TILE, n_chunks
-from fusechat.merge.methods.slerp import coefficients
-from fusechat.merge.methods.varm import Variation
+from fusechat.merge.methods.rules import Variation, coefficients
 
 
 @njit(parallel=True, nogil=True, cache=True)

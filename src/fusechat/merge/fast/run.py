@@ -1,10 +1,10 @@
 """Running a method's compiled kernels on one tensor's raw inputs: the engine's fast path.
 
-`merge_tensor` takes the tensors as read from disk (no fp32 copies), views bf16 as its uint16 bits, runs the
-selection passes and the one output pass, and returns the output tensor in its final dtype; it returns None
-for what the kernels do not cover (float64 data, VaRM per element, mergekit's low-precision arithmetic), and
-the engine then runs the torch function of `methods/` instead. Both give the same values: the tests hold
-every kernel equal to its torch function, bit for bit on float32 and bf16 data.
+`merge_tensor` takes the arrays as read from disk (no fp32 copies; bf16 as its uint16 bits, see
+merge/dtypes.py), runs the selection passes and the one output pass, and returns the output array in its
+final dtype; it returns None for what the kernels do not cover (float64 data, VaRM per element, mergekit's
+low-precision arithmetic), and the engine then runs the torch function of `methods/` instead. Both give the
+same values: the tests hold every kernel equal to its torch function, bit for bit on float32 and bf16 data.
 
 The kernels run on numba's `workqueue` threads unless NUMBA_THREADING_LAYER says otherwise: with the OpenMP
 layer (numba's default when libgomp is present) a TIES merge took 23.9 s instead of 9.5 s on this shared
@@ -17,14 +17,21 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
-import torch
 
+from fusechat.merge import dtypes
+from fusechat.merge.dtypes import convert, to_float32
 from fusechat.merge.fast import _kernels as K
 from fusechat.merge.fast import _select as S
 from fusechat.merge.fast import _simple
-from fusechat.merge.methods.sce import UNIFORM_BELOW
-from fusechat.merge.methods.sparsify import RESCALE_EPS, keep_limit, tensor_key
-from fusechat.merge.methods.varm import Granularity, Variation, weights_from_variations
+from fusechat.merge.methods.rules import (
+    RESCALE_EPS,
+    UNIFORM_BELOW,
+    Granularity,
+    Variation,
+    keep_limit,
+    tensor_key,
+    weights_from_variations,
+)
 
 _GTA = {  # method: (sparsify, sign election)
     "task_arithmetic": (K.SPARSE_NONE, False),
@@ -45,57 +52,52 @@ def configure_threads() -> None:
         numba.config.THREADING_LAYER = "workqueue"
 
 
-def _array(t: torch.Tensor, as_float: bool) -> np.ndarray | None:
-    """A flat numpy view the kernels read: bf16 as uint16 bits, float32 as is (fp16 widened); None if float64."""
-    if t.dtype == torch.bfloat16 and not as_float:
-        return t.reshape(-1).view(torch.int16).numpy().view(np.uint16)
-    if t.dtype in (torch.bfloat16, torch.float16):
-        t = t.float()
-    if t.dtype != torch.float32:
+def _arrays(arrays: Sequence[np.ndarray], codes: Sequence[str], input_code: str | None) -> list[np.ndarray] | None:
+    """The inputs flat, as one kernel dtype (bf16 bits, or float32 when any input is not bf16), each first
+    rounded to the config's `dtype:` as the engine does; None for float64 (the torch path's)."""
+    if input_code == "F64" or "F64" in codes:
         return None
-    return t.reshape(-1).numpy()
-
-
-def _arrays(tensors: Sequence[torch.Tensor], input_dtype: torch.dtype | None) -> list[np.ndarray] | None:
-    """The inputs as one kernel dtype, each first rounded to the config's `dtype:` as the engine does."""
-    tensors = [t.to(input_dtype) if input_dtype is not None and t.dtype != input_dtype else t for t in tensors]
-    as_float = any(t.dtype != torch.bfloat16 for t in tensors)
-    arrays = [_array(t, as_float) for t in tensors]
-    return None if any(a is None for a in arrays) else arrays
+    pairs = [
+        (convert(a, c, input_code), input_code) if input_code else (a, c) for a, c in zip(arrays, codes, strict=True)
+    ]
+    as_float = any(c != "BF16" for _, c in pairs)
+    return [(to_float32(a, c) if as_float else a).reshape(-1) for a, c in pairs]
 
 
 def merge_tensor(
     method: str,
     name: str,
-    base: torch.Tensor | None,
-    inputs: list[torch.Tensor],
+    base: np.ndarray | None,
+    inputs: list[np.ndarray],
+    codes: Sequence[str],
     shared: dict[str, Any],
     per_model: list[dict[str, Any]],
     seed: int,
-    input_dtype: torch.dtype | None,
-    out_dtype: torch.dtype,
+    input_code: str | None,
+    out_code: str,
     group_weights: list[float] | None = None,
-    alloc: Callable[[int], torch.Tensor] | None = None,
-) -> tuple[torch.Tensor, list[float] | None] | None:
-    """The merged tensor (out_dtype, the inputs' shape) and VaRM's weights, or None to use the torch path.
+    alloc: Callable[[int], np.ndarray] | None = None,
+) -> tuple[np.ndarray, list[float] | None] | None:
+    """The merged array (out_code, the inputs' shape) and VaRM's weights, or None to use the torch path.
 
-    `alloc(nbytes)` gives the output's uint8 buffer for bf16 and float32 outputs (a new one by default).
+    `codes`: the dtype codes of base (when given) and inputs, in that order. `alloc(nbytes)` gives the
+    output's uint8 buffer for bf16 and float32 outputs (a new one by default).
     """
-    if method not in METHODS or out_dtype not in (torch.bfloat16, torch.float32, torch.float16):
+    if method not in METHODS or out_code not in ("BF16", "F32", "F16"):
         return None
     if method == "varm" and Granularity(shared["granularity"]) is Granularity.ELEMENT:
         return None
-    arrays = _arrays(([base] if base is not None else []) + inputs, input_dtype)
+    arrays = _arrays(([base] if base is not None else []) + inputs, codes, input_code)
     if arrays is None:
         return None
     shape = inputs[0].shape
-    kernel_dtype = torch.bfloat16 if out_dtype == torch.bfloat16 else torch.float32
-    if alloc is not None and kernel_dtype == out_dtype:
-        numel = inputs[0].numel()
-        out = alloc(numel * kernel_dtype.itemsize).view(kernel_dtype).reshape(shape)
+    kernel_code = "BF16" if out_code == "BF16" else "F32"
+    numel = arrays[0].size
+    if alloc is not None and kernel_code == out_code:
+        out = dtypes.view(alloc(numel * dtypes.itemsize(kernel_code)), kernel_code, shape)
     else:
-        out = torch.empty(shape, dtype=kernel_dtype)
-    flat_out = _array(out, False)
+        out = np.empty(shape, dtype=dtypes.NUMPY[kernel_code])
+    flat_out = out.reshape(-1)
     weights = None
     if method in _GTA:
         _gta(method, name, arrays[0], tuple(arrays[1:]), shared, per_model, seed, flat_out)
@@ -114,7 +116,15 @@ def merge_tensor(
             measure = Variation(shared["variation"])
             weights = weights_from_variations(_simple.variation_sums(arrays[0], tuple(arrays[1:]), measure))
         _simple.weighted_sum(tuple(arrays[1:]), weights, None, flat_out)
-    return (out if out.dtype == out_dtype else out.to(out_dtype)), weights
+    return (out if kernel_code == out_code else dtypes.convert(out, kernel_code, out_code)), weights
+
+
+def variation_sums(
+    base: np.ndarray, inputs: list[np.ndarray], codes: Sequence[str], input_code: str | None, measure: Variation
+) -> list[float] | None:
+    """VaRM's Σ Δ² (or Σ |Δ|) of each input against the base, or None when the kernels do not cover the data."""
+    arrays = _arrays([base, *inputs], codes, input_code)
+    return None if arrays is None else _simple.variation_sums(arrays[0], tuple(arrays[1:]), measure)
 
 
 def _gta(method, name, base, xs, shared, per_model, seed, out) -> None:

@@ -8,10 +8,10 @@ from collections.abc import Sequence
 import torch
 
 from fusechat.merge.methods.blocks import blocks, sum_squares
+from fusechat.merge.methods.rules import UNIFORM_BELOW
 from fusechat.merge.methods.select import keep_top_k_
 from fusechat.merge.methods.task_arithmetic import sign_agrees
 
-UNIFORM_BELOW = 1e-6  # Σ mean(τ²) below this: equal weights (mergekit's tolerance)
 MIN_DIVISOR = 1e-6
 
 

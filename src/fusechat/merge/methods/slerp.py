@@ -7,14 +7,10 @@ interpolation, where the spherical formula is numerically unstable.
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from fusechat.merge.methods.blocks import dot64
-
-PARALLEL_DOT = 0.9995  # |cos| above this: straight interpolation (mergekit's threshold)
-TINY_NORM = 1e-8  # vectors with a norm at or below this are not normalised
+from fusechat.merge.methods.rules import coefficients
 
 
 def slerp(base: torch.Tensor, other: torch.Tensor, t: float) -> torch.Tensor:
@@ -34,15 +30,3 @@ def slerp(base: torch.Tensor, other: torch.Tensor, t: float) -> torch.Tensor:
     out = base.mul(coef_a)
     out.add_(other, alpha=coef_b)
     return out
-
-
-def coefficients(norm_a: float, norm_b: float, dot: float, t: float) -> tuple[float, float]:
-    """SLERP's two coefficients from the norms and the (unnormalised) dot product of the flattened tensors."""
-    norm_a = norm_a if norm_a > TINY_NORM else 1.0
-    norm_b = norm_b if norm_b > TINY_NORM else 1.0
-    cos = min(1.0, max(-1.0, dot / (norm_a * norm_b)))
-    if abs(cos) > PARALLEL_DOT:
-        return 1.0 - t, t
-    theta = math.acos(cos)
-    sin_theta = math.sin(theta)
-    return math.sin((1.0 - t) * theta) / sin_theta, math.sin(t * theta) / sin_theta

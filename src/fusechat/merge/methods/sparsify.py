@@ -13,14 +13,13 @@ generator; the same seed now gives a different, equally reproducible mask.)
 
 from __future__ import annotations
 
-import hashlib
-
 import torch
 
 from fusechat.merge.methods.blocks import blocks, sum_abs
+from fusechat.merge.methods.rules import RESCALE_EPS, keep_limit, tensor_key
 from fusechat.merge.methods.select import keep_top_k_
 
-RESCALE_EPS = 1e-7  # a norm below this skips the rescale (mergekit's tolerance)
+__all__ = ["RESCALE_EPS", "element_hash", "keep_limit", "magnitude_prune_", "random_prune_", "tensor_key"]
 
 
 def magnitude_prune_(delta: torch.Tensor, density: float, rescale: bool = False) -> torch.Tensor:
@@ -63,17 +62,6 @@ def _rescale_l1_(delta: torch.Tensor, before: float) -> None:
     after = sum_abs(delta)
     if before >= RESCALE_EPS and after >= RESCALE_EPS:
         delta.mul_(before / after)
-
-
-def tensor_key(seed: int, tensor_name: str, model_index: int) -> tuple[int, int]:
-    """The mask key of (seed, tensor name, model index): two 32-bit words of their sha256."""
-    digest = hashlib.sha256(f"{seed}\0{tensor_name}\0{model_index}".encode()).digest()
-    return int.from_bytes(digest[:4], "little"), int.from_bytes(digest[4:8], "little")
-
-
-def keep_limit(density: float) -> int:
-    """An entry is kept when its 32-bit draw is below this: probability `density` (to 2⁻³²)."""
-    return min(1 << 32, int(density * 4294967296.0))
 
 
 _MASK32 = 0xFFFFFFFF

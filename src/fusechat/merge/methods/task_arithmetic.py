@@ -8,23 +8,17 @@ sparsified, whether a majority sign is elected per entry, and whether the sum is
 from __future__ import annotations
 
 from collections.abc import Sequence
-from enum import StrEnum
 
 import torch
 
 from fusechat.merge.methods.blocks import blocks
+from fusechat.merge.methods.rules import Sparsify
 from fusechat.merge.methods.sparsify import magnitude_prune_, random_prune_
 
 
 def sign_agrees(delta: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
     """Where `delta` is non-zero with the elected sign (`positive`: True for +); bool, delta's shape."""
     return (delta > 0).eq_(positive).logical_and_(delta != 0)
-
-
-class Sparsify(StrEnum):
-    NONE = "none"
-    MAGNITUDE = "magnitude"  # TIES: keep the largest |δ|
-    RANDOM = "random"  # DARE: keep a random subset
 
 
 def task_arithmetic(

@@ -10,38 +10,26 @@ weights; this is the formula of the paper.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from enum import StrEnum
 
 import torch
 
 from fusechat.merge.methods.blocks import sum_abs, sum_squares
+from fusechat.merge.methods.rules import Granularity, Variation, weights_from_variations
 
-
-class Variation(StrEnum):
-    SQUARED = "squared"  # mean(Δ²), the paper's
-    ABSOLUTE = "absolute"  # mean(|Δ|)
-
-
-class Granularity(StrEnum):
-    MODEL = "model"
-    LAYER = "layer"
-    MODULE = "module"
-    MATRIX = "matrix"
-    ELEMENT = "element"
+__all__ = [
+    "Granularity",
+    "Variation",
+    "varm",
+    "varm_element",
+    "varm_matrix",
+    "variation_sum",
+    "weights_from_variations",
+]
 
 
 def variation_sum(delta: torch.Tensor, measure: Variation) -> float:
     """Σ Δ² (or Σ |Δ|) over all entries of `delta` (any shape), accumulated in float64."""
     return sum_squares(delta) if measure is Variation.SQUARED else sum_abs(delta)
-
-
-def weights_from_variations(variations: Sequence[float]) -> list[float]:
-    """Wⱼ = vⱼ / Σₖ vₖ for n non-negative variations; uniform 1/n when they are all zero."""
-    total = float(sum(variations))
-    n = len(variations)
-    if total <= 0:
-        return [1.0 / n] * n
-    return [float(v) / total for v in variations]
 
 
 def varm(targets: Sequence[torch.Tensor], weights: Sequence[float]) -> torch.Tensor:
