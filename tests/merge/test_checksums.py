@@ -109,3 +109,14 @@ def test_a_tail_the_merge_does_not_read_is_still_checked(tmp_path, counted_hashe
     flip_a_byte(b / "model.safetensors", offset_from_end=2)  # inside the extra tensor
     with pytest.raises(FusechatError, match=f"{b / 'model.safetensors'}: does not match the checksum"):
         merge(simple_config("linear", None, [a, b], weights=[1, 1]), tmp_path / "bad")
+
+
+def test_a_base_that_is_also_an_input_is_hashed_once(tmp_path, counted_hashes):
+    """SLERP lists the base among its models: both reads of each tensor run at once; the file is hashed once."""
+    base, a, _ = (with_manifest(d) for d in make_family(tmp_path, seed=5, shards=(2, 2, 2), dtype=torch.bfloat16))
+    counted_hashes.clear()
+    cfg = {"merge_method": "slerp", "base_model": str(base), "models": [{"model": str(base)}, {"model": str(a)}]}
+    for i in range(3):  # the race between the two reads, given a few chances to show
+        merge({**cfg, "parameters": {"t": 0.3}}, tmp_path / f"out{i}")
+        manifest._VERIFIED.clear()
+    assert not counted_hashes

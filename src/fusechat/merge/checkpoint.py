@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import struct
+import threading
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -84,6 +85,8 @@ class Checkpoint:
         self._fds: dict[Path, int] = {}
         self._direct_fds: dict[Path, int] | None = {} if hasattr(os, "O_DIRECT") else None
         self._hashing = {f: _RunningHash(f, digest) for f, digest in (checksums or {}).items()}
+        self._lock = threading.Lock()  # reads may come from several threads (a base that is also an input)
+        self._all_fds: list[int] = []
 
     def _load_pickled(self, allow_pickle: bool) -> None:
         pickled = sorted(p for p in self.directory.iterdir() if p.suffix in PICKLE_SUFFIXES)
@@ -137,9 +140,7 @@ class Checkpoint:
             direct = self._read_direct(name, info, pool)
             if direct is not None:
                 return direct
-        fd = self._fds.get(info.file)
-        if fd is None:
-            fd = self._fds[info.file] = os.open(info.file, os.O_RDONLY)
+        fd = self._fd(self._fds, info.file, os.O_RDONLY)
         n = info.end - info.start
         buf = pool.take(n) if pool is not None else np.empty(n, dtype=np.uint8)
         _read_into(fd, buf, info.start, n, info.file, name)
@@ -154,15 +155,14 @@ class Checkpoint:
         merge's CPU). O_DIRECT needs block-aligned offsets, lengths and memory, so the aligned range around the
         tensor is read and the tensor is a view into it. Unsupported filesystems (tmpfs) fall back, once.
         """
-        if self._direct_fds is None:
+        fds = self._direct_fds
+        if fds is None:
             return None
-        fd = self._direct_fds.get(info.file)
-        if fd is None:
-            try:
-                fd = self._direct_fds[info.file] = os.open(info.file, os.O_RDONLY | getattr(os, "O_DIRECT", 0))
-            except OSError:
-                self._direct_fds = None
-                return None
+        try:
+            fd = self._fd(fds, info.file, os.O_RDONLY | getattr(os, "O_DIRECT", 0))
+        except OSError:
+            self._direct_fds = None
+            return None
         start = info.start // DIRECT_ALIGN * DIRECT_ALIGN
         stop = -(-info.end // DIRECT_ALIGN) * DIRECT_ALIGN
         raw = pool.take(stop - start + DIRECT_ALIGN)
@@ -173,15 +173,21 @@ class Checkpoint:
         region = raw[pad : pad + stop - start]
         try:
             _read_into(fd, region, start, info.end - start, info.file, name)
-        except OSError:  # EINVAL: this filesystem does not do O_DIRECT after all
+        except OSError:  # EINVAL: this filesystem does not do O_DIRECT after all (its fds close in `close`)
             pool.give(raw)
-            for d in self._direct_fds.values():
-                os.close(d)
             self._direct_fds = None
             return None
         data = region[info.start - start : info.end - start]
         self._hashed(info, data, pool)
         return dtypes.view(data, info.dtype, info.shape)
+
+    def _fd(self, fds: dict[Path, int], path: Path, flags: int) -> int:
+        """The open descriptor of `path` in `fds`, opened once even when two threads ask at once."""
+        with self._lock:
+            if path not in fds:
+                fds[path] = os.open(path, flags)
+                self._all_fds.append(fds[path])
+            return fds[path]
 
     def _hashed(self, info: TensorInfo, data: np.ndarray, pool: BufferPool | None) -> None:
         """Feed a file's running checksum; the pool reuses the buffer only once it is hashed."""
@@ -204,8 +210,9 @@ class Checkpoint:
         self._hashing.clear()
 
     def close(self) -> None:
-        for fd in [*self._fds.values(), *(self._direct_fds or {}).values()]:
+        for fd in self._all_fds:
             os.close(fd)
+        self._all_fds.clear()
         self._fds.clear()
         self._direct_fds = {} if hasattr(os, "O_DIRECT") else None
 
@@ -230,17 +237,19 @@ class _RunningHash:
         self.pos = len(prefix)  # bytes [0, pos) are hashed, or queued to be
         self.jumped = False
         self.last: Future | None = None
+        self._lock = threading.Lock()  # a base that is also an input is read by two threads at once
 
     def update(self, start: int, end: int, data: np.ndarray) -> Future | None:
         """Queue the bytes [start, end) for hashing if they come next in the file; the job's future, or None."""
-        if self.jumped or end <= self.pos:  # read again (a base that is also an input): already hashed
-            return None
-        if start != self.pos:
-            self.jumped = True
-            return None
-        self.last = _HASHER.submit(self.hash.update, memoryview(data))
-        self.pos = end
-        return self.last
+        with self._lock:
+            if self.jumped or end <= self.pos:  # read again (a base that is also an input): already hashed
+                return None
+            if start != self.pos:
+                self.jumped = True
+                return None
+            self.last = _HASHER.submit(self.hash.update, memoryview(data))
+            self.pos = end
+            return self.last
 
     def finish(self) -> None:
         from fusechat.manifest import checksum_mismatch, mark_verified, sha256_file

