@@ -31,7 +31,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="compute TIES/DARE/TA/SCE in the config's dtype like mergekit (default: fp32, cast at the end)",
     )
-    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads while merging (default 1)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads for tensors the compiled kernels do not cover (default 1)",
+    )
     p.set_defaults(func=run)
 
 
