@@ -121,9 +121,8 @@ def check_files(
         f = directory / name
         if not f.is_file():
             raise FusechatError(f"{f}: listed in {path} but missing; rerun the stage that wrote {directory}")
-        st = f.stat()
-        key = (str(f.resolve()), st.st_size, st.st_mtime_ns)
-        if st.st_size != info.get("bytes"):
+        key = _identity(f)
+        if key[1] != info.get("bytes"):
             raise checksum_mismatch(f)
         if name.endswith(defer) and key not in _VERIFIED:
             deferred[f] = info.get("sha256")
@@ -144,8 +143,13 @@ def checksum_mismatch(f: Path) -> FusechatError:
 
 def mark_verified(f: Path, digest: str) -> None:
     """Record that `f`, as it is now, hashed to `digest` (a later check in this process skips it)."""
+    _VERIFIED[_identity(f)] = digest
+
+
+def _identity(f: Path) -> tuple[str, int, int]:
+    """A file as `_VERIFIED` knows it: path, size, modification time."""
     st = f.stat()
-    _VERIFIED[(str(f.resolve()), st.st_size, st.st_mtime_ns)] = digest
+    return str(f.resolve()), st.st_size, st.st_mtime_ns
 
 
 def fingerprint(obj: Any) -> str:

@@ -16,7 +16,7 @@ import os
 import shutil
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -201,6 +201,63 @@ class _Settings:
         return p.type(value)
 
 
+class _Inputs:
+    """Reads a tensor's inputs from every checkpoint at once into pooled buffers (a context manager)."""
+
+    def __init__(self, plan: MergePlan, base_required: bool, pool: BufferPool) -> None:
+        self.plan, self.base_required, self.pool = plan, base_required, pool
+        self._readers = ThreadPoolExecutor(1 + len(plan.inputs), "merge-read-file")
+
+    def load(self, tp: TensorPlan) -> tuple[np.ndarray | None, list[np.ndarray]]:
+        """One tensor's inputs, read in parallel (one request per file in flight: 15-20% faster reads here)."""
+        if not tp.mergeable:
+            return self.plan.base.read(tp.base_source, self.pool), []
+        wanted = list(zip(self.plan.inputs, tp.sources, strict=True))
+        if self.base_required:
+            wanted.insert(0, (self.plan.base, tp.base_source))
+        arrays = list(self._readers.map(lambda cs: cs[0].read(cs[1], self.pool), wanted))
+        return (arrays.pop(0) if self.base_required else None), arrays  # linear: the base is an input
+
+    def codes(self, tp: TensorPlan) -> list[str]:
+        """The dtype codes of what `load` returns, base first."""
+        base = [self.plan.base.dtype(tp.base_source)] if self.base_required else []
+        return base + [c.dtype(s) for c, s in zip(self.plan.inputs, tp.sources, strict=True)]
+
+    def __enter__(self) -> _Inputs:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._readers.shutdown(wait=True)
+
+
+@dataclass(frozen=True)
+class _Merger:
+    """Merges one tensor: the compiled kernels where they cover it, else the method's torch function."""
+
+    cfg: MergeConfig
+    fast: Any  # the kernels' module (merge/fast/run.py), or None
+    pool: BufferPool
+    input_code: str | None  # the config's `dtype:`, as a safetensors code
+    low_precision: bool  # --mergekit-arithmetic for a method mergekit computes in `dtype:`
+    threads: int  # torch's, for the torch path
+
+    def tensor(self, job: tuple, out_code: str, group: list[float] | None) -> tuple[np.ndarray, list[float] | None]:
+        """`job`: (name, base, inputs, codes, shared, per_model, seed) → (the merged array, VaRM's weights)."""
+        try:
+            if self.fast is not None:
+                merged = self.fast.merge_tensor(
+                    self.cfg.merge_method, *job, self.input_code, out_code, group, self.pool.take
+                )
+                if merged is not None:
+                    return merged
+            from fusechat.merge import torch_path  # what the kernels do not cover (imports torch)
+
+            compute = self.input_code if self.low_precision else None
+            return torch_path.run_job(self.cfg.method, *job, group, self.input_code, compute, out_code, self.threads)
+        except ValueError as e:
+            raise FusechatError(str(e)) from None
+
+
 def _run(
     cfg: MergeConfig,
     plan: MergePlan,
@@ -213,67 +270,32 @@ def _run(
     threads: int,
 ) -> dict[str, Any]:
     spec = cfg.method
-    low_precision = mergekit_arithmetic and cfg.dtype is not None and not spec.fp32_like_mergekit
+    settings = _Settings(cfg, plan.num_layers)
+    input_code = dtypes.code_of(cfg.dtype)
+    low_precision = mergekit_arithmetic and input_code is not None and not spec.fp32_like_mergekit
     fast = None
     if compiled and not low_precision:
         from fusechat.merge.fast import run as fast  # imports numba: only when a merge runs
 
         fast.configure_threads()
     pool = BufferPool()
-    readers = ThreadPoolExecutor(1 + len(plan.inputs), "merge-read-file")
-
-    def load(tp: TensorPlan) -> tuple[np.ndarray | None, list[np.ndarray]]:
-        """One tensor's inputs, read in parallel (one request per file in flight: 15-20% faster reads here)."""
-        if not tp.mergeable:
-            return plan.base.read(tp.base_source, pool), []
-        wanted = list(zip(plan.inputs, tp.sources, strict=True))
-        if spec.base_required:
-            wanted.insert(0, (plan.base, tp.base_source))
-        arrays = list(readers.map(lambda cs: cs[0].read(cs[1], pool), wanted))
-        return (arrays.pop(0) if spec.base_required else None), arrays  # linear: the base is an input
-
-    def codes(tp: TensorPlan) -> list[str]:
-        base = [plan.base.dtype(tp.base_source)] if spec.base_required else []
-        return base + [c.dtype(s) for c, s in zip(plan.inputs, tp.sources, strict=True)]
-
-    try:
-        ctx = _Context(cfg, plan, fast, pool, load, codes, low_precision, threads)
-        return _loop(ctx, tmp, seed, max_shard_bytes, explain_weights)
-    finally:
-        readers.shutdown(wait=True)
-
-
-@dataclass
-class _Context:
-    """What `_run` sets up for the tensor loop."""
-
-    cfg: MergeConfig
-    plan: MergePlan
-    fast: Any  # the kernels' module, or None
-    pool: BufferPool
-    load: Callable[[TensorPlan], tuple[np.ndarray | None, list[np.ndarray]]]
-    codes: Callable[[TensorPlan], list[str]]
-    low_precision: bool
-    threads: int
-
-
-def _loop(ctx: _Context, tmp: Path, seed: int, max_shard_bytes: int, explain_weights: bool) -> dict[str, Any]:
-    """The tensor loop: read ahead, merge (kernels, else the torch function), write behind."""
-    cfg, plan, fast, pool, load, codes = ctx.cfg, ctx.plan, ctx.fast, ctx.pool, ctx.load, ctx.codes
-    low_precision, threads = ctx.low_precision, ctx.threads
-    spec = cfg.method
-    settings = _Settings(cfg, plan.num_layers)
-    input_code = dtypes.code_of(cfg.dtype)
-    group_weights = _varm_group_weights(cfg, plan, load, codes, input_code, fast) if _needs_groups(cfg) else {}
+    merger = _Merger(cfg, fast, pool, input_code, low_precision, threads)
 
     def write(name: str, array: np.ndarray) -> None:
         writer.write(name, array)
         pool.give(array)
 
-    start = time.perf_counter()
-    writer = ShardedWriter(tmp, plan_shards([t.out for t in plan.tensors], max_shard_bytes), {"format": "pt"})
-    explained: list[tuple[str, list[float]]] = []
-    with ThreadPoolExecutor(1, "merge-read") as reader, ThreadPoolExecutor(1, "merge-write") as wpool:
+    with (
+        _Inputs(plan, spec.base_required, pool) as inputs,
+        ThreadPoolExecutor(1, "merge-read") as reader,
+        ThreadPoolExecutor(1, "merge-write") as wpool,
+    ):
+        group_weights = (
+            _varm_group_weights(cfg, plan, inputs.load, inputs.codes, input_code, fast) if _needs_groups(cfg) else {}
+        )
+        start = time.perf_counter()
+        writer = ShardedWriter(tmp, plan_shards([t.out for t in plan.tensors], max_shard_bytes), {"format": "pt"})
+        explained: list[tuple[str, list[float]]] = []
         sizes = [_raw_bytes(plan, tp, spec.base_required) for tp in plan.tensors]
         budget = max(sizes, default=0)  # bytes read ahead: never two of the largest tensors at once
         pending: Future | None = None
@@ -281,45 +303,20 @@ def _loop(ctx: _Context, tmp: Path, seed: int, max_shard_bytes: int, explain_wei
         try:
             for i, tp in enumerate(plan.tensors):
                 if pending is None:
-                    pending = reader.submit(load, tp)
+                    pending = reader.submit(inputs.load, tp)
                 base_raw, raws = pending.result()
                 pending = None
                 if i + 1 < len(plan.tensors) and sizes[i] + sizes[i + 1] <= budget:
-                    pending = reader.submit(load, plan.tensors[i + 1])
+                    pending = reader.submit(inputs.load, plan.tensors[i + 1])
                 if not tp.mergeable:
                     result = base_raw
                 else:
                     shared, per_model = settings.job(tp.out.name)
-                    args = (tp.out.name, base_raw, raws, codes(tp), shared, per_model, seed)
-                    merged = None
-                    try:
-                        if fast is not None:
-                            merged = fast.merge_tensor(
-                                cfg.merge_method,
-                                *args,
-                                input_code,
-                                tp.out.dtype,
-                                group_weights.get(tp.out.name),
-                                pool.take,
-                            )
-                        if merged is None:  # what the kernels do not cover: the torch function (imports torch)
-                            from fusechat.merge import torch_path
-
-                            merged = torch_path.run_job(
-                                spec,
-                                *args,
-                                group_weights.get(tp.out.name),
-                                input_code,
-                                input_code if low_precision else None,
-                                tp.out.dtype,
-                                threads,
-                            )
-                    except ValueError as e:
-                        raise FusechatError(str(e)) from None
-                    result, weights = merged
+                    job = (tp.out.name, base_raw, raws, inputs.codes(tp), shared, per_model, seed)
+                    result, weights = merger.tensor(job, tp.out.dtype, group_weights.get(tp.out.name))
                     for raw in [base_raw, *raws] if base_raw is not None else raws:
                         pool.give(raw)  # read into by `load`, used by nothing else now
-                    del base_raw, raws, merged
+                    del base_raw, raws
                     if weights is not None:
                         explained.append((tp.out.name, weights))
                 if written is not None:
