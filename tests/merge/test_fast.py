@@ -16,7 +16,7 @@ import torch
 
 from fusechat.merge import merge, simple_config
 from fusechat.merge.dtypes import from_torch, to_torch
-from fusechat.merge.fast import _prims, run
+from fusechat.merge.fast import _prims, _select, run
 from fusechat.merge.fast._select import CHUNK
 from fusechat.merge.methods.sparsify import element_hash, keep_limit, tensor_key
 from fusechat.merge.registry import METHODS, TensorJob
@@ -136,6 +136,32 @@ def test_ties_threshold_keeps_exactly_k_first_in_memory_order():
     got, _ = fast("ties", base, [x], shared, [{"weight": 1.0, "density": 0.6}], torch.float32)
     k = int(0.6 * size)
     assert int((got != 0).sum()) == k and bool((got[:k] == 0.5).all()) and bool((got[k:] == 0).all())
+
+
+@pytest.mark.parametrize("density", [0.05, 0.2, 0.5])
+def test_ties_threshold_with_and_without_the_low_bits_pass(density, monkeypatch):
+    """The k-th largest |δ| found from pass one alone (it is its bucket's lowest value, bits bucket << 16) or
+    with pass two (it lies among the bucket's few entries with non-zero low bits): both equal the reference.
+
+    |δ| is 1.0 for a third of the entries, 1 + 2⁻²⁰ (same top bits, non-zero low bits) for a tenth and
+    0.5 for the rest, scattered over three chunks: density 0.05 ranks within the 1 + 2⁻²⁰ entries (pass
+    two), 0.2 and 0.5 reach the entries equal to 1.0 (pass one only)."""
+    size = 2 * CHUNK + 4099
+    g = torch.Generator().manual_seed(5)
+    kind = torch.randint(0, 30, (size,), generator=g)
+    delta = torch.where(kind < 3, 1.0 + 2**-20, torch.where(kind < 13, 1.0, 0.5))
+    sign = torch.where(torch.rand(size, generator=g) < 0.5, -1.0, 1.0)
+    base = torch.zeros(size)
+    inputs = [base + delta * sign, base - delta]
+    shared = {"normalize": True, "rescale": False, "lambda": 1.0}
+    per_model = [{"weight": 0.5, "density": density}, {"weight": 0.5, "density": density}]
+    passes = []
+    low_pass = _select.magnitude_low
+    monkeypatch.setattr(_select, "magnitude_low", lambda *a: passes.append(a[2].copy()) or low_pass(*a))
+    expected, _ = reference("ties", base, inputs, shared, per_model, torch.float32)
+    got, _ = fast("ties", base, inputs, shared, per_model, torch.float32)
+    assert torch.equal(got, expected), f"{int((got != expected).sum())} of {size} entries differ"
+    assert [p.tolist() for p in passes] == ([[True, True]] if density == 0.05 else [])
 
 
 def test_hash_matches_torch_reference():

@@ -159,6 +159,7 @@ def variance_high(base, xs, hist, nonzero):  # pragma: no cover - compiled
     for c in prange(hist.shape[0]):
         buf = np.empty((n, TILE), dtype=np.float32)
         var = np.empty(TILE, dtype=np.float32)
+        hist[c] = 0
         nz = 0
         for t0 in range(c * CHUNK, min(size, (c + 1) * CHUNK), TILE):
             t1 = min(size, t0 + TILE, (c + 1) * CHUNK)
@@ -179,6 +180,7 @@ def variance_low(base, xs, bucket, hist):  # pragma: no cover - compiled
     for c in prange(hist.shape[0]):
         buf = np.empty((n, TILE), dtype=np.float32)
         var = np.empty(TILE, dtype=np.float32)
+        hist[c] = 0
         for t0 in range(c * CHUNK, min(size, (c + 1) * CHUNK), TILE):
             t1 = min(size, t0 + TILE, (c + 1) * CHUNK)
             _fill_variance(buf, var, base, xs, t0, t1, nf)

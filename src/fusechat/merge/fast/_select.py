@@ -1,14 +1,19 @@
-"""Exact top-k selection in two histogram passes over the float bits, and DARE's mask statistics, compiled.
+"""Exact top-k selection in histogram passes over the float bits, and DARE's mask statistics, compiled.
 
 A non-negative float32 orders like its bit pattern read as an integer, so the k-th largest magnitude is found
-without sorting: pass one counts the top 16 bits (the sign masked off: 32,768 buckets) and picks the bucket
-holding the k-th value; pass two counts the low 16 bits of the entries in that bucket, which gives the exact
-threshold T, how many entries are above it, and how many equal it in each chunk. Ties at T are kept first in
-memory order: entries equal to T are kept before a cut index, found by scanning the one chunk where the count
-of kept ties runs out, so the output pass decides each entry on its own. Both passes run over fixed chunks in
-parallel and recompute the task vector δ = x − base from the inputs (cheaper than storing it), so selection
-costs two reads of the inputs and no tensor-sized buffer. Same rule as `methods/select.py`, which the tests
-hold these passes equal to.
+without sorting. Pass one counts each |δ| by a key: its top 16 bits (the sign masked off: 32,768 buckets)
+and one more bit saying whether its low 16 bits are non-zero. That picks the bucket holding the k-th value,
+and usually the value itself: task vectors of bf16 checkpoints are differences of bf16 numbers, and most of
+them have all-zero low bits (bf16 is float32's top 16 bits), so unless the rank falls among the bucket's few
+entries with low bits, the k-th largest is the bucket's lowest value (its bits are bucket << 16) and the
+pass-one counts say how many equal it in each chunk. Otherwise pass two counts the low 16 bits of the entries
+in that bucket, which gives the exact threshold T, how many entries are above it, and how many equal it in
+each chunk. Skipping pass two took a 500M-parameter TIES merge's selection from two passes to one here.
+Ties at T are kept first in memory order: entries equal to T are kept before a cut index, found by scanning
+the one chunk where the count of kept ties runs out, so the output pass decides each entry on its own. The
+passes run over fixed chunks in parallel and recompute the task vector δ = x − base from the inputs (cheaper
+than storing it), so selection costs one or two reads of the inputs and no tensor-sized buffer. Same rule as
+`methods/select.py`, which the tests hold these passes equal to.
 """
 
 from __future__ import annotations
@@ -20,8 +25,9 @@ from fusechat.merge.fast._prims import ABS_MASK, element_hash, f32_bits, load
 
 CHUNK = 1 << 20  # elements per parallel work item
 TILE = 4096  # elements per inner loop: the tile of every input stays in L1/L2 while the inputs are visited
-HIGH = 1 << 15
+HIGH = 1 << 15  # buckets: the top 16 bits of a non-negative float32
 LOW = 1 << 16
+KEYS = 1 << 16  # pass one's keys: bucket × (low bits non-zero)
 
 
 def n_chunks(n: int) -> int:
@@ -37,27 +43,39 @@ def _magnitude_bits(bits, x, base, t0, t1):  # pragma: no cover - compiled
         bits[r] = f32_bits(load(tile_x, r) - load(tile_base, r)) & ABS_MASK
 
 
+@njit(inline="always")
+def _magnitude_keys(keys, x, base, t0, t1):  # pragma: no cover - compiled
+    """keys[:t1 - t0] = for each |x − base| over [t0, t1), its top 16 bits × 2 + (its low 16 bits ≠ 0)."""
+    tile_x = x[t0:t1]
+    tile_base = base[t0:t1]
+    for r in range(t1 - t0):
+        a = f32_bits(load(tile_x, r) - load(tile_base, r)) & ABS_MASK
+        keys[r] = ((a >> np.uint32(16)) << np.uint32(1)) | np.uint32((a & np.uint32(0xFFFF)) != 0)
+
+
 @njit(parallel=True, nogil=True, cache=True)
 def magnitude_high(base, xs, active, want_sums, hist, abs_sums):  # pragma: no cover - compiled
-    """hist[c, i, b] = entries of chunk c whose |δᵢ| has top bits b; abs_sums[c, i] = Σ |δᵢ| (float64),
-    only when `want_sums` (a float64 sum is a serial chain of adds: it would double this pass's time).
+    """hist[c, i, key] = entries of chunk c whose |δᵢ| has that key (see `_magnitude_keys`);
+    abs_sums[c, i] = Σ |δᵢ| (float64), only when `want_sums` (a float64 sum is a serial chain of adds: it
+    would double this pass's time).
 
-    The bits of a tile are computed first (vectorised), then counted: 20-35% faster than one fused loop here,
-    whose scalar histogram updates kept the subtraction from vectorising."""
+    The keys of a tile are computed first (vectorised), then counted: 20-35% faster than one fused loop
+    here, whose scalar histogram updates kept the subtraction from vectorising."""
     size = base.size
     for c in prange(hist.shape[0]):
-        bits = np.empty(TILE, dtype=np.uint32)
+        keys = np.empty(TILE, dtype=np.uint32)
         for i in range(len(xs)):
             if not active[i]:
                 continue
             x = xs[i]
             h = hist[c, i]
+            h[:] = 0
             s = 0.0
             for t0 in range(c * CHUNK, min(size, (c + 1) * CHUNK), TILE):
                 t1 = min(size, t0 + TILE, (c + 1) * CHUNK)
-                _magnitude_bits(bits, x, base, t0, t1)
+                _magnitude_keys(keys, x, base, t0, t1)
                 for r in range(t1 - t0):
-                    h[bits[r] >> np.uint32(16)] += 1
+                    h[keys[r]] += 1
                 if want_sums:
                     for r in range(t1 - t0):
                         s += abs(np.float64(load(x, t0 + r) - load(base, t0 + r)))
@@ -75,6 +93,7 @@ def magnitude_low(base, xs, active, buckets, hist):  # pragma: no cover - compil
                 continue
             x = xs[i]
             h = hist[c, i]
+            h[:] = 0
             bucket = buckets[i]
             for t0 in range(c * CHUNK, min(size, (c + 1) * CHUNK), TILE):
                 t1 = min(size, t0 + TILE, (c + 1) * CHUNK)
@@ -178,6 +197,18 @@ def high_bucket(hist: np.ndarray, k: int) -> tuple[int, int]:
     above = np.cumsum(hist[::-1])[::-1]  # above[b] = entries in buckets >= b
     bucket = int(np.flatnonzero(above >= k)[-1])
     return bucket, int(above[bucket + 1]) if bucket + 1 < above.size else 0
+
+
+def bucket_floor(keys: np.ndarray, k: int) -> tuple[int, int, int | None]:
+    """From pass one's key counts (summed over chunks): the bucket of the k-th largest, the count above that
+    bucket, and the k-th largest's bits when they are the bucket's lowest value (bucket << 16), else None.
+
+    The bucket's entries with non-zero low bits are all above its lowest value; when fewer of them than the
+    rank needs exist, the rank is reached among the entries equal to that value and no second pass is needed.
+    """
+    bucket, n_above = high_bucket(keys[0::2] + keys[1::2], k)
+    with_low_bits = int(keys[2 * bucket + 1])
+    return bucket, n_above, (bucket << 16) if k > n_above + with_low_bits else None
 
 
 def threshold(low: np.ndarray, bucket: int, n_above: int, k: int) -> tuple[int, int, np.ndarray]:

@@ -13,6 +13,7 @@ layer (numba's default when libgomp is present) a TIES merge took 23.9 s instead
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -119,6 +120,28 @@ def merge_tensor(
     return (out if kernel_code == out_code else dtypes.convert(out, kernel_code, out_code)), weights
 
 
+def warm_up(
+    method: str,
+    name: str,
+    with_base: bool,
+    codes: Sequence[str],
+    shared: dict[str, Any],
+    per_model: list[dict[str, Any]],
+    input_code: str | None,
+    out_code: str,
+) -> None:
+    """Load the kernels a tensor of these dtypes and parameters runs (from numba's cache, else compiled) by
+    merging a 64-entry stand-in of it. The engine calls this on a thread of its own while the first tensors
+    are read: loading them took 0.15-0.2 s of a merge's start here, the disk idle meanwhile. A failure is
+    left for the real tensor to raise."""
+    arrays = [np.zeros(64, dtype=dtypes.NUMPY[c]) for c in codes]
+    base = arrays.pop(0) if with_base else None
+    try:
+        merge_tensor(method, name, base, arrays, codes, shared, per_model, 0, input_code, out_code)
+    except Exception:  # noqa: BLE001 - the real tensor raises it, with the engine's context
+        pass
+
+
 def variation_sums(
     base: np.ndarray, inputs: list[np.ndarray], codes: Sequence[str], input_code: str | None, measure: Variation
 ) -> list[float] | None:
@@ -143,20 +166,30 @@ def _gta(method, name, base, xs, shared, per_model, seed, out) -> None:
     if sparsify == K.SPARSE_MAGNITUDE and active.any():
         ks = [max(1, int(d * size)) for d in densities]
         active &= np.array([k < size for k in ks])
-        hist = np.zeros((chunks, n, S.HIGH), dtype=np.int32)
+        hist = _scratch((chunks, n, S.KEYS))  # zeroed by the pass, per active input
         abs_sums = np.zeros((chunks, n))
         S.magnitude_high(base, xs, active, rescale, hist, abs_sums)
-        totals = hist.sum(axis=0, dtype=np.int64)
-        found = [S.high_bucket(totals[i], ks[i]) if active[i] else (0, 0) for i in range(n)]
-        low = np.zeros((chunks, n, S.LOW), dtype=np.int32)
-        S.magnitude_low(base, xs, active, np.array([b for b, _ in found], dtype=np.uint32), low)
-        for i in range(n):
-            if active[i]:
-                t, needed, equal = S.threshold(low[:, i], *found[i], ks[i])
-                thresholds[i] = t
-                cuts[i] = S.cut_index(
-                    equal, needed, size, lambda start, m, x=xs[i], t=t: S.nth_equal_magnitude(base, x, t, start, m)
-                )
+        ties: dict[int, tuple[int, int, np.ndarray]] = {}  # input → (T, kept entries equal to T, per chunk)
+        buckets = np.zeros(n, dtype=np.uint32)
+        second = np.zeros(n, dtype=np.bool_)  # inputs whose threshold needs pass two
+        for i in np.flatnonzero(active):
+            bucket, n_above, floor = S.bucket_floor(hist[:, i].sum(axis=0, dtype=np.int64), ks[i])
+            if floor is None:
+                buckets[i], second[i] = bucket, True
+                ties[i] = (bucket, n_above)
+            else:  # the k-th largest is the bucket's lowest value: those equal to it are the zero-low-bit keys
+                n_greater = n_above + int(hist[:, i, 2 * bucket + 1].sum())
+                ties[i] = (floor, ks[i] - n_greater, hist[:, i, 2 * bucket].astype(np.int64))
+        if second.any():
+            low = _scratch((chunks, n, S.LOW), slot=1)
+            S.magnitude_low(base, xs, second, buckets, low)
+            for i in np.flatnonzero(second):
+                ties[i] = S.threshold(low[:, i], *ties[i], ks[i])
+        for i, (t, needed, equal) in ties.items():
+            thresholds[i] = t
+            cuts[i] = S.cut_index(
+                equal, needed, size, lambda start, m, x=xs[i], t=t: S.nth_equal_magnitude(base, x, t, start, m)
+            )
         if rescale:
             kept = np.zeros((chunks, n))
             S.magnitude_kept_abs(base, xs, active, thresholds, cuts, kept)
@@ -189,6 +222,25 @@ def _gta(method, name, base, xs, shared, per_model, seed, out) -> None:
     )
 
 
+_SCRATCH = threading.local()
+
+
+def _scratch(shape: tuple[int, ...], slot: int = 0) -> np.ndarray:
+    """An int32 array of `shape`, uninitialised, in memory kept between tensors (one per slot and thread).
+
+    Fresh histograms cost a page fault per 4 KiB and a read of every page to sum them: 0.3 s of a 500M TIES
+    merge's main thread here, the pages reused from tensor to tensor instead.
+    """
+    buffers = getattr(_SCRATCH, "buffers", None)
+    if buffers is None:
+        buffers = _SCRATCH.buffers = {}
+    n = int(np.prod(shape))
+    buf = buffers.get(slot)
+    if buf is None or buf.size < n:
+        buf = buffers[slot] = np.empty(n, dtype=np.int32)
+    return buf[:n].reshape(shape)
+
+
 def _scales(before: np.ndarray, after: np.ndarray, active: np.ndarray) -> np.ndarray:
     """The L1-restoring factor per input (1 where skipped: inactive, or a norm below RESCALE_EPS)."""
     ok = active & (before >= RESCALE_EPS) & (after >= RESCALE_EPS)
@@ -202,7 +254,7 @@ def _sce(base, xs, select_topk, out) -> None:
     if select_topk <= 0:
         mode = 2
     elif select_topk < 1:
-        hist = np.zeros((chunks, S.HIGH), dtype=np.int32)
+        hist = _scratch((chunks, S.HIGH))  # zeroed by the pass
         nonzero = np.zeros(chunks, dtype=np.int64)
         K.variance_high(base, xs, hist, nonzero)
         k = int(int(nonzero.sum()) * select_topk)
@@ -211,7 +263,7 @@ def _sce(base, xs, select_topk, out) -> None:
         elif k < size:
             mode = 1
             bucket, n_above = S.high_bucket(hist.sum(axis=0, dtype=np.int64), k)
-            low = np.zeros((chunks, S.LOW), dtype=np.int32)
+            low = _scratch((chunks, S.LOW), slot=1)
             K.variance_low(base, xs, np.uint32(bucket), low)
             t, needed, equal = S.threshold(low, bucket, n_above, k)
             thr = np.uint32(t)
