@@ -41,3 +41,17 @@ def test_a_held_buffer_is_not_handed_out_until_its_job_is_done():
     assert other.ctypes.data != buf.ctypes.data
     job.set_result(None)
     assert pool.take(50).ctypes.data == buf.ctypes.data
+
+
+def test_reserve_allocates_only_what_the_free_buffers_do_not_cover():
+    pool = BufferPool()
+    kept = pool.take(1000)
+    pool.give(kept)
+    pool.reserve([900, 300, 0])  # 900 fits the free 1000; 300 needs a new buffer; 0 needs none
+    assert sorted(b.size for b in pool._free) == [300, 1000]
+    reserved = {b.ctypes.data for b in pool._free}
+    pool.reserve([900, 300])  # both covered now: nothing allocated
+    assert len(pool._free) == 2
+    got = [pool.take(300), pool.take(900)]
+    assert {g.ctypes.data for g in got} == reserved and got[1].ctypes.data == kept.ctypes.data
+    assert pool._free == []

@@ -54,6 +54,22 @@ class BufferPool:
                 return self._free.pop(best)[:nbytes]
         return np.empty(nbytes, dtype=np.uint8)
 
+    def reserve(self, sizes: list[int]) -> None:
+        """Make sure `take` can hand out buffers of these sizes (one each) without allocating.
+
+        Called before reads that run in parallel: a fresh buffer is an mmap, which waits for the memory map's
+        lock while another thread's read is faulting in its own fresh pages, so three first reads allocating
+        their own buffers ran one after another here (0.30 s for the first tensor instead of 0.09 s).
+        """
+        with self._lock:
+            free = [b.size for b in self._free if self._ready(b)]
+            for nbytes in sorted(sizes, reverse=True):
+                fits = [i for i, size in enumerate(free) if size >= nbytes]
+                if fits:
+                    free.pop(min(fits, key=lambda i: free[i]))
+                elif nbytes:
+                    self._free.append(np.empty(nbytes, dtype=np.uint8))
+
     def give(self, array: np.ndarray) -> None:
         """Hand back the whole memory under `array` (any dtype, shape or view) for reuse.
 

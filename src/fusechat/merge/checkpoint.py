@@ -130,6 +130,16 @@ class Checkpoint:
         info = self.tensors[name]
         return info.end - info.start
 
+    def buffer_bytes(self, name: str) -> int:
+        """The size of the pooled buffer `read` takes for the tensor (its block-aligned range for O_DIRECT)."""
+        if self._pickled:
+            return 0
+        info = self.tensors[name]
+        if self._direct_fds is None:
+            return info.end - info.start
+        start = info.start // DIRECT_ALIGN * DIRECT_ALIGN
+        return -(-info.end // DIRECT_ALIGN) * DIRECT_ALIGN - start + DIRECT_ALIGN
+
     def read(self, name: str, pool: BufferPool | None = None) -> np.ndarray:
         """The tensor's data in a buffer the caller owns, as an array of its stored dtype (bf16 as uint16 bits,
         see merge/dtypes.py) and shape: a new one, or one taken from `pool` (given back when done)."""
@@ -165,7 +175,7 @@ class Checkpoint:
             return None
         start = info.start // DIRECT_ALIGN * DIRECT_ALIGN
         stop = -(-info.end // DIRECT_ALIGN) * DIRECT_ALIGN
-        raw = pool.take(stop - start + DIRECT_ALIGN)
+        raw = pool.take(self.buffer_bytes(name))
         pad = -raw.ctypes.data % DIRECT_ALIGN
         if (pad + info.start - start) % dtypes.itemsize(info.dtype):
             pool.give(raw)

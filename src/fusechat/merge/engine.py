@@ -215,6 +215,7 @@ class _Inputs:
         wanted = list(zip(self.plan.inputs, tp.sources, strict=True))
         if self.base_required:
             wanted.insert(0, (self.plan.base, tp.base_source))
+        self.pool.reserve([c.buffer_bytes(s) for c, s in wanted])
         arrays = list(self._readers.map(lambda cs: cs[0].read(cs[1], self.pool), wanted))
         return (arrays.pop(0) if self.base_required else None), arrays  # linear: the base is an input
 
@@ -273,13 +274,7 @@ def _run(
     settings = _Settings(cfg, plan.num_layers)
     input_code = dtypes.code_of(cfg.dtype)
     low_precision = mergekit_arithmetic and input_code is not None and not spec.fp32_like_mergekit
-    fast = None
-    if compiled and not low_precision:
-        from fusechat.merge.fast import run as fast  # imports numba: only when a merge runs
-
-        fast.configure_threads()
     pool = BufferPool()
-    merger = _Merger(cfg, fast, pool, input_code, low_precision, threads)
 
     def write(name: str, array: np.ndarray) -> None:
         writer.write(name, array)
@@ -287,18 +282,27 @@ def _run(
 
     with (
         _Inputs(plan, spec.base_required, pool) as inputs,
+        ThreadPoolExecutor(1, "merge-kernels") as loader,
         ThreadPoolExecutor(1, "merge-read") as reader,
         ThreadPoolExecutor(1, "merge-write") as wpool,
     ):
-        group_weights = (
-            _varm_group_weights(cfg, plan, inputs.load, inputs.codes, input_code, fast) if _needs_groups(cfg) else {}
-        )
+        first = next((tp for tp in plan.tensors if tp.mergeable), None)
+        use_kernels = compiled and not low_precision
+        kernels = loader.submit(_load_kernels, settings, inputs, first, input_code) if use_kernels else None
+        if _needs_groups(cfg):
+            group_weights = _varm_group_weights(
+                cfg, plan, inputs.load, inputs.codes, input_code, kernels.result() if kernels else None
+            )
+        else:
+            group_weights = {}
         start = time.perf_counter()
         writer = ShardedWriter(tmp, plan_shards([t.out for t in plan.tensors], max_shard_bytes), {"format": "pt"})
         explained: list[tuple[str, list[float]]] = []
         sizes = [_raw_bytes(plan, tp, spec.base_required) for tp in plan.tensors]
         budget = max(sizes, default=0)  # bytes read ahead: never two of the largest tensors at once
-        pending: Future | None = None
+        # The first tensor is read while the kernels load (imports and numba's cache: 0.3-0.4 s here).
+        pending: Future | None = reader.submit(inputs.load, plan.tensors[0]) if plan.tensors else None
+        merger = _Merger(cfg, kernels.result() if kernels else None, pool, input_code, low_precision, threads)
         written: Future | None = None
         try:
             for i, tp in enumerate(plan.tensors):
@@ -344,6 +348,22 @@ def _run(
         "seconds": round(elapsed, 3),
         "files": writer.entries,
     }
+
+
+def _load_kernels(settings: _Settings, inputs: _Inputs, first: TensorPlan | None, input_code: str | None) -> Any:
+    """The kernels' module (imports numba: only when a merge runs), with the kernels that `first` needs loaded."""
+    from fusechat.merge.fast import run as fast
+
+    fast.configure_threads()
+    if first is not None:
+        try:
+            shared, per_model = settings.job(first.out.name)
+        except FusechatError:
+            return fast  # the tensor loop raises it
+        name, method = first.out.name, settings.cfg.merge_method
+        codes = inputs.codes(first)
+        fast.warm_up(method, name, inputs.base_required, codes, shared, per_model, input_code, first.out.dtype)
+    return fast
 
 
 def _raw_bytes(plan: MergePlan, tp: TensorPlan, with_base: bool) -> int:
