@@ -1,8 +1,9 @@
 """The streaming merge: read one tensor from every input, merge it, write it, and move on.
 
-Three stages overlap: a reader thread fetches the next tensor's inputs while the main thread merges the
-current one and a writer thread writes the previous one, so the disk stays busy during compute. Peak memory
-is a few tensors (the largest tensor's inputs in fp32 plus its temporaries), whatever the size of the model.
+Three stages overlap: a reader thread fetches the next tensors' inputs (up to two ahead) while the main
+thread merges the current one and a writer thread writes the previous one, so the disk stays busy during
+compute. Peak memory is a few tensors (about twice the largest tensor's inputs as stored, plus its output;
+the torch path adds fp32 temporaries), whatever the size of the model.
 The output is built in a hidden sibling directory and renamed into place only when complete, so a failed or
 killed merge leaves nothing that looks like a model.
 """
