@@ -345,9 +345,9 @@ def _run(
         explained: list[tuple[str, list[float]]] = []
         sizes = [_raw_bytes(plan, tp, spec.base_required) for tp in plan.tensors]
         ahead = _ReadAhead(reader, inputs.load, plan.tensors, sizes)  # starts reading while the kernels load
-        merger = _Merger(cfg, kernels.result() if kernels else None, pool, input_code, low_precision, threads)
         written: Future | None = None
         try:
+            merger = _Merger(cfg, kernels.result() if kernels else None, pool, input_code, low_precision, threads)
             for tp in plan.tensors:
                 base_raw, raws = ahead.next()
                 if not tp.mergeable:
