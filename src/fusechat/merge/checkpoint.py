@@ -137,8 +137,8 @@ class Checkpoint:
         info = self.tensors[name]
         if self._direct_fds is None:
             return info.end - info.start
-        start = info.start // DIRECT_ALIGN * DIRECT_ALIGN
-        return -(-info.end // DIRECT_ALIGN) * DIRECT_ALIGN - start + DIRECT_ALIGN
+        start, stop = _aligned(info)
+        return stop - start + DIRECT_ALIGN  # room to align the buffer's start too
 
     def read(self, name: str, pool: BufferPool | None = None) -> np.ndarray:
         """The tensor's data in a buffer the caller owns, as an array of its stored dtype (bf16 as uint16 bits,
@@ -173,8 +173,7 @@ class Checkpoint:
         except OSError:
             self._direct_fds = None
             return None
-        start = info.start // DIRECT_ALIGN * DIRECT_ALIGN
-        stop = -(-info.end // DIRECT_ALIGN) * DIRECT_ALIGN
+        start, stop = _aligned(info)
         raw = pool.take(self.buffer_bytes(name))
         pad = -raw.ctypes.data % DIRECT_ALIGN
         if (pad + info.start - start) % dtypes.itemsize(info.dtype):
@@ -277,6 +276,11 @@ class _RunningHash:
         if digest != self.digest:
             raise checksum_mismatch(self.path)
         mark_verified(self.path, digest)
+
+
+def _aligned(info: TensorInfo) -> tuple[int, int]:
+    """The tensor's byte range widened to whole blocks, as O_DIRECT reads it."""
+    return info.start // DIRECT_ALIGN * DIRECT_ALIGN, -(-info.end // DIRECT_ALIGN) * DIRECT_ALIGN
 
 
 def _read_into(fd: int, buf: np.ndarray, offset: int, needed: int, path: Path, name: str) -> None:

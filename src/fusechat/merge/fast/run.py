@@ -170,21 +170,21 @@ def _gta(method, name, base, xs, shared, per_model, seed, out) -> None:
         abs_sums = np.zeros((chunks, n))
         S.magnitude_high(base, xs, active, rescale, hist, abs_sums)
         ties: dict[int, tuple[int, int, np.ndarray]] = {}  # input → (T, kept entries equal to T, per chunk)
+        found: dict[int, tuple[int, int]] = {}  # input → (bucket, entries above it): T needs pass two
         buckets = np.zeros(n, dtype=np.uint32)
-        second = np.zeros(n, dtype=np.bool_)  # inputs whose threshold needs pass two
         for i in np.flatnonzero(active):
-            bucket, n_above, floor = S.bucket_floor(hist[:, i].sum(axis=0, dtype=np.int64), ks[i])
+            counts = hist[:, i].sum(axis=0, dtype=np.int64)
+            bucket, n_above, floor = S.bucket_floor(counts, ks[i])
             if floor is None:
-                buckets[i], second[i] = bucket, True
-                ties[i] = (bucket, n_above)
+                buckets[i], found[i] = bucket, (bucket, n_above)
             else:  # the k-th largest is the bucket's lowest value: those equal to it are the zero-low-bit keys
-                n_greater = n_above + int(hist[:, i, 2 * bucket + 1].sum())
+                n_greater = n_above + int(counts[2 * bucket + 1])
                 ties[i] = (floor, ks[i] - n_greater, hist[:, i, 2 * bucket].astype(np.int64))
-        if second.any():
+        if found:
             low = _scratch((chunks, n, S.LOW), slot=1)
-            S.magnitude_low(base, xs, second, buckets, low)
-            for i in np.flatnonzero(second):
-                ties[i] = S.threshold(low[:, i], *ties[i], ks[i])
+            S.magnitude_low(base, xs, np.isin(np.arange(n), list(found)), buckets, low)
+            for i, (bucket, n_above) in found.items():
+                ties[i] = S.threshold(low[:, i], bucket, n_above, ks[i])
         for i, (t, needed, equal) in ties.items():
             thresholds[i] = t
             cuts[i] = S.cut_index(
