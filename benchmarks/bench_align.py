@@ -31,7 +31,7 @@ MAPS = ("exact", "prefix", "stats", "mined")
 
 
 def installed(name: str) -> bool:
-    from fusechat.assets import model_dir
+    from fusechat.models.packages import model_dir
 
     return (model_dir(name) / "tokenizer.json").is_file()
 
@@ -68,7 +68,7 @@ def dtw_reference_c_cost(a: list[str], b: list[str]) -> list[tuple[int, int]]:
 def bench_dtw(n_tokens: int, repeats: int) -> dict:
     from fusechat.align.dtw import dtw_path, dtw_reference, vocab_strings
     from fusechat.align.vocab import vocab_bytes
-    from fusechat.models import load_tokenizer
+    from fusechat.models.load import load_tokenizer
 
     piv, src = load_tokenizer(PIVOT), load_tokenizer(SOURCES[0])
     text = real_text(piv, n_tokens)
@@ -112,7 +112,7 @@ def bench_dtw(n_tokens: int, repeats: int) -> dict:
 
 def _load_vocab(name_or_size):
     from fusechat.align.vocab import Vocab, vocab_bytes
-    from fusechat.models import load_tokenizer
+    from fusechat.models.load import load_tokenizer
 
     if isinstance(name_or_size, int):  # synthetic: random lowercase strings with a leading space half the time
         rng = np.random.default_rng(name_or_size)
@@ -192,7 +192,7 @@ def bench_maps(real: bool, skip_mined: bool) -> dict:
 def bench_stores(stores: Path, work: Path, teach_times: dict, sources=SOURCES, fusion: bool = True) -> dict:
     from fusechat.align.stage import align
     from fusechat.fuse import fuse
-    from fusechat.store import TopKStore
+    from fusechat.store.format import TopKStore
 
     piv = stores / PIVOT
     out = {}

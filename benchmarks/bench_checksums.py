@@ -32,7 +32,7 @@ def side_by_side(a, b, repeats: int) -> tuple[float, float]:
 
 
 def realistic_shard(directory: Path, rows: int, tokens: int, positions: int, k: int) -> Path:
-    from fusechat.store import ShardWriter, TopKRecord, finalize
+    from fusechat.store.format import ShardWriter, TopKRecord, finalize
 
     rng = np.random.default_rng(0)
     directory.mkdir(parents=True)
@@ -68,7 +68,7 @@ def main() -> None:
     from safetensors.torch import load_file, save_file
 
     from fusechat.manifest import sha256_file
-    from fusechat.store import TopKStore
+    from fusechat.store.format import TopKStore
 
     with tempfile.TemporaryDirectory() as tmp:
         store_dir = realistic_shard(Path(tmp) / "store", args.rows, args.tokens, args.positions, args.k)

@@ -119,7 +119,7 @@ def main() -> None:
     from fusechat.data.conversations import Conversations
     from fusechat.evaluate.suite import evaluate, load_for_eval
     from fusechat.evaluate.tasks import EvalOptions
-    from fusechat.models import resolve_model_dir
+    from fusechat.models.load import resolve_model_dir
 
     model_dir = resolve_model_dir(args.model)
     report: dict = {"model": args.model, "threads": args.threads}

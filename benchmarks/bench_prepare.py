@@ -86,7 +86,7 @@ def truncation(pivot: str, n: int, max_length: int) -> None:
     from fusechat.data.prepare import counting_tokenizer, prefix_tokens
     from fusechat.data.readers import FileSource
     from fusechat.data.render import ChatRenderer
-    from fusechat.models import load_tokenizer
+    from fusechat.models.load import load_tokenizer
 
     tok = load_tokenizer(pivot)
     fast, renderer = counting_tokenizer(tok), ChatRenderer(tok)

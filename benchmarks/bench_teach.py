@@ -64,8 +64,8 @@ def bare_forward_seconds(model, batches) -> tuple[float, int]:
 
 def speed_and_accuracy(model_name: str, conv: Path, work: Path, rounds: int) -> dict:
     from fusechat.data.conversations import Conversations
-    from fusechat.models import load_model, load_tokenizer
-    from fusechat.store import TopKStore
+    from fusechat.models.load import load_model, load_tokenizer
+    from fusechat.store.format import TopKStore
     from fusechat.teacher.teach import encode, make_batches, teach
 
     tok = load_tokenizer(model_name)
@@ -129,7 +129,7 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
 """
 MEM_BARE = """
 import resource, torch
-from fusechat.models import load_model
+from fusechat.models.load import load_model
 m = load_model({model!r}).eval()
 with torch.inference_mode():
     logits = m(input_ids=torch.randint(0, 1000, (4, 512))).logits

@@ -57,7 +57,7 @@ def build_model(spec: dict):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from fusechat.models import load_model
+    from fusechat.models.load import load_model
 
     if spec.get("pivot"):
         return load_model(spec["pivot"])

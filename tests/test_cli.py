@@ -20,7 +20,7 @@ def test_parser_for_one_command_or_all():
     full = cli.build_parser()
     assert set(full._subparsers._group_actions[0].choices) == every
     only = cli.build_parser("fuse")
-    assert set(only._subparsers._group_actions[0].choices) == {"align", "fuse"}
+    assert set(only._subparsers._group_actions[0].choices) == {"fuse"}
     assert set(cli.build_parser("no-such-command")._subparsers._group_actions[0].choices) == every
 
 

@@ -11,9 +11,9 @@ import yaml
 
 from fusechat.errors import FusechatError
 from fusechat.manifest import write_manifest
-from fusechat.pipeline import Pipeline, Step
-from fusechat.plan import plan
-from fusechat.recipe import load_recipe
+from fusechat.run.pipeline import Pipeline, Step
+from fusechat.run.plan import plan
+from fusechat.run.recipe import load_recipe
 
 RECIPES = sorted(
     p.name for p in (importlib.resources.files("fusechat") / "recipes").iterdir() if p.name.endswith(".yaml")
@@ -96,7 +96,7 @@ def test_pipeline_refuses_outputs_outside_workdir(tmp_path):
 
 
 def test_unknown_model_is_refused_before_any_stage(tmp_path):
-    from fusechat.run_command import _pipeline
+    from fusechat.run.command import _pipeline
 
     path = tmp_path / "r.yaml"
     path.write_text(
@@ -109,8 +109,8 @@ def test_unknown_model_is_refused_before_any_stage(tmp_path):
 def test_pivot_without_chat_template_is_refused_at_load(tmp_path):
     from tiny_models import CHATML, byte_bpe_tokenizer, save_llama
 
-    from fusechat.models import has_chat_template
-    from fusechat.run_command import _pipeline
+    from fusechat.models.load import has_chat_template
+    from fusechat.run.command import _pipeline
 
     pivot = save_llama(tmp_path / "pivot", byte_bpe_tokenizer(300), seed=0)
     assert has_chat_template(pivot)

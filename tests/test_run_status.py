@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from fusechat.manifest import write_manifest
-from fusechat.pipeline import Pipeline, Step
-from fusechat.run_status import run_dir_statuses
+from fusechat.run.pipeline import Pipeline, Step
+from fusechat.run.status import run_dir_statuses
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 

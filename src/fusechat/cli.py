@@ -20,11 +20,12 @@ from fusechat.errors import FusechatError
 
 COMMANDS = {  # module: the subcommands its register() adds (a test holds this map to what they add)
     "fusechat.data.command": ("prepare",),
-    "fusechat.models_command": ("models",),
+    "fusechat.models.command": ("models",),
     "fusechat.teacher.command": ("teach",),
     "fusechat.verify": ("verify",),
-    "fusechat.run_command": ("run", "status", "demo"),
-    "fusechat.align.command": ("align", "fuse"),
+    "fusechat.run.command": ("run", "status", "demo"),
+    "fusechat.align.command": ("align",),
+    "fusechat.fuse.command": ("fuse",),
     "fusechat.merge.command": ("merge",),
     "fusechat.train.command": ("train",),
     "fusechat.evaluate.command": ("evaluate",),

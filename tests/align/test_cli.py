@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from fusechat.store import TopKStore
+from fusechat.store.format import TopKStore
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 ENTRY = "import sys; import fusechat.cli as c; raise SystemExit(c.main(sys.argv[1:]))"  # the real command line

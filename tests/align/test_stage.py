@@ -7,15 +7,14 @@ import shutil
 
 import numpy as np
 import pytest
+from stores import CHATS, write_conversations, write_teacher_store
 from transformers import AutoTokenizer
 
 from fusechat.align.maps import exact_map
 from fusechat.align.stage import align
 from fusechat.align.vocab import vocab_bytes
 from fusechat.errors import FusechatError
-from fusechat.store import TopKStore
-
-from .conftest import CHATS, write_conversations, write_teacher_store
+from fusechat.store.format import TopKStore
 
 
 @pytest.mark.parametrize("kind", ["bytelevel", "metaspace", "wordlevel"])

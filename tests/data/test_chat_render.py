@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from fusechat.data.render import ChatRenderer, TemplateRefused, read_template
 from fusechat.errors import FusechatError
-from fusechat.models import load_tokenizer
+from fusechat.models.load import load_tokenizer
 
 from .chatdata import CHATS
 

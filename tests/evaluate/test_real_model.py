@@ -31,7 +31,7 @@ CHATS = [
 
 
 def test_smollm2_bpb_and_gsm(tmp_path):
-    from fusechat.models import load_tokenizer, resolve_model_dir
+    from fusechat.models.load import load_tokenizer, resolve_model_dir
 
     try:
         model_dir = resolve_model_dir("smollm2-135m-instruct")

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from fusechat.report import build_table, claims, varm_by_layer, write_report
+from fusechat.evaluate.report import build_table, claims, varm_by_layer, write_report
 
 
 def _r(metric, value, se, n=100, **extra):

@@ -57,7 +57,7 @@ def test_scores_and_cache(tiny, tmp_path, monkeypatch):
 
 
 def _real_load():
-    from fusechat.models import load_model
+    from fusechat.models.load import load_model
 
     return load_model
 

@@ -20,7 +20,7 @@ from pydantic import BaseModel
 
 from fusechat.merge.config import MergeConfig
 from fusechat.merge.registry import METHODS, REQUIRED
-from fusechat.recipe import Recipe
+from fusechat.run.recipe import Recipe
 
 Path_ = tuple[str | int, ...]
 WHOLE_FILES = {

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from fusechat.errors import FusechatError
 from fusechat.merge.config import load_config
-from fusechat.recipe import load_recipe
+from fusechat.run.recipe import load_recipe
 
 from ..data.chatdata import train_tokenizer
 from .bad_configs import merge_cases, recipe_cases

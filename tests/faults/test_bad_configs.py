@@ -10,7 +10,7 @@ import pytest
 from fusechat import cli
 from fusechat.errors import FusechatError
 from fusechat.merge.config import load_config
-from fusechat.recipe import load_recipe
+from fusechat.run.recipe import load_recipe
 
 from .bad_configs import merge_cases, recipe_cases
 

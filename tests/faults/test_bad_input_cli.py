@@ -133,8 +133,8 @@ def test_run_stops_on_a_broken_data_file_before_any_model(tmp_path):
 def test_run_skips_and_counts_bad_records(tmp_path, pivot):
     """`fusechat run` prepares with --skip-invalid: the bad records of a recipe's file are skipped and counted,
     the good ones kept exactly (the pipeline's own prepare step, run in-process)."""
-    from fusechat.plan import plan
-    from fusechat.recipe import load_recipe
+    from fusechat.run.plan import plan
+    from fusechat.run.recipe import load_recipe
 
     good = [{"messages": c} for c in sample_chats(4)]
     bad = [

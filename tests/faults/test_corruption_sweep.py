@@ -16,8 +16,8 @@ from faults.common import manifest, record
 from safetensors.torch import load_file
 
 from fusechat.errors import FusechatError
-from fusechat.models import check_model_dir
-from fusechat.store import TopKStore
+from fusechat.models.load import check_model_dir
+from fusechat.store.format import TopKStore
 
 FLIPS, CUTS = 40, 10
 

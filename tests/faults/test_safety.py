@@ -170,8 +170,8 @@ def test_names_that_would_collide_are_refused(tmp_path, capsys, changes, says):
 
 
 def test_every_step_writes_inside_the_workdir(tmp_path):
-    from fusechat.plan import plan
-    from fusechat.recipe import Recipe
+    from fusechat.run.plan import plan
+    from fusechat.run.recipe import Recipe
 
     raw = full_recipe()
     raw["sources"] = [{"name": "a.b", "model": "m1"}, {"name": "c_d-e", "model": "m2"}]

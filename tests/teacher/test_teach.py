@@ -17,7 +17,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from fusechat.data.conversations import Conversations
 from fusechat.errors import FusechatError
-from fusechat.store import TopKStore
+from fusechat.store.format import TopKStore
 from fusechat.teacher.teach import make_batches, teach
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from tiny_models import byte_bpe_tokenizer, sample_chats, save_llama, write_conversations
 
-from fusechat.store import TopKStore
+from fusechat.store.format import TopKStore
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 

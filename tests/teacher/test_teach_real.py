@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from fusechat.assets import install
 from fusechat.data.conversations import Conversations
 from fusechat.data.prepare import prepare
-from fusechat.models import load_model
-from fusechat.store import TopKStore
+from fusechat.models.load import load_model
+from fusechat.models.packages import install
+from fusechat.store.format import TopKStore
 from fusechat.teacher.teach import teach
 
 pytestmark = pytest.mark.real

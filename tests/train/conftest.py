@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from fusechat.data.conversations import spans_n_bytes, supervised_positions
-from fusechat.store import ShardWriter, TopKRecord, finalize
+from fusechat.store.format import ShardWriter, TopKRecord, finalize
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -101,7 +101,7 @@ def make_targets(
     stage: str = "fuse",
 ) -> Path:
     """A training-targets store from `source_model`'s distributions on the pivot's tokens."""
-    from fusechat.models import load_tokenizer, tokenizer_fingerprint
+    from fusechat.models.load import load_tokenizer, tokenizer_fingerprint
 
     tok = load_tokenizer(pivot_dir)
     rng = np.random.default_rng(seed)

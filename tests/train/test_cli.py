@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from fusechat.errors import FusechatError
-from fusechat.store import TopKStore
+from fusechat.store.format import TopKStore
 from fusechat.train.api import train
 from fusechat.train.data import FusionCollator, TargetsDataset
 from fusechat.train.head import final_hidden, head_of
@@ -28,7 +28,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
 
 def dataset_loss(model_dir, targets, lam=0.0) -> float:
     """Mean fusion loss of a checkpoint over the whole target set (one batch)."""
-    from fusechat.models import load_model
+    from fusechat.models.load import load_model
 
     model = load_model(model_dir).eval()
     ds = TargetsDataset(TopKStore(targets))
@@ -173,7 +173,7 @@ def test_non_finite_batches_are_skipped_and_counted(tiny, tmp_path):
     shutil.copytree(tiny["targets"], bad)
     # rewrite every shard with NaN log-probs: every batch's loss is NaN
     store = TopKStore(bad)
-    from fusechat.store import ShardWriter, finalize
+    from fusechat.store.format import ShardWriter, finalize
 
     records = [list(store.read_shard(i)) for i in range(store.n_shards)]
     import pyarrow as pa

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from fusechat.errors import FusechatError
-from fusechat.store import TopKStore
+from fusechat.store.format import TopKStore
 from fusechat.train import head as head_module
 from fusechat.train.data import FusionCollator, TargetsDataset, pack_rows
 from fusechat.train.dense import dense_fusion_loss
@@ -17,7 +17,7 @@ from fusechat.train.loss import fusion_loss
 
 @pytest.fixture(scope="module")
 def pivot_model(tiny):
-    from fusechat.models import load_model
+    from fusechat.models.load import load_model
 
     return load_model(tiny["pivot"]).eval()
 

@@ -1,4 +1,4 @@
-"""Command-line entry points of the alignment and fusion stages: `fusechat align` and `fusechat fuse`."""
+"""Command-line entry point of the alignment stage: `fusechat align`."""
 
 from __future__ import annotations
 
@@ -16,15 +16,8 @@ def _align(args: argparse.Namespace) -> int:
     return 0
 
 
-def _fuse(args: argparse.Namespace) -> int:
-    from fusechat.fuse import fuse
-
-    print(fuse(args.pivot_store, args.aligned, args.out, method=args.method))
-    return 0
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the `align` and `fuse` subcommands."""
+    """Add the `align` subcommand."""
     p = subparsers.add_parser("align", help="move a source's teacher store onto the pivot's tokens and vocabulary")
     p.add_argument("--pivot-store", required=True, help="the pivot model's teacher store")
     p.add_argument("--source-store", required=True, help="the source model's teacher store (same conversations)")
@@ -32,10 +25,3 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--alignment", default="offsets", choices=ALIGNMENTS, help="token alignment (default: offsets)")
     p.add_argument("--vocab-map", default="exact", choices=MAPS, help="vocabulary map (default: exact)")
     p.set_defaults(func=_align)
-
-    f = subparsers.add_parser("fuse", help="build one target's training targets from the pivot and aligned stores")
-    f.add_argument("--pivot-store", required=True, help="the pivot model's teacher store")
-    f.add_argument("--aligned", required=True, nargs="+", help="aligned store(s): one for pairwise, all for Multi")
-    f.add_argument("--method", default="mince", choices=("mince", "avgce", "token-mince"), help="fusion function")
-    f.add_argument("--out", required=True, help="output directory (the training targets)")
-    f.set_defaults(func=_fuse)

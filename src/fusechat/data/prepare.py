@@ -36,7 +36,7 @@ from fusechat.manifest import (
     read_manifest,
     write_manifest,
 )
-from fusechat.models import load_tokenizer, resolve_model_dir, tokenizer_fingerprint
+from fusechat.models.load import load_tokenizer, resolve_model_dir, tokenizer_fingerprint
 
 log = logging.getLogger(__name__)
 

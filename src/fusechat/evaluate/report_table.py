@@ -1,4 +1,4 @@
-"""A plain-text table of scores.json for the terminal (the full report with plots is `fusechat.report`)."""
+"""A plain-text table of scores.json for the terminal (the full report with plots is `fusechat.evaluate.report`)."""
 
 from __future__ import annotations
 

@@ -22,7 +22,7 @@ from fusechat.evaluate.base import Loaded, TaskResult
 from fusechat.evaluate.cache import ResultCache, checkpoint_fingerprint
 from fusechat.evaluate.tasks import TASKS, EvalOptions, parse_suite, task_key
 from fusechat.manifest import atomic_write_bytes, atomic_write_json, prepare_output_dir, write_manifest
-from fusechat.models import check_model_dir, load_model, load_tokenizer, resolve_model_dir
+from fusechat.models.load import check_model_dir, load_model, load_tokenizer, resolve_model_dir
 
 STAGE = "evaluate"
 log = logging.getLogger(__name__)
@@ -82,7 +82,7 @@ def evaluate(models: dict[str, str | os.PathLike], suite: list[str] | str, out: 
         raise FusechatError(f"evaluate: {e}") from None
     names = parse_suite(suite)
     dirs = _check_names(models, options.allow_pickle)
-    from fusechat.assets import cache_dir
+    from fusechat.models.packages import cache_dir
 
     cache = ResultCache(options.cache_dir or cache_dir() / "eval")
     judge = None

@@ -8,6 +8,7 @@ column (the candidate MinCE chose; -1 for a tie or a token-level method) and sel
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from pathlib import Path
@@ -15,11 +16,12 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from fusechat.align.inputs import check_pair, check_row_ids, open_teacher_store, up_to_date
 from fusechat.errors import FusechatError
 from fusechat.fuse import methods
-from fusechat.manifest import fingerprint, locked, prepare_output_dir, remove_temporaries, write_manifest
-from fusechat.store import ShardWriter, TopKRecord, TopKStore, finalize, shard_done
+from fusechat.manifest import fingerprint
+from fusechat.store.format import TopKRecord, TopKStore
+from fusechat.store.output import ShardedOutput
+from fusechat.store.pairs import check_pair, check_row_ids, open_teacher_store
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +120,6 @@ def fuse(
             "aligned": [[s["sha256"] for s in a.manifest["shards"]] for a in stores],
         }
     )
-    out = prepare_output_dir(out, STAGE)
     pm = piv.manifest
     manifest = {
         "stage": STAGE,
@@ -136,12 +137,12 @@ def fuse(
         "candidates": [{"name": "pivot", "store": str(piv.dir)}]
         + [{"name": n, "store": str(s.dir)} for n, s in zip(names[1:], stores, strict=True)],
     }
-    with locked(out):
-        if up_to_date(out, STAGE, fp):
-            return out
-        remove_temporaries(out)  # sole writer under the lock: whatever a killed run left is garbage
-        write_manifest(out, manifest, complete=False)
-        n = piv.n_shards
+    n = piv.n_shards
+    teacher_column = pa.schema([("teacher", pa.int32())])
+    with ShardedOutput(out, STAGE, fp, n, piv.k, "fusechat fuse", extra=teacher_column) as output:
+        if output.up_to_date:
+            return output.dir
+        output.start(manifest)
         selection = {"conversations": dict.fromkeys(names, 0), "ties": 0, "position_ties": 0}
         chosen_positions = np.zeros(len(names), dtype=np.int64)
         fallback = 0
@@ -156,20 +157,13 @@ def fuse(
                     [r.id for r in rows],
                 )
             infos = []
-            done = shard_done(out, i, n) is not None
-            writer = None if done else ShardWriter(out, i, n, piv.k, extra=pa.schema([("teacher", pa.int32())]))
-            try:
+            # A finished shard is read again for its selection counts, which the manifest sums over all shards.
+            with contextlib.nullcontext() if output.done(i) else output.shard(i) as writer:
                 for j, a in enumerate(a_rows):
                     rec, info = fuse_record(method, [a] + [rows[j] for rows in b_rows], piv.k)
                     infos.append(info)
                     if writer is not None:
                         writer.write(rec)
-            except BaseException:
-                if writer is not None:
-                    writer.abort()
-                raise
-            if writer is not None:
-                writer.close()
             for info in infos:
                 if info["teacher"] >= 0:
                     selection["conversations"][names[info["teacher"]]] += 1
@@ -177,11 +171,9 @@ def fuse(
                 selection["position_ties"] += info["position_ties"]
                 chosen_positions += info["chosen_positions"]
                 fallback += info["fallback_positions"]
-            log.info("%s: shard %d/%d fused", out, i + 1, n)
+            log.info("%s: shard %d/%d fused", output.dir, i + 1, n)
         if method == "token-mince":
             selection["positions"] = dict(zip(names, chosen_positions.tolist(), strict=True))
         selection["fallback_positions"] = fallback
         manifest["selection"] = selection
-        if not finalize(out, manifest, n):
-            raise FusechatError(f"{out}: some shards are missing after the run; rerun `fusechat fuse` to resume")
-    return out
+        return output.finish(manifest)

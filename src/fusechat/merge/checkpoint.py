@@ -27,7 +27,7 @@ from fusechat.errors import FusechatError
 from fusechat.merge import dtypes
 from fusechat.merge.buffers import BufferPool
 from fusechat.merge.shard_file import ShardFile
-from fusechat.models import PICKLE_SUFFIXES
+from fusechat.models.load import PICKLE_SUFFIXES
 
 INDEX = "model.safetensors.index.json"
 DIRECT_ALIGN = 4096  # O_DIRECT: offsets, lengths and memory aligned to the block size (4096 covers all here)

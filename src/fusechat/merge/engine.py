@@ -171,7 +171,7 @@ def _tokenizer_dir(cfg: MergeConfig, plan: MergePlan) -> Path:
             "tokenizer_source: 'union' (building a merged vocabulary) is not supported; "
             "merge models that share one tokenizer and use 'base'"
         )
-    from fusechat.models import resolve_model_dir
+    from fusechat.models.load import resolve_model_dir
 
     return resolve_model_dir(src)
 

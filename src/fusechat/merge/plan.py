@@ -16,7 +16,7 @@ from fusechat.merge import dtypes
 from fusechat.merge.checkpoint import Checkpoint, OutputTensor
 from fusechat.merge.config import MergeConfig
 from fusechat.merge.params import layer_index
-from fusechat.models import check_model_dir, resolve_model_dir
+from fusechat.models.load import check_model_dir, resolve_model_dir
 
 log = logging.getLogger(__name__)
 

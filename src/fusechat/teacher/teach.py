@@ -23,8 +23,8 @@ from fusechat import __version__
 from fusechat.data.conversations import Conversations, supervised_positions
 from fusechat.errors import FusechatError
 from fusechat.manifest import MANIFEST, fingerprint, locked, prepare_output_dir, read_manifest, write_manifest
-from fusechat.models import load_model, load_tokenizer, resolve_model_dir, tokenizer_fingerprint
-from fusechat.store import ShardWriter, TopKRecord, finalize, shard_done, shard_name
+from fusechat.models.load import load_model, load_tokenizer, resolve_model_dir, tokenizer_fingerprint
+from fusechat.store.format import ShardWriter, TopKRecord, finalize, shard_done, shard_name
 from fusechat.teacher.scoring import check_head, model_parts, score_batch
 
 STAGE = "teach"

@@ -38,7 +38,7 @@ STAGE = "train"
 CHECKPOINTS = "checkpoints"
 TARGET_STAGES = ("fuse",)
 CLM_STAGES = ("fuse", "teach")
-# Defaults from the paper (stage 1d of docs/method.md); every one can be overridden.
+# Defaults from the paper (Wan et al. 2024, training details; docs/training.md); every one can be overridden.
 PAPER_DEFAULTS: dict[str, Any] = {
     "learning_rate": 5e-6,
     "num_train_epochs": 3,
@@ -86,7 +86,7 @@ class Settings:
 
 def _open_targets(targets: str | os.PathLike, clm_only: bool, pivot_fp: str) -> Any:
     """Open the targets store and check its stage, that it is not empty, and its tokenizer."""
-    from fusechat.store import TopKStore
+    from fusechat.store.format import TopKStore
 
     store = TopKStore(targets)
     stage = store.manifest.get("stage")
@@ -237,7 +237,7 @@ def train(
     """
     from transformers import AutoConfig
 
-    from fusechat.models import check_model_dir, load_tokenizer, resolve_model_dir, tokenizer_fingerprint
+    from fusechat.models.load import check_model_dir, load_tokenizer, resolve_model_dir, tokenizer_fingerprint
     from fusechat.train.data import TargetsDataset
 
     settings = Settings(
@@ -331,7 +331,7 @@ class _Run:
     allow_pickle: bool = False
 
     def __call__(self, resume: str | None) -> Path:
-        from fusechat.models import load_model
+        from fusechat.models.load import load_model
         from fusechat.train.data import FusionCollator
         from fusechat.train.head import check_head
         from fusechat.train.trainer import FusionTrainer, LossConfig

@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 import torch
 
 from fusechat.errors import FusechatError
-from fusechat.store import TopKStore
+from fusechat.store.format import TopKStore
 
 IGNORE = -100
 COLUMNS = ["input_ids", "positions", "topk_ids", "topk_logprobs"]

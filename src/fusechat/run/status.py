@@ -3,7 +3,8 @@
 A fusion run is hours to days of stages; after a crash or on a shared cluster the first question is which
 steps are finished, which were cut off, which are out of date, and how long the finished ones took. The answer
 comes from `WORKDIR/pipeline.json` (the plan and each finished step's fingerprint, end time and duration) and
-each step's output manifest; nothing is hashed or loaded, so it is instant on a 70B run.
+each step's output manifest; nothing is hashed or loaded, so it is instant on a 70B run. This module owns that
+state file and the one definition of a step's state, which the pipeline uses to decide what to skip or redo.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ from pathlib import Path
 
 from fusechat.errors import FusechatError
 from fusechat.manifest import MANIFEST
-from fusechat.pipeline import STATE, read_state
 
 STATES = ("complete", "partial", "stale", "missing")
+STATE = "pipeline.json"
+STATE_FORMAT = "fusechat.pipeline-state"
 
 
 @dataclass
@@ -84,6 +86,25 @@ def run_dir_statuses(workdir: str | Path) -> list[StepStatus]:
             "(or rerun the recipe once)"
         )
     return step_statuses(workdir, [(s["name"], workdir / s["out"], s["fingerprint"]) for s in steps])
+
+
+def read_state(workdir: Path) -> dict:
+    """`WORKDIR/pipeline.json`: the planned steps and, per finished step, its fingerprint, end time, duration.
+
+    A file from before the plan was recorded (a flat {step: fingerprint} map) is read as finished steps only.
+    """
+    path = Path(workdir) / STATE
+    if not path.is_file():
+        return {"format": STATE_FORMAT, "steps": [], "done": {}}
+    try:
+        body = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise FusechatError(f"{path}: not valid JSON ({e}); remove it and rerun the recipe to rebuild it") from None
+    if body.get("format") != STATE_FORMAT:  # the flat layout of older runs
+        return {"format": STATE_FORMAT, "steps": [], "done": {k: {"fingerprint": v} for k, v in body.items()}}
+    body.setdefault("steps", [])
+    body.setdefault("done", {})
+    return body
 
 
 def human_bytes(n: int) -> str:

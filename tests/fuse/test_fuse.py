@@ -9,7 +9,7 @@ from fusechat.align.stage import align
 from fusechat.errors import FusechatError
 from fusechat.fuse import fuse, methods
 from fusechat.fuse.stage import fuse_record
-from fusechat.store import TopKRecord, TopKStore
+from fusechat.store.format import TopKRecord, TopKStore
 
 
 def rec(nll: float, n_bytes: int, ids, lps, covered=None, gold=None) -> TopKRecord:

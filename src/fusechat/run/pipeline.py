@@ -10,7 +10,6 @@ single commands call; this module only wires them together.
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import time
@@ -20,11 +19,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from fusechat.errors import FusechatError
-from fusechat.manifest import MANIFEST, atomic_write_json, fingerprint, locked
+from fusechat.manifest import atomic_write_json, fingerprint, locked
+from fusechat.run.status import STATE, StepStatus, classify, read_state, step_statuses
 
 log = logging.getLogger(__name__)
-STATE = "pipeline.json"
-STATE_FORMAT = "fusechat.pipeline-state"
 
 
 @dataclass
@@ -36,13 +34,6 @@ class Step:
     settings: dict
     needs: list[str] = field(default_factory=list)
     run: Callable[[], object] | None = None
-
-
-def _complete(out: Path) -> bool:
-    try:
-        return json.loads((out / MANIFEST).read_text()).get("complete") is True
-    except (OSError, json.JSONDecodeError):
-        return False
 
 
 def _inside(path: Path, root: Path) -> bool:
@@ -70,15 +61,10 @@ class Pipeline:
             fps[s.name] = fingerprint({"settings": s.settings, "needs": {n: fps[n] for n in s.needs}})
         return fps
 
-    def status(self) -> list:
-        """A `run_status.StepStatus` (complete | partial | stale | missing, size, times) for every step."""
-        from fusechat.run_status import step_statuses
-
+    def status(self) -> list[StepStatus]:
+        """Every step's state (complete | partial | stale | missing), size and times."""
         fps = self.fingerprints()
         return step_statuses(self.workdir, [(s.name, s.out, fps[s.name]) for s in self.steps])
-
-    def _state(self) -> dict[str, str]:
-        return done_fingerprints(read_state(self.workdir))
 
     def run(self, echo: Callable[[str], None] = print) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -97,11 +83,11 @@ class Pipeline:
             for i, s in enumerate(self.steps, 1):
                 fp = fps[s.name]
                 head = f"[{i}/{len(self.steps)}] {s.name}"
-                previous = (done.get(s.name) or {}).get("fingerprint")
-                if previous == fp and _complete(s.out):
+                state = classify(s.out, fp, done.get(s.name))
+                if state == "complete":
                     echo(f"{head}: up to date -> {s.out}")
                     continue
-                if s.out.exists() and previous not in (None, fp):
+                if state == "stale":
                     echo(f"{head}: inputs changed, redoing")
                     shutil.rmtree(s.out)
                 done.pop(s.name, None)
@@ -114,29 +100,6 @@ class Pipeline:
                 done[s.name] = {"fingerprint": fp, "finished": _now(), "seconds": round(seconds, 3)}
                 atomic_write_json(self.workdir / STATE, record)
                 echo(f"{head}: done in {_clock(seconds)} -> {s.out}")
-
-
-def read_state(workdir: Path) -> dict:
-    """`WORKDIR/pipeline.json`: the planned steps and, per finished step, its fingerprint, end time, duration.
-
-    A file from before the plan was recorded (a flat {step: fingerprint} map) is read as finished steps only.
-    """
-    path = Path(workdir) / STATE
-    if not path.is_file():
-        return {"format": STATE_FORMAT, "steps": [], "done": {}}
-    try:
-        body = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise FusechatError(f"{path}: not valid JSON ({e}); remove it and rerun the recipe to rebuild it") from None
-    if body.get("format") != STATE_FORMAT:  # the flat layout of older runs
-        return {"format": STATE_FORMAT, "steps": [], "done": {k: {"fingerprint": v} for k, v in body.items()}}
-    body.setdefault("steps", [])
-    body.setdefault("done", {})
-    return body
-
-
-def done_fingerprints(record: dict) -> dict[str, str]:
-    return {name: d.get("fingerprint") for name, d in record["done"].items()}
 
 
 def _relative(path: Path, root: Path) -> str:

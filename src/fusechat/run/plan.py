@@ -19,8 +19,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from fusechat.errors import FusechatError
-from fusechat.pipeline import Step
-from fusechat.recipe import Recipe
+from fusechat.run import stages
+from fusechat.run.pipeline import Step
+from fusechat.run.recipe import Recipe
+from fusechat.run.report import ReportInputs
 
 
 def _file_state(path: Path) -> list:
@@ -41,8 +43,6 @@ def merged_targets(recipe: Recipe) -> list[str]:
 def check_merges(recipe: Recipe) -> None:
     """Validate each merge method's parameters against the targets it will merge, as the merge step will, so a
     bad value fails before the teacher pass and the training runs instead of after them."""
-    from fusechat import stages
-
     targets = [f"train/{t}" for t in merged_targets(recipe)]
     for i, m in enumerate(recipe.merge.methods):
         try:
@@ -51,10 +51,47 @@ def check_merges(recipe: Recipe) -> None:
             raise FusechatError(f"merge.methods[{i}] ({m.method}): {str(e).removeprefix('config: ')}") from None
 
 
+def report_rows(recipe: Recipe) -> list[dict]:
+    """The report table's rows in the paper's order: sources, pivot, CLM-only, pairwise, Multi, merges (per seed)."""
+    rows = [{"model": s.name, "group": "source", "label": f"source: {s.name}"} for s in recipe.sources]
+    rows.append({"model": "pivot", "group": "pivot", "label": "pivot"})
+    for seed in recipe.train.seeds:
+        tag = f"-s{seed}"
+        same = {"seed": seed}
+        if recipe.train.clm_baseline:
+            rows.append({"model": f"clm{tag}", "group": "clm", "label": f"CLM only{tag}", "name": "CLM only", **same})
+        for t in target_names(recipe):
+            group = "multi" if t == "multi" else "pairwise"
+            rows.append({"model": f"{t}{tag}", "group": group, "label": f"{t}{tag}", "name": t, **same})
+        for m in recipe.merge.methods:
+            merged = {"model": f"{m.method}{tag}", "group": "merge", "label": f"{m.method}{tag}", "name": m.method}
+            rows.append({**merged, "method": m.method, **same})
+    return rows
+
+
+def _report_inputs(recipe: Recipe, work: Path, steps: list[Step]) -> ReportInputs:
+    outs = {step.name: step.out for step in steps}
+    varm = sorted(out for name, out in outs.items() if name.startswith("merge/varm-"))
+    return ReportInputs(
+        title=f"fusechat run `{recipe.name}`",
+        settings={
+            "pivot": recipe.pivot,
+            "sources": ", ".join(f"{s.name} ({s.model})" for s in recipe.sources),
+            "fusion": recipe.fuse.method,
+            "lambda": recipe.train.lam,
+            "alignment": f"{recipe.align.alignment} / {recipe.align.vocab_map}",
+            "seeds": recipe.train.seeds,
+        },
+        rows=report_rows(recipe),
+        scores=outs["evaluate"] / "scores.json",
+        fuse={n.removeprefix("fuse/"): o for n, o in outs.items() if n.startswith("fuse/")},
+        train={o.name: o for n, o in outs.items() if n.startswith("train/")},
+        varm_explain=varm[0] / "explain" if varm else None,
+    )
+
+
 def plan(recipe: Recipe, base: Path) -> list[Step]:
     """The steps of `recipe`, in order; `base` resolves the recipe's relative paths."""
-    from fusechat import stages
-
     work = (base / recipe.workdir).resolve()
 
     def model(spec: str) -> str:  # a directory relative to the recipe, or an installed model's name
@@ -157,5 +194,11 @@ def plan(recipe: Recipe, base: Path) -> list[Step]:
         [s.name for s in steps if s.name.split("/")[0] in ("train", "merge", "prepare")],
         stages.evaluator(evaluated, work / "conversations" / "heldout", work / "eval", recipe.evaluate),
     )
-    add("report", work / "report", {}, ["evaluate"], stages.reporter(recipe, work))
+    add(
+        "report",
+        work / "report",
+        {},
+        ["evaluate"],
+        stages.reporter(_report_inputs(recipe, work, steps), work / "report"),
+    )
     return steps

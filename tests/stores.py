@@ -1,7 +1,8 @@
 """Tiny tokenizers of three kinds, tiny models, conversations and teacher stores built inside the tests.
 
 The stores follow the teacher-store contract (see docs/formats.md) exactly, from a real forward pass of a tiny
-Llama: until `fusechat teach` lands, this is how the alignment and fusion tests get real stores.
+Llama, written directly rather than through `fusechat teach` so that the alignment and fusion tests exercise
+their stages alone.
 """
 
 from __future__ import annotations
@@ -12,13 +13,12 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
 from fusechat.data.conversations import FILE, conversations_schema, spans_n_bytes, supervised_positions
 from fusechat.manifest import fingerprint, write_manifest
-from fusechat.store import ShardWriter, TopKRecord, finalize
+from fusechat.store.format import ShardWriter, TopKRecord, finalize
 
 CHATS = [
     ("Say hello.", "Hello world, this is a test."),
@@ -133,7 +133,7 @@ def write_teacher_store(out: Path, model_dir: Path, conv_dir: Path, k: int = 5, 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from fusechat.data.conversations import Conversations
-    from fusechat.models import tokenizer_fingerprint
+    from fusechat.models.load import tokenizer_fingerprint
 
     conv = Conversations(conv_dir)
     tok = AutoTokenizer.from_pretrained(model_dir)
@@ -179,16 +179,3 @@ def write_teacher_store(out: Path, model_dir: Path, conv_dir: Path, k: int = 5, 
     }
     assert finalize(out, manifest, n_shards)
     return out
-
-
-@pytest.fixture(scope="session")
-def world(tmp_path_factory):
-    """Three tiny models of different tokenizer kinds and their teacher stores over the same conversations."""
-    torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("align-world")
-    conv = write_conversations(root / "conv")
-    dirs, stores = {}, {}
-    for seed, (kind, make) in enumerate(KINDS.items()):
-        dirs[kind] = save_model_dir(root / "models" / kind, make(), seed=seed)
-        stores[kind] = write_teacher_store(root / "stores" / kind, dirs[kind], conv)
-    return {"root": root, "conv": conv, "models": dirs, "stores": stores}

@@ -12,7 +12,8 @@ from pathlib import Path
 
 from fusechat.data.readers import RawRecord, open_source
 from fusechat.errors import FusechatError
-from fusechat.recipe import Align, DataSource, Evaluate, MergeMethod, Recipe, Teach, Train
+from fusechat.run.recipe import Align, DataSource, Evaluate, MergeMethod, Teach, Train
+from fusechat.run.report import ReportInputs
 
 
 @dataclass
@@ -160,7 +161,7 @@ def merge_config(cfg: MergeMethod, base: str | None, checkpoints: list[str]) -> 
 def merger(pivot: str, checkpoints: list[Path], out: Path, cfg: MergeMethod) -> Callable[[], Path]:
     def run() -> Path:
         from fusechat.merge import merge
-        from fusechat.models import resolve_model_dir
+        from fusechat.models.load import resolve_model_dir
 
         base = None if cfg.method in ("linear", "slerp") else str(resolve_model_dir(pivot))
         config = merge_config(cfg, base, [str(c) for c in checkpoints])
@@ -183,10 +184,10 @@ def evaluator(models: dict[str, object], heldout: Path, out: Path, cfg: Evaluate
     return run
 
 
-def reporter(recipe: Recipe, work: Path) -> Callable[[], Path]:
+def reporter(inputs: ReportInputs, out: Path) -> Callable[[], Path]:
     def run() -> Path:
-        from fusechat.run_report import write_run_report
+        from fusechat.run.report import write_run_report
 
-        return write_run_report(recipe, work)
+        return write_run_report(inputs, out)
 
     return run

