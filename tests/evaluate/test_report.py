@@ -1,13 +1,16 @@
-"""The report renders from synthetic scores: table layout, best marks, deltas, claims, plots."""
+"""The report renders from synthetic scores: table layout, best marks, deltas, digits, claims, plots."""
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 
 import pytest
 
-from fusechat.evaluate.report import build_table, claims, varm_by_layer, write_report
+from fusechat.evaluate.compare import Margin, fmt, gains, kept_gains
+from fusechat.evaluate.plots import varm_by_layer
+from fusechat.evaluate.report import build_table, claims, write_report
 
 
 def _r(metric, value, se, n=100, **extra):
@@ -54,13 +57,45 @@ def test_table_layout_best_and_deltas():
     assert by["VaRM"][4] == "80 answered, not judged" and by["qwen"][4] == "–"
 
 
-def test_claims_name_the_failures():
+def test_claims_are_in_words_and_marked_only_when_significant():
     lines = claims(SCORES, ROWS)
-    assert any(line.startswith("✗ t-gemma vs CLM only on bpb") for line in lines)
-    assert any(line.startswith("✓ t-qwen vs CLM only on gsm: +0.0400") for line in lines)
-    assert any(line.startswith("✓ VaRM vs Linear on bpb: +0.0150") for line in lines)
-    z = next(line for line in lines if line.startswith("✓ VaRM vs Linear on bpb"))
-    assert "+1.1 combined SE" in z  # 0.015 / hypot(0.01, 0.01): no per-item results given
+    # margins well inside two combined SE: no verdict either way
+    assert "≈ t-gemma beats CLM only on bpb: -0.0100 (-0.7 combined SE)" in lines
+    assert "≈ t-qwen beats CLM only on gsm: +0.0400 (+0.8 combined SE)" in lines
+    assert "≈ VaRM beats Linear on bpb: +0.0150 (+1.1 combined SE)" in lines  # 0.015 / hypot(0.01, 0.01)
+    sharp = {m: {t: {**r, "stderr": r["stderr"] / 20} for t, r in per.items()} for m, per in SCORES.items()}
+    lines = claims(sharp, ROWS)
+    assert any(x.startswith("✗ t-gemma beats CLM only on bpb: -0.01000 (-14.1 combined SE)") for x in lines)
+    assert any(x.startswith("✓ t-qwen beats CLM only on bpb: +0.03000 (+42.4 combined SE)") for x in lines)
+
+
+def test_numbers_carry_the_digits_their_errors_call_for():
+    assert fmt(0.488123, 0.0123) == "0.488 ± 0.012"
+    assert fmt(0.488123, 0.00045) == "0.48812 ± 0.00045"
+    assert fmt(-0.00037, None, signed=True) == "-0.00037"  # never "-0.000"
+    assert fmt(0.0, None, signed=True) == "+0.000"
+    assert Margin(0.00012, 0.00003, "paired SE, n = 9").text() == "+0.000120 (+4.0 paired SE, n = 9)"
+    assert Margin(0.01, 0.02, "combined SE").mark() == "≈" and Margin(0.1, math.nan, "x").mark() == "?"
+
+
+def test_gains_are_per_seed_and_kept_shares_follow_the_significant_ones():
+    scores, rows = {}, []
+    for seed in (0, 1):
+        tag = f"-s{seed}"
+        for name, group, code, chat in (
+            ("clm", "clm", 0.50, 0.50),
+            ("pair-coder", "pairwise", 0.40, 0.50),
+            ("varm", "merge", 0.45, 0.50),
+        ):
+            scores[name + tag] = {"code": _r("bits_per_byte", code, 0.001), "chat": _r("bits_per_byte", chat, 0.001)}
+            rows.append({"model": name + tag, "group": group, "name": name, "seed": seed, "method": name})
+    gained = gains(scores, rows)
+    assert [round(m.gain, 6) for m in gained["pair-coder"]["code"]] == [0.1, 0.1]  # lower bits per byte = gain
+    assert "clm" not in gained
+    # the chat task, where the target gained nothing, has no share to report
+    assert kept_gains(gained, rows) == [
+        "pair-coder's gain on code (+0.1000 (+100.0 SE over 2 seeds)): kept by varm 50%"
+    ]
 
 
 def _items(path, records):
@@ -101,10 +136,13 @@ def test_paired_errors_come_from_per_item_differences(tmp_path):
     g = paired_difference(read_items(tmp_path / "t-qwen" / "gsm.jsonl"), read_items(tmp_path / "clm" / "gsm.jsonl"))
     assert g[0] == pytest.approx(1 / 30) and g[2] == 30
     lines = claims(SCORES, ROWS, items_dir=tmp_path)
-    line = next(x for x in lines if x.startswith("✓ t-qwen vs CLM only on bpb"))
-    assert f"{-ratio:+.4f}" in line and "paired SE, n = 40" in line
-    assert any(x.startswith("✓ t-qwen vs CLM only on gsm: +0.0333") and "paired SE, n = 30" in x for x in lines)
-    assert any("t-gemma vs CLM only on bpb" in x and "combined SE" in x for x in lines)  # no items: fallback
+    line = next(x for x in lines if x.startswith("✓ t-qwen beats CLM only on bpb"))
+    assert Margin(-diff, se, "").text().split(" (")[0] in line and "paired SE, n = 40" in line
+    assert any(x.startswith("≈ t-qwen beats CLM only on gsm: +0.0333") and "paired SE, n = 30" in x for x in lines)
+    assert any("t-gemma beats CLM only on bpb" in x and "combined SE" in x for x in lines)  # no items: fallback
+    # the table's difference from the baseline carries the paired error too
+    _, body, _ = build_table(SCORES, ROWS, items_dir=tmp_path)
+    assert f"({fmt(diff, se, signed=True)})" in next(b for b in body if b[0] == "t-qwen")[2]
 
 
 def test_varm_by_layer():
@@ -135,14 +173,21 @@ def test_write_report_renders_everything(tmp_path):
         "varm_weights": weights,
         "varm_models": ["t-qwen", "t-gemma"],
         "settings": {"seed": 1},
+        "target_quality": {
+            "pair-qwen": {"candidates": {"pivot": 0.95, "qwen": 0.90}, "fused": 0.88, "method": "mince"}
+        },
     }
     md_path = write_report(SCORES, ROWS, tmp_path / "report", extras)
     md = md_path.read_text()
     html = (tmp_path / "report" / "report.html").read_text()
-    for name in ("metrics.png", "loss_curves.png", "selection.png", "varm_weights.png"):
+    names = ("metrics.png", "gains.png", "loss_curves.png", "selection.png", "target_quality.png", "varm_weights.png")
+    for name in names:
         png = tmp_path / "report" / name
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
-        assert f"({name})" in md and f"src='{name}'" in html
+        assert f"({name})" in md
+        # the HTML page is self-contained: every plot embedded, none referred to beside it
+        assert base64.b64encode(png.read_bytes()).decode() in html and f"src='{name}'" not in html
+    assert "| pair-qwen | pivot 0.9500, qwen 0.9000 | 0.8800 (mince) | qwen 0.9000 | -0.0200 |" in md
     assert "| CLM only | pivot + CLM only (baseline) |" in md
     assert "<b>0.900 ± 0.010 (-0.080)</b>" in html and "Does the paper's ordering hold here?" in md
 
@@ -162,7 +207,17 @@ def test_claims_compare_within_a_seed_and_summarise_across_seeds():
         scores["linear" + tag] = {"bpb": _r("bits_per_byte", lin, 0.01)}
         rows.append({"model": "linear" + tag, "group": "merge", "name": "linear", "seed": seed, "method": "linear"})
     lines = claims(scores, rows)
-    assert not any("-s0 vs" in x and "-s1" in x.split(" vs ")[1] for x in lines)  # never across seeds
-    assert any(x.startswith("✓ t-qwen-s1 vs clm-s1 on bpb: +0.0100") for x in lines)
-    assert "✓ t-qwen vs clm on bpb: +0.0200 (+0.0300, +0.0100)" in lines
-    assert "± varm vs linear on bpb: +0.0025 (+0.0150, -0.0100)" in lines  # the seeds disagree
+    assert not any("-s0 beats" in x and "-s1" in x.split(" beats ")[1] for x in lines)  # never across seeds
+    assert any(x.startswith("≈ t-qwen-s1 beats clm-s1 on bpb: +0.0100") for x in lines)
+    summary = next(x for x in lines if x.startswith(("✓", "≈")) and " t-qwen beats clm on bpb: +0.0200" in x)
+    assert summary.endswith("each seed: +0.0300 (+2.1 combined SE), +0.0100 (+0.7 combined SE)")
+    assert "≈ varm beats linear on bpb: +0.0025 (+0.3 SE over 2 seeds); each seed:" in " ".join(lines)  # disagree
+
+
+def test_terminal_table_shows_the_digits_of_each_error():
+    from fusechat.evaluate.report_table import format_scores
+
+    text = format_scores(
+        {"m": {"bpb": _r("bits_per_byte", 0.488123, 0.00045)}, "n": {"bpb": _r("bits_per_byte", 1, 0.1)}}
+    )
+    assert "0.48812 ± 0.00045" in text and "1.000 ± 0.100" in text

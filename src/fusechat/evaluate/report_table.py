@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import math
+from fusechat.evaluate.compare import fmt
 
 
 def format_scores(scores: dict[str, dict]) -> str:
@@ -20,8 +20,7 @@ def format_scores(scores: dict[str, dict]) -> str:
                 row.append(f"{r['n']} answered")
             else:
                 se = r.get("stderr")
-                se_text = f" ± {se:.3f}" if isinstance(se, float) and not math.isnan(se) else ""
-                row.append(f"{r['value']:.3f}{se_text}")
+                row.append(fmt(r["value"], se if isinstance(se, float) else None))
         rows.append(row)
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]

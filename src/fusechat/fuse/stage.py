@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 from pathlib import Path
 
@@ -146,6 +147,9 @@ def fuse(
         selection = {"conversations": dict.fromkeys(names, 0), "ties": 0, "position_ties": 0}
         chosen_positions = np.zeros(len(names), dtype=np.int64)
         fallback = 0
+        # Cross-entropy of the supervised text per candidate and of the fused target (MinCE's premise: the fused
+        # target is below every single teacher), summed over conversations as nats and bytes.
+        nll_sums, fused_nll, n_bytes = np.zeros(len(names), dtype=np.float64), 0.0, 0
         for i in range(n):
             a_rows = piv.read_shard(i)
             b_rows = [s.read_shard(i) for s in stores]
@@ -160,8 +164,12 @@ def fuse(
             # A finished shard is read again for its selection counts, which the manifest sums over all shards.
             with contextlib.nullcontext() if output.done(i) else output.shard(i) as writer:
                 for j, a in enumerate(a_rows):
-                    rec, info = fuse_record(method, [a] + [rows[j] for rows in b_rows], piv.k)
+                    candidates = [a] + [rows[j] for rows in b_rows]
+                    rec, info = fuse_record(method, candidates, piv.k)
                     infos.append(info)
+                    nll_sums += [c.nll for c in candidates]
+                    fused_nll += rec.nll
+                    n_bytes += a.n_bytes
                     if writer is not None:
                         writer.write(rec)
             for info in infos:
@@ -176,4 +184,11 @@ def fuse(
             selection["positions"] = dict(zip(names, chosen_positions.tolist(), strict=True))
         selection["fallback_positions"] = fallback
         manifest["selection"] = selection
+        bits = 1.0 / (math.log(2) * max(n_bytes, 1))
+        manifest["bits_per_byte"] = {
+            "candidates": {name: float(v * bits) for name, v in zip(names, nll_sums, strict=True)},
+            # token-level MinCE mixes per position: its target has no one sequence cross-entropy
+            "fused": float(fused_nll * bits) if method != "token-mince" else None,
+            "bytes": int(n_bytes),
+        }
         return output.finish(manifest)

@@ -24,17 +24,21 @@ class ReportInputs:
     varm_explain: Path | None  # the first seed's VaRM merge explanation, when VaRM is among the merges
 
 
-def _selection(fuse: dict[str, Path]) -> dict[str, dict[str, float]]:
-    shares = {}
+def _from_fuse(fuse: dict[str, Path]) -> tuple[dict[str, dict[str, float]], dict[str, dict]]:
+    """MinCE's selection shares and the fusion-target quality, per target, from the fuse manifests."""
+    shares, quality = {}, {}
     for name, out in sorted(fuse.items()):
         manifest = out / "manifest.json"
         if not manifest.is_file():
             continue
-        counts = json.loads(manifest.read_text()).get("selection", {}).get("conversations", {})
+        body = json.loads(manifest.read_text())
+        counts = body.get("selection", {}).get("conversations", {})
         total = sum(counts.values())
         if total:
             shares[name] = {k: v / total for k, v in counts.items()}
-    return shares
+        if bits := body.get("bits_per_byte"):
+            quality[name] = {"candidates": bits["candidates"], "fused": bits.get("fused"), "method": body["method"]}
+    return shares, quality
 
 
 def write_run_report(inputs: ReportInputs, out: Path) -> Path:
@@ -43,6 +47,7 @@ def write_run_report(inputs: ReportInputs, out: Path) -> Path:
     scores = json.loads(inputs.scores.read_text())
     scores = scores.get("scores", scores)
     rows = [r for r in inputs.rows if r["model"] in scores]
+    shares, quality = _from_fuse(inputs.fuse)
     extras: dict = {
         "title": inputs.title,
         "settings": inputs.settings,
@@ -51,7 +56,8 @@ def write_run_report(inputs: ReportInputs, out: Path) -> Path:
             for label, d in sorted(inputs.train.items())
             if (d / "trainer_state.json").is_file()
         },
-        "selection_share": _selection(inputs.fuse),
+        "selection_share": shares,
+        "target_quality": quality,
         "items_dir": str(inputs.scores.parent),
     }
     weights = inputs.varm_explain / "varm_weights.json" if inputs.varm_explain else None
