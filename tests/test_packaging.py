@@ -35,7 +35,10 @@ def pins() -> dict[str, Version]:
         assert not req.marker and not req.extras, f"constraints.txt:{n}: {line!r}: a plain pin, please"
         name = canonicalize_name(req.name)
         assert name not in out, f"constraints.txt:{n}: {req.name} pinned twice"
-        out[name] = Version(spec.version)
+        version = Version(spec.version)
+        # `torch==2.13.0+cpu` would refuse the user's CUDA build of 2.13.0; `torch==2.13.0` matches both.
+        assert version.local is None, f"constraints.txt:{n}: {line!r}: pin without the local label (+...)"
+        out[name] = version
     return out
 
 
