@@ -92,8 +92,11 @@ def recomposed_offsets(offsets: np.ndarray, text: str, normalize: Callable[[str]
     for j in np.nonzero(next_real & (covered > 0) & (next_start > covered))[0].tolist():
         a = int(covered[j])
         e = _folded_end(text, a, min(int(next_start[j]), len(text)), normalize)
-        if e > a:
-            out[: j + 1, 1] = np.where(end[: j + 1] == a, e, end[: j + 1])
+        i = j  # the tokens ending at `a` (pieces of one character, maybe an empty special after them) precede j
+        while e > a and i >= 0 and (end[i] == a or end[i] <= start[i]):
+            if end[i] == a:
+                out[i, 1] = e
+            i -= 1
     return out
 
 
