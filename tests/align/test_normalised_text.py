@@ -19,10 +19,11 @@ import numpy as np
 import pytest
 from tokenizers import normalizers
 
-from fusechat.align.sequence import byte_boundaries, recomposed_offsets
+from fusechat.align.sequence import byte_boundaries, check_same_text, recomposed_offsets
 from fusechat.align.stage import align, next_token_match, vocab_context
 from fusechat.align.vocab import vocab_bytes
 from fusechat.data.conversations import Conversations
+from fusechat.errors import FusechatError
 from fusechat.store.format import TopKRecord, TopKStore
 from tests.stores import byte_level_tokenizer, save_model_dir, write_conversations, write_teacher_store
 
@@ -120,9 +121,17 @@ def test_a_recomposed_mark_belongs_to_the_token_before_it():
     assert recomposed_offsets(np.array([(0, 5), (6, 11)]), "Hello world", strip).tolist() == [[0, 5], [6, 11]]
 
 
+def test_a_text_ending_in_a_recomposed_mark_is_the_text_its_tokens_came_from():
+    text = "ok cafe\u0301"
+    offsets = np.array([(0, 2), (2, 6), (6, 7)])  # Qwen-like: "ok", " caf", "é" reported as (6, 7)
+    with pytest.raises(FusechatError, match="another text"):
+        check_same_text("c0", text, {"source": offsets}, "stores")
+    check_same_text("c0", text, {"source": recomposed_offsets(offsets, text, nfc)}, "stores")
+
+
 def test_pieces_inside_a_recomposed_character_start_nothing():
-    # Qwen splits the recomposed 갥 (from 3 jamo, 9 bytes) into two pieces of its 3 NFC bytes, both at (0, 1):
-    # the second piece starts after the syllable's first byte, which is not the text's first byte of ᄀ + 1
+    # Qwen splits the recomposed 갥 (3 jamo in the text, 9 bytes) into two pieces of its 3 NFC bytes, both
+    # reported at (0, 1): the second starts after the syllable's first NFC byte, a place the text does not have
     text = unicodedata.normalize("NFD", "갥 x")
     offsets, nbytes = np.array([(0, 1), (0, 1), (3, 5)]), np.array([2, 1, 2])
     assert byte_boundaries(offsets, nbytes, text).tolist() == [0, 2, 3]  # without the normaliser: wrong
@@ -221,6 +230,7 @@ def real_toks(tmp_path_factory):
     return toks
 
 
+@pytest.mark.real
 @pytest.mark.parametrize(
     "pivot,source",
     [
