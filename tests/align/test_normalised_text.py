@@ -127,6 +127,9 @@ def test_a_text_ending_in_a_recomposed_mark_is_the_text_its_tokens_came_from():
     with pytest.raises(FusechatError, match="another text"):
         check_same_text("c0", text, {"source": offsets}, "stores")
     check_same_text("c0", text, {"source": recomposed_offsets(offsets, text, nfc)}, "stores")
+    longer = np.array([(0, 2), (2, 9), (10, 12)])  # offsets from another, longer text: refused, not a crash
+    with pytest.raises(FusechatError, match="another text"):
+        check_same_text("c0", text, {"source": recomposed_offsets(longer, text, nfc)}, "stores")
 
 
 def test_pieces_inside_a_recomposed_character_start_nothing():

@@ -89,7 +89,8 @@ def recomposed_offsets(offsets: np.ndarray, text: str, normalize: Callable[[str]
     covered = np.maximum.accumulate(end)
     next_start = np.append(start[1:], len(text))
     next_real = np.append(end[1:] > start[1:], True)  # a special with (0, 0) opens no gap
-    for j in np.nonzero(next_real & (covered > 0) & (next_start > covered))[0].tolist():
+    gap = next_real & (covered > 0) & (covered < len(text)) & (next_start > covered)  # offsets past the text: no gap
+    for j in np.nonzero(gap)[0].tolist():
         a = int(covered[j])
         e = _folded_end(text, a, min(int(next_start[j]), len(text)), normalize)
         i = j  # the tokens ending at `a` (pieces of one character, maybe an empty special after them) precede j
