@@ -6,7 +6,9 @@ maps: build time of each map at real vocabulary sizes (Qwen 152k and Gemma 262k 
 peak memory of the `stats` map between the 49k and 262k vocabularies, in a child process. 3. With teacher
 stores (--stores DIR holding one store per model name, made by `fusechat teach` on the same conversations):
 the align stage's throughput and its cost against the source's teacher pass, and coverage and top-k mass kept
-per source and map, then fusion throughput.
+per source and map, then fusion throughput. 4. The exact offsets alignment with the tokenizers' normalisers read
+(Qwen's NFC) against the rule without them, SmolLM2 onto Qwen, on a ShareGPT text and on its NFD form (every
+composed character decomposed: a gap per accent or Hangul syllable), pairs counted and time per text.
 
 Needs the real models installed (`fusechat models install ...`); without them, section 2 falls back to
 synthetic vocabularies of the same sizes and sections 1 and 3 are skipped.
@@ -228,6 +230,61 @@ def bench_stores(stores: Path, work: Path, teach_times: dict, sources=SOURCES, f
     return out
 
 
+def bench_normaliser(n_tokens: int, repeats: int) -> dict:
+    """Offsets alignment with and without the normalisers, on ShareGPT text as written and decomposed (NFD)."""
+    import unicodedata
+
+    from fusechat.align.stage import next_token_match, vocab_context
+    from fusechat.align.vocab import vocab_bytes
+    from fusechat.models.load import load_tokenizer
+    from fusechat.store.format import TopKRecord
+
+    piv, src = load_tokenizer(PIVOT), load_tokenizer(SOURCES[0])
+    ctx = vocab_context(vocab_bytes(piv), vocab_bytes(src), "offsets")
+    plain = dict(ctx, piv_normalize=None, src_normalize=None)
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from align_data import sharegpt_records
+
+    def decomposable(t: str) -> int:
+        return len(unicodedata.normalize("NFD", t)) - len(t)
+
+    pairs = [user + "\n\n" + reply + "\n\n" for _, user, reply in sharegpt_records(2000)]
+    text = ""  # the ShareGPT records richest in characters NFD decomposes (accents, Hangul), ~4 n_tokens chars
+    for pair in sorted(pairs, key=decomposable, reverse=True):
+        if len(text) < n_tokens * 4:
+            text += pair
+    out = {}
+    for label, t in (("as written", text), ("NFD", unicodedata.normalize("NFD", text))):
+        recs = []
+        for tok in (piv, src):
+            enc = tok(t, add_special_tokens=False, return_offsets_mapping=True)
+            none = np.zeros(0, dtype=np.int32)
+            ids, offs = np.array(enc["input_ids"]), np.array(enc["offset_mapping"]).reshape(-1, 2)
+            recs.append(TopKRecord("x", ids, offs, none, none, none, none, 0.0, 0))
+        row = {
+            "chars": len(t),
+            "decomposed_chars": len(t) - len(unicodedata.normalize("NFC", t)),
+            "pivot_tokens": len(recs[0].input_ids),
+            "source_tokens": len(recs[1].input_ids),
+        }
+        before, after = (next_token_match("offsets", *recs, c, t) for c in (plain, ctx))
+        row["pairs"] = int((after >= 0).sum())
+        row["pivot_tokens_paired_differently"] = int((before != after).sum())
+        times: dict[str, list[float]] = {"without": [], "with": []}
+        for _ in range(repeats):  # alternated, so load on the shared machine hits both alike
+            for name, c in (("without", plain), ("with", ctx)):
+                t0 = time.perf_counter()
+                next_token_match("offsets", *recs, c, t)
+                times[name].append(time.perf_counter() - t0)
+        for name, ts in times.items():
+            row[f"ms_{name}"] = round(1e3 * statistics.median(ts), 3)
+        row["ratio"] = round(row["ms_with"] / row["ms_without"], 2)
+        out[label] = row
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--stores", type=Path, help="directory with one teacher store per model name")
@@ -236,7 +293,7 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=1024)
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--skip-mined", action="store_true")
-    ap.add_argument("--only", choices=("dtw", "maps", "stores"))
+    ap.add_argument("--only", choices=("dtw", "maps", "stores", "normaliser"))
     ap.add_argument("--sources", nargs="+", default=list(SOURCES), help="sources for the stores section")
     ap.add_argument("--no-fusion", action="store_true", help="stores section: align only")
     a = ap.parse_args()
@@ -245,6 +302,9 @@ def main() -> None:
     if real and a.only in (None, "dtw"):
         results["dtw"] = bench_dtw(a.tokens, a.repeats)
         print(json.dumps({"dtw": results["dtw"]}, indent=1), flush=True)
+    if real and a.only in (None, "normaliser"):
+        results["normaliser"] = bench_normaliser(a.tokens, a.repeats)
+        print(json.dumps({"normaliser": results["normaliser"]}, indent=1), flush=True)
     if a.only in (None, "maps"):
         results["maps"] = bench_maps(real, a.skip_mined)
         print(json.dumps({"maps": results["maps"]}, indent=1), flush=True)

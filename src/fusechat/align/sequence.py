@@ -10,12 +10,18 @@ before that place. The only subtlety is what "start" means with real tokenizers 
 - special tokens a tokenizer adds (BOS, a dummy prefix space) have empty or overlapping spans and start
   nothing;
 - a tokenizer that trims whitespace out of offsets leaves gaps: a token starts where the text covered so far
-  ends.
+  ends;
+- a tokenizer whose normaliser recomposes text (Qwen2's NFC: `e` + U+0301 -> `é`, decomposed Hangul jamo -> one
+  syllable) reports the composed character's offsets as its first original character only, leaving the marks it
+  absorbed covered by no token; that gap belongs to the token before it (`recomposed_offsets`).
 
 `boundaries` turns offsets into one start per token (or -1); `match_next_tokens` pairs equal starts.
 """
 
 from __future__ import annotations
+
+import unicodedata
+from collections.abc import Callable
 
 import numpy as np
 
@@ -41,6 +47,60 @@ def boundaries(offsets: np.ndarray) -> np.ndarray:
     return np.where(clean, covered, -1)
 
 
+# Unicode's stream-safe text format bounds a run of non-starters at 30; a gap is never folded further than this,
+# so a pathological run costs a bounded number of normaliser calls.
+MAX_FOLD = 32
+
+
+def _folded_end(text: str, a: int, b: int, normalize: Callable[[str], str]) -> int:
+    """How far into the gap text[a:b] the normaliser folds characters into the character before `a`.
+
+    A character is folded when appending it to the text from the last starter before `a` does not lengthen
+    the normalised text (recomposed into that character, or removed). Both are normalised between two ASCII
+    letters, as inside running text: a normaliser that strips the ends of its input then does not count a space
+    inside the text as removed, and the next token's own first character (perhaps a mark the normaliser leaves
+    alone) does not change the count.
+    """
+    c = a - 1
+    while c > 0 and a - c < MAX_FOLD and unicodedata.combining(text[c]):
+        c -= 1
+    base = len(normalize(f"x{text[c:a]}x"))
+    e = a
+    while e < b and e - a < MAX_FOLD and len(normalize(f"x{text[c : e + 1]}x")) <= base:
+        e += 1
+    return e
+
+
+def recomposed_offsets(offsets: np.ndarray, text: str, normalize: Callable[[str], str] | None) -> np.ndarray:
+    """Offsets with the characters a tokenizer's normaliser folded into a token given to that token.
+
+    `offsets` (n, 2) in characters of `text`, as the tokenizer reported them for the original text; `normalize`
+    the tokenizer's normaliser (`backend_tokenizer.normalizer.normalize_str`), None when it has none. An NFC
+    normaliser turns `e` + U+0301 into `é` and reports the token holding it as covering `e` only: the mark lies
+    in a gap before the next token, which does not contain it. Every token ending where such a gap starts (all
+    byte-level pieces of the composed character) is extended over the folded characters; gaps the normaliser
+    does not explain (trimmed whitespace) are left to the next token. Returns a new (n, 2) int64 array.
+    """
+    out = np.array(offsets, dtype=np.int64).reshape(-1, 2)
+    n = len(out)
+    if n == 0 or normalize is None:
+        return out
+    start, end = out[:, 0], out[:, 1]
+    covered = np.maximum.accumulate(end)
+    next_start = np.append(start[1:], len(text))
+    next_real = np.append(end[1:] > start[1:], True)  # a special with (0, 0) opens no gap
+    gap = next_real & (covered > 0) & (covered < len(text)) & (next_start > covered)  # offsets past the text: no gap
+    for j in np.nonzero(gap)[0].tolist():
+        a = int(covered[j])
+        e = _folded_end(text, a, min(int(next_start[j]), len(text)), normalize)
+        i = j  # the tokens ending at `a` (pieces of one character, maybe an empty special after them) precede j
+        while e > a and i >= 0 and (end[i] == a or end[i] <= start[i]):
+            if end[i] == a:
+                out[i, 1] = e
+            i -= 1
+    return out
+
+
 def char_to_byte(text: str) -> np.ndarray:
     """(len(text) + 1,) int64: the UTF-8 byte offset of every character offset of `text`."""
     cps = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
@@ -50,14 +110,21 @@ def char_to_byte(text: str) -> np.ndarray:
     return out
 
 
-def byte_boundaries(offsets: np.ndarray, token_nbytes: np.ndarray, text: str) -> np.ndarray:
+def byte_boundaries(
+    offsets: np.ndarray, token_nbytes: np.ndarray, text: str, normalize: Callable[[str], str] | None = None
+) -> np.ndarray:
     """Like `boundaries`, in UTF-8 bytes, and exact inside split characters.
 
     `token_nbytes` (n,) the bytes each token stands for. A clean start is converted to bytes; a piece starting
     inside covered text (a byte-level piece of a split character) starts where the previous token's bytes end,
     if that lands inside the piece's own character span. Anything else (a dummy prefix, a special) is -1.
+    With the tokenizer's normaliser `normalize`, offsets first get the characters it folded (see
+    `recomposed_offsets`), and a piece inside characters the normaliser changes starts nothing: its bytes are
+    those of the normalised character, not the text's.
     """
     offsets = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
+    if normalize is not None:
+        offsets = recomposed_offsets(offsets, text, normalize)
     chars = boundaries(offsets)
     to_byte = char_to_byte(text)
     limit = len(to_byte) - 1
@@ -70,7 +137,9 @@ def byte_boundaries(offsets: np.ndarray, token_nbytes: np.ndarray, text: str) ->
             continue
         at = out[j - 1] + int(token_nbytes[j - 1])
         if to_byte[start[j]] <= at < to_byte[end[j]] and at > out[j - 1]:
-            out[j] = at
+            span = text[start[j] : end[j]]
+            if normalize is None or normalize(span) == span:
+                out[j] = at
     return out
 
 

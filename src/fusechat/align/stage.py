@@ -30,6 +30,7 @@ from fusechat.align.sequence import (
     check_same_text,
     match_next_tokens,
     positions_map,
+    recomposed_offsets,
 )
 from fusechat.align.vocab import Vocab, vocab_bytes
 from fusechat.errors import FusechatError
@@ -42,23 +43,25 @@ log = logging.getLogger(__name__)
 
 STAGE = "align"
 ALIGNMENTS = ("offsets", "dtw")
-VERSION = 1
+VERSION = 2  # 2: offsets across characters a normaliser recomposes (NFC) aligned exactly
 DTW_MAX_CELLS = 1 << 27  # 1 GiB of int64 DP table
 
 
 def next_token_match(method: str, piv: TopKRecord, src: TopKRecord, ctx: dict, text: str | None = None) -> np.ndarray:
     """Pivot token j -> source token starting together with it (-1 if none), by the chosen alignment.
 
-    `ctx` holds per-vocabulary data: `piv_nbytes`/`src_nbytes` (bytes per id) for offsets, `piv_strings`/
-    `src_strings` for DTW. With the text, offsets are compared in bytes (exact inside split characters).
+    `ctx` holds per-vocabulary data: `piv_nbytes`/`src_nbytes` (bytes per id) and `piv_normalize`/
+    `src_normalize` (the tokenizers' normalisers) for offsets, `piv_strings`/`src_strings` for DTW. With the
+    text, offsets are compared in bytes (exact inside split characters, and across characters a normaliser
+    recomposed).
     """
     if method == "offsets":
         if text is None:
             return match_next_tokens(boundaries(piv.offsets), boundaries(src.offsets))
         pn, sn = ctx["piv_nbytes"], ctx["src_nbytes"]
         return match_next_tokens(
-            byte_boundaries(piv.offsets, pn[np.clip(piv.input_ids, 0, len(pn) - 1)], text),
-            byte_boundaries(src.offsets, sn[np.clip(src.input_ids, 0, len(sn) - 1)], text),
+            byte_boundaries(piv.offsets, pn[np.clip(piv.input_ids, 0, len(pn) - 1)], text, ctx["piv_normalize"]),
+            byte_boundaries(src.offsets, sn[np.clip(src.input_ids, 0, len(sn) - 1)], text, ctx["src_normalize"]),
         )
     piv_strings, src_strings = ctx["piv_strings"], ctx["src_strings"]
     a = [piv_strings[i] if 0 <= i < len(piv_strings) else "" for i in piv.input_ids.tolist()]
@@ -84,6 +87,8 @@ def vocab_context(piv_vocab: Vocab, src_vocab: Vocab, method: str) -> dict:
     return {
         "piv_nbytes": np.array([len(p) for p in piv_vocab.pieces], dtype=np.int64),
         "src_nbytes": np.array([len(p) for p in src_vocab.pieces], dtype=np.int64),
+        "piv_normalize": piv_vocab.normalize,
+        "src_normalize": src_vocab.normalize,
     }
 
 
@@ -252,14 +257,21 @@ def align(
                 a_rows, b_rows = piv.read_shard(i), src.read_shard(i)
                 check_row_ids(names, i, [r.id for r in a_rows], [r.id for r in b_rows])
                 for a, b in zip(a_rows, b_rows, strict=True):
-                    check_same_text(a.id, texts.get(a.id), {"pivot": a.offsets, "source": b.offsets}, names)
+                    text = texts.get(a.id)
+                    spans = {"pivot": a.offsets, "source": b.offsets}
+                    if text is not None:  # a normaliser may leave the text's last marks to no token's offsets
+                        spans = {
+                            "pivot": recomposed_offsets(a.offsets, text, piv_vocab.normalize),
+                            "source": recomposed_offsets(b.offsets, text, src_vocab.normalize),
+                        }
+                    check_same_text(a.id, text, spans, names)
                     if a.n_bytes != b.n_bytes:
                         raise FusechatError(
                             f"{names}: conversation {a.id} has {a.n_bytes} supervised bytes in one and "
                             f"{b.n_bytes} in the other, so their texts differ; rerun both teacher passes on "
                             "the same conversations"
                         )
-                    match = next_token_match(alignment, a, b, ctx, texts.get(a.id))
+                    match = next_token_match(alignment, a, b, ctx, text)
                     rec, counts = align_record(a, b, match, vmap, piv.k)
                     writer.write(rec)
                     for key, v in counts.items():

@@ -12,6 +12,7 @@ result, one `bytes` per id, is the normalised spelling every map compares.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,11 +27,14 @@ class Vocab:
     """A tokenizer's vocabulary as normalised bytes.
 
     `pieces[i]` is the bytes token id i stands for (b"" for ids with no token); `partial[i]` is True when
-    those bytes are not valid UTF-8 on their own (a piece of a split character).
+    those bytes are not valid UTF-8 on their own (a piece of a split character). `normalize` is the
+    tokenizer's text normaliser (None if it has none): the pieces spell the normalised text, while offsets
+    index the original, so the exact alignment needs it where the two differ (see `sequence.recomposed_offsets`).
     """
 
     pieces: list[bytes]
     partial: np.ndarray
+    normalize: Callable[[str], str] | None = None
 
     def __len__(self) -> int:
         return len(self.pieces)
@@ -130,4 +134,5 @@ def vocab_bytes(tokenizer: Any) -> Vocab:
             p.decode("utf-8")
         except UnicodeDecodeError:
             partial[i] = True
-    return Vocab(pieces=pieces, partial=partial)
+    normalizer = backend.normalizer
+    return Vocab(pieces=pieces, partial=partial, normalize=None if normalizer is None else normalizer.normalize_str)
