@@ -48,8 +48,18 @@ def test_float32_round_trip_and_nan():
     assert back[0] == 1.0 and np.isnan(back[1]) and back[2] == -np.inf
 
 
-def test_every_method_has_its_torch_function():
-    assert set(torch_path.FUNCTIONS) == set(registry.METHODS)
+def test_every_method_names_functions_that_exist():
+    """The registry is the one list: each entry's reference (and kernel, when it has one) resolves, and the
+    kernel drivers and torch adapters are exactly those the registry names."""
+    from fusechat.merge.fast import run as fast_run
+
+    references = {spec.reference.partition(":")[2] for spec in registry.METHODS.values()}
+    kernels = {spec.kernel.partition(":")[2] for spec in registry.METHODS.values() if spec.kernel}
+    for spec in registry.METHODS.values():
+        assert callable(spec.torch_function()) and (spec.kernel is None or callable(spec.kernel_function()))
+    assert all(getattr(torch_path, name).__module__ == torch_path.__name__ for name in references)
+    assert all(getattr(fast_run, name).__module__ == fast_run.__name__ for name in kernels)
+    assert registry.WEIGHTED == ("linear", "task_arithmetic", "ties", "dare_linear", "dare_ties")
 
 
 @pytest.mark.parametrize("method", ["ties", "linear", "varm"])

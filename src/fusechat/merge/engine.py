@@ -31,6 +31,7 @@ from fusechat.merge import card, dtypes, explain
 from fusechat.merge.buffers import BufferPool
 from fusechat.merge.checkpoint import ShardedWriter, plan_shards
 from fusechat.merge.config import MergeConfig, load_config
+from fusechat.merge.job import TensorJob
 from fusechat.merge.methods.rules import Granularity, Variation, weights_from_variations
 from fusechat.merge.params import layer_index, layer_t, resolve
 from fusechat.merge.plan import MergePlan, TensorPlan, plan_merge
@@ -287,19 +288,17 @@ class _Merger:
     low_precision: bool  # --mergekit-arithmetic for a method mergekit computes in `dtype:`
     threads: int  # torch's, for the torch path
 
-    def tensor(self, job: tuple, out_code: str, group: list[float] | None) -> tuple[np.ndarray, list[float] | None]:
-        """`job`: (name, base, inputs, codes, shared, per_model, seed) → (the merged array, VaRM's weights)."""
+    def tensor(self, job: TensorJob, out_code: str) -> tuple[np.ndarray, list[float] | None]:
+        """The merged array of one tensor's job, and VaRM's weights."""
         try:
             if self.fast is not None:
-                merged = self.fast.merge_tensor(
-                    self.cfg.merge_method, *job, self.input_code, out_code, group, self.pool.take
-                )
+                merged = self.fast.merge_tensor(self.cfg.method, job, self.input_code, out_code, self.pool.take)
                 if merged is not None:
                     return merged
             from fusechat.merge import torch_path  # what the kernels do not cover (imports torch)
 
             compute = self.input_code if self.low_precision else None
-            return torch_path.run_job(self.cfg.method, *job, group, self.input_code, compute, out_code, self.threads)
+            return torch_path.run_job(self.cfg.method, job, self.input_code, compute, out_code, self.threads)
         except ValueError as e:
             raise FusechatError(str(e)) from None
 
@@ -354,8 +353,18 @@ def _run(
                     result = base_raw
                 else:
                     shared, per_model = settings.job(tp.out.name)
-                    job = (tp.out.name, base_raw, raws, inputs.codes(tp), shared, per_model, seed)
-                    result, weights = merger.tensor(job, tp.out.dtype, group_weights.get(tp.out.name))
+                    job = TensorJob(
+                        tp.out.name,
+                        base_raw,
+                        raws,
+                        shared,
+                        per_model,
+                        seed,
+                        group_weights.get(tp.out.name),
+                        inputs.codes(tp),
+                    )
+                    result, weights = merger.tensor(job, tp.out.dtype)
+                    del job
                     for raw in [base_raw, *raws] if base_raw is not None else raws:
                         pool.give(raw)  # read into by `load`, used by nothing else now
                     del base_raw, raws
@@ -397,9 +406,9 @@ def _load_kernels(settings: _Settings, inputs: _Inputs, first: TensorPlan | None
             shared, per_model = settings.job(first.out.name)
         except FusechatError:
             return fast  # the tensor loop raises it
-        name, method = first.out.name, settings.cfg.merge_method
-        codes = inputs.codes(first)
-        fast.warm_up(method, name, inputs.base_required, codes, shared, per_model, input_code, first.out.dtype)
+        base = np.empty(0) if inputs.base_required else None  # the stand-in's shape comes from warm_up
+        job = TensorJob(first.out.name, base, [], shared, per_model, codes=inputs.codes(first))
+        fast.warm_up(settings.cfg.method, job, input_code, first.out.dtype)
     return fast
 
 

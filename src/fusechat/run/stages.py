@@ -12,6 +12,7 @@ from pathlib import Path
 
 from fusechat.data.readers import RawRecord, open_source
 from fusechat.errors import FusechatError
+from fusechat.merge.registry import WEIGHTED
 from fusechat.run.recipe import Align, DataSource, Evaluate, MergeMethod, Teach, Train
 from fusechat.run.report import ReportInputs
 
@@ -130,9 +131,6 @@ def trainer(pivot: str, targets: Path, out: Path, cfg: Train, seed: int, clm_onl
         return train(pivot, targets, out, lam=cfg.lam, clm_only=clm_only, **options)
 
     return run
-
-
-WEIGHTED = ("linear", "task_arithmetic", "ties", "dare_ties", "dare_linear")
 
 
 def merge_config(cfg: MergeMethod, base: str | None, checkpoints: list[str]) -> object:
