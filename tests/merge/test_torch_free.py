@@ -76,3 +76,24 @@ def test_a_merge_does_not_import_torch(tmp_path, method):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "False"
+
+
+def test_without_numba_the_torch_path_merges_the_same_bytes(tmp_path):
+    """numba is what makes merges fast, not what makes them right: where it cannot be imported, every tensor
+    takes the torch path and the checkpoint is identical."""
+    base, a, b = make_family(tmp_path, seed=2, dtype=torch.bfloat16)
+    outs = {}
+    for label, block in (("kernels", ""), ("torch", "sys.modules['numba'] = None; ")):
+        out = tmp_path / label
+        code = (
+            f"import sys; {block}from fusechat.merge import merge, simple_config; "
+            f"cfg = simple_config('ties', {str(base)!r}, [{str(a)!r}, {str(b)!r}], weights=[1, 1], "
+            f"densities=[0.5, 0.5]); merge(cfg, {str(out)!r}); print('numba' in sys.modules and "
+            "sys.modules['numba'] is not None)"
+        )
+        env = {**os.environ, "PYTHONPATH": str(SRC)}
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert done.stdout.strip() == str(label == "kernels")
+        outs[label] = {p.name: p.read_bytes() for p in out.glob("*.safetensors")}
+    assert outs["kernels"] and outs["kernels"] == outs["torch"]

@@ -397,8 +397,14 @@ def _run(
 
 
 def _load_kernels(settings: _Settings, inputs: _Inputs, first: TensorPlan | None, input_code: str | None) -> Any:
-    """The kernels' module (imports numba: only when a merge runs), with the kernels that `first` needs loaded."""
-    from fusechat.merge.fast import run as fast
+    """The kernels' module (imports numba: only when a merge runs), with the kernels that `first` needs loaded;
+    None where numba cannot be imported (a platform without its wheels): every tensor then takes the torch path,
+    with the same results, only slower."""
+    try:
+        from fusechat.merge.fast import run as fast
+    except ImportError as e:
+        log.info("compiled merge kernels unavailable (%s): merging with torch", e)
+        return None
 
     fast.configure_threads()
     if first is not None:
