@@ -102,7 +102,7 @@ def test_unknown_model_is_refused_before_any_stage(tmp_path):
     path.write_text(
         yaml.safe_dump({**BASE, "pivot": "smollm2-135m-instruct", "sources": [{"name": "a", "model": "nope"}]})
     )
-    with pytest.raises(FusechatError, match=r"sources\[0\]\.model: 'nope' is no directory and no known model"):
+    with pytest.raises(FusechatError, match=r"sources\[0\]\.model: nope: no such model directory, not a known model"):
         _pipeline(path)
 
 

@@ -29,6 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _pipeline(recipe_path: str | Path, workdir: str | None = None):
     from fusechat.models import packages
+    from fusechat.models.load import resolve_model_dir
     from fusechat.run.pipeline import Pipeline
     from fusechat.run.plan import check_merges, plan
     from fusechat.run.recipe import check_data_files, load_recipe
@@ -39,8 +40,10 @@ def _pipeline(recipe_path: str | Path, workdir: str | None = None):
     keys = {"pivot": recipe.pivot, **{f"sources[{i}].model": s.model for i, s in enumerate(recipe.sources)}}
     for key, model in keys.items():  # before any stage runs: a typo here must not cost a teacher pass
         if not (base / model).exists() and model not in packages.ASSETS:
-            known = ", ".join(sorted(packages.ASSETS))
-            raise FusechatError(f"{recipe_path}: {key}: {model!r} is no directory and no known model ({known})")
+            try:  # a hub id: found in the Hugging Face cache (or fetched) now
+                resolve_model_dir(model)
+            except FusechatError as e:
+                raise FusechatError(f"{recipe_path}: {key}: {e}") from None
     check_data_files(recipe, base, recipe_path)
     try:
         check_merges(recipe)
@@ -54,7 +57,7 @@ def _pipeline(recipe_path: str | Path, workdir: str | None = None):
 def _check_template(recipe, base: Path, recipe_path: str | Path) -> None:
     """Refuse a pivot without a chat template (when the recipe gives none) before any model is loaded."""
     from fusechat.models import packages
-    from fusechat.models.load import has_chat_template
+    from fusechat.models.load import has_chat_template, resolve_model_dir
 
     if recipe.data.chat_template:
         template = base / recipe.data.chat_template
@@ -62,8 +65,8 @@ def _check_template(recipe, base: Path, recipe_path: str | Path) -> None:
             raise FusechatError(f"{recipe_path}: data.chat_template: {template} is not a file")
         return
     pivot = base / recipe.pivot
-    if not pivot.exists() and recipe.pivot in packages.ASSETS:
-        pivot = packages.model_dir(recipe.pivot)
+    if not pivot.exists():
+        pivot = packages.model_dir(recipe.pivot) if recipe.pivot in packages.ASSETS else resolve_model_dir(recipe.pivot)
     if (pivot / "config.json").is_file() and not has_chat_template(pivot):
         raise FusechatError(
             f"{recipe_path}: pivot: {recipe.pivot} has no chat template; name a Jinja template file in "
