@@ -54,9 +54,11 @@ def resolve_model_dir(spec: str | os.PathLike) -> Path:
 
 
 def offline() -> bool:
-    """Whether the hub must not be asked: HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) or FUSECHAT_OFFLINE set."""
-    flags = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "FUSECHAT_OFFLINE")
-    return any(os.environ.get(f, "").strip().lower() in ("1", "true", "yes", "on") for f in flags)
+    """Whether the hub must not be asked: HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE), or fusechat offline."""
+    from fusechat import pipcache
+
+    hub = (os.environ.get(f, "").strip().lower() in pipcache.TRUE for f in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return pipcache.offline() or any(hub)
 
 
 def hub_snapshot(repo: str, revision: str | None, not_found: str) -> Path:
