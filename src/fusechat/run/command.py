@@ -75,16 +75,12 @@ def _check_template(recipe, base: Path, recipe_path: str | Path) -> None:
 
 
 def _run(args: argparse.Namespace, workdir: str | None = None) -> int:
-    from fusechat.models import packages
+    from fusechat.run.api import run
 
-    recipe, base, pipe, to_install = _pipeline(args.recipe, workdir)
     if args.dry_run:
+        _pipeline(args.recipe, workdir)  # every check a real run makes, before the table
         return _status(args)
-    for name in to_install:
-        packages.install(name)
-    _check_template(recipe, base, args.recipe)  # an installed-by-name pivot is only on disk now
-    pipe.run()
-    report = pipe.workdir / "report" / "report.md"
+    report = run(args.recipe, workdir) / "report" / "report.md"
     if report.is_file():
         print(report.read_text())
         print(f"report: {report}")

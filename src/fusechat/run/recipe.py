@@ -25,7 +25,7 @@ class _Strict(BaseModel):
 
 class Source(_Strict):
     name: Name = Field(description="short name used for output directories and report rows")
-    model: str = Field(description="Hugging Face directory or installed model name")
+    model: str = Field(description="Hugging Face directory, installed model name, or hub id (org/name) in the HF cache")
 
 
 class DataSource(_Strict):
