@@ -19,6 +19,7 @@ import pyarrow as pa
 from fusechat.errors import FusechatError
 from fusechat.fuse import methods
 from fusechat.manifest import fingerprint
+from fusechat.progress import progress_bar
 from fusechat.store.format import TopKRecord, TopKStore
 from fusechat.store.output import ShardedOutput
 from fusechat.store.pairs import check_pair, check_row_ids, open_teacher_store
@@ -146,6 +147,7 @@ def fuse(
         selection = {"conversations": dict.fromkeys(names, 0), "ties": 0, "position_ties": 0}
         chosen_positions = np.zeros(len(names), dtype=np.int64)
         fallback = 0
+        bar = progress_bar(len(piv), f"fuse {method}", unit=" conv")
         for i in range(n):
             a_rows = piv.read_shard(i)
             b_rows = [s.read_shard(i) for s in stores]
@@ -164,6 +166,7 @@ def fuse(
                     infos.append(info)
                     if writer is not None:
                         writer.write(rec)
+                    bar.update()
             for info in infos:
                 if info["teacher"] >= 0:
                     selection["conversations"][names[info["teacher"]]] += 1
@@ -172,6 +175,7 @@ def fuse(
                 chosen_positions += info["chosen_positions"]
                 fallback += info["fallback_positions"]
             log.info("%s: shard %d/%d fused", output.dir, i + 1, n)
+        bar.close()
         if method == "token-mince":
             selection["positions"] = dict(zip(names, chosen_positions.tolist(), strict=True))
         selection["fallback_positions"] = fallback
