@@ -17,7 +17,7 @@ RUN = {"max_steps": 1, "per_device_train_batch_size": 4, "learning_rate": 1e-3, 
 
 def saved_dtypes(out) -> set[str]:
     with safe_open(str(out / "model.safetensors"), framework="pt") as st:
-        return {str(st.get_slice(k).get_dtype()) for k in st.keys()}  # noqa: SIM118
+        return {str(st.get_slice(k).get_dtype()) for k in st.keys()}
 
 
 @pytest.fixture(scope="module")

@@ -56,7 +56,7 @@ def cast_checkpoint(directory: Path, dtype: str) -> None:
     for f in sorted(directory.glob("*.safetensors")):
         with safe_open(f, framework="pt") as st:
             metadata = st.metadata()
-            tensors = {name: st.get_tensor(name) for name in st.keys()}  # noqa: SIM118 (safe_open has no iter)
+            tensors = {name: st.get_tensor(name) for name in st.keys()}
         if any(t.is_floating_point() and t.dtype != target for t in tensors.values()):
             tensors = {n: t.to(target) if t.is_floating_point() else t for n, t in tensors.items()}
             tmp = f.with_name(f".{f.name}.cast.tmp")
