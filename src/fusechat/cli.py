@@ -12,10 +12,11 @@ import errno
 import gc
 import importlib
 import logging
+import os
 import sys
 from typing import NoReturn
 
-from fusechat import __version__
+from fusechat._version import __version__
 from fusechat.errors import FusechatError
 
 COMMANDS = {  # module: the subcommands its register() adds (a test holds this map to what they add)
@@ -41,6 +42,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fusechat", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"fusechat {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    parser.add_argument(
+        "--offline", action="store_true", help="fetch nothing from PyPI or the hub (as FUSECHAT_OFFLINE=1)"
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     modules = [m for m, names in COMMANDS.items() if command in names] or list(COMMANDS)
     for name in modules:
@@ -53,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     command = next((a for a in argv if not a.startswith("-")), None)
     parser = build_parser(command)
     args = parser.parse_args(argv)
+    if args.offline:
+        os.environ["FUSECHAT_OFFLINE"] = "1"  # read where a fetch would happen (pipcache, models.load)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )

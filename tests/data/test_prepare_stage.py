@@ -219,7 +219,7 @@ def test_bad_settings(tmp_path, bpe_pivot, kwargs, words):
 
 
 def test_missing_input_and_unknown_name(tmp_path, bpe_pivot):
-    with pytest.raises(FusechatError, match="nothere.jsonl: no such file, and not a named data set"):
+    with pytest.raises(FusechatError, match="nothere.jsonl: no such file or directory, and not a named data set"):
         prepare([tmp_path / "nothere.jsonl"], str(bpe_pivot), tmp_path / "out")
 
 

@@ -14,13 +14,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "prepare",
         help="render chat data with the pivot's chat template into a conversations directory",
         description=(
-            "Read conversations (JSONL, JSON or Parquet; OpenAI 'messages', ShareGPT 'conversations' or "
-            "Alpaca), render them with the pivot's chat template, record the supervised assistant spans, "
+            "Read conversations (JSONL or JSON, optionally gzip/zstd/bzip2/xz-compressed, Parquet, or a `datasets` "
+            "save_to_disk directory; OpenAI/TRL 'messages', TRL 'prompt'/'completion', ShareGPT 'conversations' "
+            "or Alpaca), render them with the pivot's chat template, record the supervised assistant spans, "
             "and write DIR/conversations.parquet with DIR/manifest.json."
         ),
     )
-    p.add_argument("data", nargs="+", metavar="DATA", help="input files, or a named data set: sharegpt")
-    p.add_argument("--pivot", required=True, help="pivot model directory or installed model name")
+    p.add_argument("data", nargs="+", metavar="DATA", help="files, datasets directories, or a named data set: sharegpt")
+    p.add_argument("--pivot", required=True, help="pivot model: a directory, an installed name, or a hub id")
     p.add_argument("--out", required=True, type=Path, help="output directory")
     p.add_argument("--max-length", type=int, default=2048, help="pivot tokens per conversation (2048)")
     p.add_argument(

@@ -25,8 +25,9 @@ from tqdm import tqdm
 
 from fusechat.data.conversations import FILE, FORMAT, FORMAT_VERSION, STAGE, conversations_schema
 from fusechat.data.formats import FORMATS, BadRecord, Conversation, detect_format, normalise
-from fusechat.data.readers import Source, open_source
+from fusechat.data.readers import Source
 from fusechat.data.render import ChatRenderer, Rendered, TemplateRefused, read_template
+from fusechat.data.sources import open_source
 from fusechat.errors import FusechatError
 from fusechat.manifest import (
     atomic_path,

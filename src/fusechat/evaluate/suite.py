@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fusechat import __version__
+from fusechat._version import __version__
 from fusechat.errors import FusechatError
 from fusechat.evaluate.base import Loaded, TaskResult
 from fusechat.evaluate.cache import ResultCache, checkpoint_fingerprint

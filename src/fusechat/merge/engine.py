@@ -36,6 +36,7 @@ from fusechat.merge.methods.rules import Granularity, Variation, weights_from_va
 from fusechat.merge.params import layer_index, layer_t, resolve
 from fusechat.merge.plan import MergePlan, TensorPlan, plan_merge
 from fusechat.merge.registry import REQUIRED
+from fusechat.progress import progress_bar
 from fusechat.verify import weight_files
 
 log = logging.getLogger(__name__)
@@ -345,9 +346,10 @@ def _run(
         sizes = [_raw_bytes(plan, tp, spec.base_required) for tp in plan.tensors]
         ahead = _ReadAhead(reader, inputs.load, plan.tensors, sizes)  # starts reading while the kernels load
         written: Future | None = None
+        bar = progress_bar(sum(sizes), f"merge {cfg.merge_method}", unit="B", unit_scale=True, unit_divisor=1024)
         try:
             merger = _Merger(cfg, kernels.result() if kernels else None, pool, input_code, low_precision, threads)
-            for tp in plan.tensors:
+            for tp, size in zip(plan.tensors, sizes, strict=True):
                 base_raw, raws = ahead.next()
                 if not tp.mergeable:
                     result = base_raw
@@ -374,6 +376,7 @@ def _run(
                     written.result()
                 written = wpool.submit(write, tp.out.name, result)
                 del result
+                bar.update(size)  # input bytes merged
             if written is not None:
                 written.result()
             plan.verify_checksums()  # before anything is published: a corrupted input fails the merge
@@ -382,6 +385,8 @@ def _run(
             ahead.cancel()
             writer.abort()
             raise
+        finally:
+            bar.close()
     elapsed = time.perf_counter() - start
     if explain_weights:
         names = [str(m.model) for m in cfg.merged_models()]

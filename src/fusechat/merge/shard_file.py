@@ -35,10 +35,10 @@ class ShardFile:
         self._stage: np.ndarray | None = None
         self._fill = 0
         try:
-            self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_DIRECT", 0), 0o644)
+            self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_DIRECT", 0), 0o666)
             self._direct = hasattr(os, "O_DIRECT")
         except OSError:  # EINVAL: no O_DIRECT on this filesystem
-            self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
             self._direct = False
         if self._direct:
             raw = np.empty(STAGE + ALIGN, dtype=np.uint8)

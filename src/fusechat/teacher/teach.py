@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from fusechat import __version__
+from fusechat._version import __version__
 from fusechat.data.conversations import Conversations, supervised_positions
 from fusechat.errors import FusechatError
 from fusechat.manifest import MANIFEST, fingerprint, locked, prepare_output_dir, read_manifest, write_manifest

@@ -219,6 +219,7 @@ def train(
     keep_checkpoints: bool = False,
     lora_rank: int | None = None,
     lora_alpha: float | None = None,
+    save_dtype: str = "auto",
     callbacks: list | None = None,
     trust_remote_code: bool = False,
     allow_pickle: bool = False,
@@ -233,12 +234,15 @@ def train(
     `bf16="auto"` (the default) uses bf16 where CUDA supports it. An interrupted run resumes from its newest
     checkpoint when rerun with the same arguments; a finished one is not redone. `lora_rank` trains LoRA
     adapters (peft, on every linear layer but the head; alpha defaults to 2 x rank) and merges them into full
-    weights at the end. Returns `out`.
+    weights at the end. `save_dtype` is the dtype of the saved weights: "auto" (the pivot's, from its config or
+    weights; training itself runs in fp32, or the Trainer's mixed precision), "float32", "bfloat16" or
+    "float16". Returns `out`.
     """
     from transformers import AutoConfig
 
     from fusechat.models.load import check_model_dir, load_tokenizer, resolve_model_dir, tokenizer_fingerprint
     from fusechat.train.data import TargetsDataset
+    from fusechat.train.save import SAVE_DTYPES, pivot_dtype
 
     settings = Settings(
         lam,
@@ -253,6 +257,8 @@ def train(
         lora_alpha,
     )
     settings.check()
+    if save_dtype not in SAVE_DTYPES:
+        raise FusechatError(f"--save-dtype must be one of {', '.join(SAVE_DTYPES)}, not {save_dtype!r}")
     out = Path(out)
     pivot_dir = resolve_model_dir(pivot)
     check_model_dir(pivot_dir, allow_pickle)
@@ -279,6 +285,7 @@ def train(
         "max_length": max_length,
         "pack": pack,
         "lora": None if lora_rank is None else {"rank": lora_rank, "alpha": lora_alpha or 2 * lora_rank},
+        "save_dtype": pivot_dtype(pivot_dir) if save_dtype == "auto" else save_dtype,
         "trainer_options": dict(sorted(trainer_options.items())),
     }
     fp_inputs = dict(manifest)
@@ -379,8 +386,11 @@ class _Run:
 
     def _finish(self, staging: Path, trainer: Any, result: Any) -> None:
         """Move the saved model into place, write the model card, drop checkpoints, mark complete."""
+        from fusechat.train.save import cast_checkpoint
+
         out, args, store = self.out, self.args, self.dataset.store
         (staging / "training_args.bin").unlink(missing_ok=True)  # a pickle; the manifest holds the options
+        cast_checkpoint(staging, self.manifest["save_dtype"])
         for f in staging.iterdir():
             os.replace(f, out / f.name)
         staging.rmdir()

@@ -64,6 +64,12 @@ def register(subparsers: Any) -> None:
     add("--lora-rank", type=int, help="train LoRA adapters of this rank (needs peft), merged at the end")
     add("--lora-alpha", type=float, help="LoRA alpha (default 2 x rank)")
     add("--keep-checkpoints", action="store_true", help="keep the Trainer checkpoints at the end")
+    add(
+        "--save-dtype",
+        choices=("auto", "float32", "bfloat16", "float16"),
+        default="auto",
+        help="dtype of the saved weights (default auto: the pivot's; training runs in fp32 or mixed precision)",
+    )
     for flag, (_, typ, text) in OPTIONS.items():
         p.add_argument(flag, type=typ, help=text)
     p.add_argument(
@@ -106,6 +112,7 @@ def run(args: argparse.Namespace) -> int:
         keep_checkpoints=args.keep_checkpoints,
         lora_rank=args.lora_rank,
         lora_alpha=args.lora_alpha,
+        save_dtype=args.save_dtype,
         trust_remote_code=args.trust_remote_code,
         allow_pickle=args.allow_pickle,
         **options,
