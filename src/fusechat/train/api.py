@@ -32,20 +32,22 @@ from fusechat.manifest import (
     write_manifest,
 )
 from fusechat.train.card import model_card
+from fusechat.train.options import trainer_defaults
 from fusechat.verify import weight_files
 
 STAGE = "train"
 CHECKPOINTS = "checkpoints"
 TARGET_STAGES = ("fuse",)
 CLM_STAGES = ("fuse", "teach")
-# Defaults from the paper (Wan et al. 2024, training details; docs/training.md); every one can be overridden.
+# The declared options' defaults (train/options.py: the paper's where it gives one); every one can be overridden.
 PAPER_DEFAULTS: dict[str, Any] = {
-    "learning_rate": 5e-6,
-    "num_train_epochs": 3,
-    "lr_scheduler_type": "cosine",
-    "warmup_steps": 0.03,
-    "weight_decay": 0.0,
+    **trainer_defaults(),
     "ddp_find_unused_parameters": False,  # the loss uses every parameter; the extra graph walk is waste
+}
+# Optional engines a TrainingArguments field switches on: field -> (module, install line).
+ENGINES = {
+    "deepspeed": ("deepspeed", "pip install deepspeed"),
+    "use_liger_kernel": ("liger_kernel", "pip install liger-kernel"),
 }
 # Options that change how a run is watched or stored, not what it computes (left out of the fingerprint).
 NOT_FINGERPRINTED = {"logging_steps", "report_to", "save_steps", "save_total_limit", "save_strategy"}
@@ -146,6 +148,9 @@ def _training_args(out: Path, options: dict[str, Any]) -> Any:
     unknown = sorted(set(opts) - {f.name for f in dataclasses.fields(TrainingArguments)})
     if unknown:
         raise FusechatError(f"unknown trainer options {unknown}; see transformers.TrainingArguments")
+    for key, (module, install) in ENGINES.items():
+        if opts.get(key) and importlib.util.find_spec(module) is None:
+            raise FusechatError(f"{key} needs {module}, which is not installed: {install}")
     try:
         return TrainingArguments(**opts)
     except (ValueError, TypeError) as e:
@@ -260,7 +265,15 @@ def train(
     pivot_fp = tokenizer_fingerprint(tokenizer)
     store = _open_targets(targets, clm_only, pivot_fp)
     dataset = TargetsDataset(store, max_length=max_length, with_targets=not clm_only)
-    vocab = AutoConfig.from_pretrained(pivot_dir, trust_remote_code=trust_remote_code).get_text_config().vocab_size
+    try:
+        config = AutoConfig.from_pretrained(pivot_dir, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:  # remote code not trusted, or an unreadable config: as teach says it
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        hint = (
+            "" if trust_remote_code or "custom code" not in first else "; --trust-remote-code runs it, if you trust it"
+        )
+        raise FusechatError(f"{pivot_dir}: cannot load the model's config ({first}){hint}") from None
+    vocab = config.get_text_config().vocab_size
     top = dataset.max_target_id()
     if top >= vocab:
         raise FusechatError(f"{targets}: token id {top} is beyond the pivot's vocabulary ({vocab}); wrong pivot?")
