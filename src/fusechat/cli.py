@@ -98,12 +98,13 @@ def _os_problem(e: OSError) -> str:
 
 
 def _at_out(args: argparse.Namespace, e: OSError) -> bool:
-    """Whether a failed file operation was on the command's --out, inside it, or on a lock file beside it."""
+    """Whether a failed file operation was on the command's --out, inside it, on a folder above it (created
+    with it), or on a lock file beside it."""
     out = getattr(args, "out", None)
     if out is None or e.filename is None:
         return False
     out, path = Path(out).absolute(), Path(os.fsdecode(e.filename)).absolute()
-    return path == out or out in path.parents or path.parent == out.parent
+    return path == out or out in path.parents or path in out.parents or path.parent == out.parent
 
 
 def _quiet_stdout() -> None:
