@@ -19,6 +19,7 @@ from typing import NoReturn
 
 from fusechat import __version__
 from fusechat.errors import FusechatError
+from fusechat.flags import HelpFormatter
 
 COMMANDS = {  # module: the subcommands its register() adds (a test holds this map to what they add)
     "fusechat.data.command": ("prepare",),
@@ -40,7 +41,15 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     Importing every command module costs a `fusechat merge` 0.4 s (pyarrow, the data readers), a tenth of
     a merge of three 500M models; `fusechat --help` and unknown commands still get the full list.
     """
-    parser = argparse.ArgumentParser(prog="fusechat", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="fusechat",
+        description="FuseChat (Wan et al. 2024): fuse chat models with different tokenizers and architectures "
+        "into one pivot model. Each stage is a command; `run` runs a recipe of them all. "
+        "`fusechat COMMAND --help` shows a command's options and an example.",
+        epilog="example:\n  fusechat demo                 the embedded demo on three real small models\n"
+        "  fusechat run recipe.yaml      every stage of a recipe (docs/recipes.md)\n",
+        formatter_class=HelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=f"fusechat {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

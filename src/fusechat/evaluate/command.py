@@ -6,10 +6,20 @@ import argparse
 from pathlib import Path
 
 from fusechat.errors import FusechatError
+from fusechat.flags import HelpFormatter
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("evaluate", help="evaluate models: bits per byte, exact match, multiple choice, MT-Bench")
+    p = sub.add_parser(
+        "evaluate",
+        help="evaluate models: bits per byte, exact match, multiple choice, MT-Bench",
+        description="Score one or more models on a suite of tasks (held-out bits per byte, GSM exact match, "
+        "multiple choice, MT-Bench answers) and print the table; scores.json and per-item JSONL go to --out. "
+        "Results are cached per model and task, so adding a model scores only that model.",
+        epilog="example:\n  fusechat evaluate pivot=smollm2-135m-instruct fused=runs/demo/merge/varm-s0 \\\n"
+        "      --suite bpb,gsm_bpb --conversations runs/demo/conversations/heldout --out eval/\n",
+        formatter_class=HelpFormatter,
+    )
     p.add_argument("models", nargs="+", metavar="MODEL", help="model directory or installed name, or NAME=MODEL")
     p.add_argument(
         "--suite", default="bpb,gsm,hhh", help="comma-separated: bpb,gsm,gsm_bpb,asdiv,hhh,boolq,csqa,mtbench"
