@@ -13,6 +13,7 @@ from fusechat import cli
 from fusechat.align.options import AlignOptions
 from fusechat.data.options import PrepareCommandOptions, PrepareOptions
 from fusechat.errors import FusechatError
+from fusechat.evaluate.options import EvaluateCommandOptions
 from fusechat.flags import docs_table
 from fusechat.fuse.methods import METHODS
 from fusechat.fuse.options import FuseOptions
@@ -59,6 +60,10 @@ def test_python_api_defaults_are_the_declared_ones():
         opts.tail_bucket,
     )
     assert {k: PAPER_DEFAULTS[k] for k in trainer_defaults()} == trainer_defaults()
+    from fusechat.evaluate.tasks import EvalOptions
+
+    declared_eval = EvaluateCommandOptions().model_dump(exclude={"gsm_seed", "trust_remote_code", "allow_pickle"})
+    assert {k: getattr(EvalOptions(), k) for k in declared_eval} == declared_eval
     assert PAPER_DEFAULTS["learning_rate"] == 5e-6 and PAPER_DEFAULTS["num_train_epochs"] == 3  # the paper's
     assert PAPER_DEFAULTS["warmup_steps"] == 0.03 and PAPER_DEFAULTS["lr_scheduler_type"] == "cosine"
 
@@ -116,6 +121,8 @@ BAD = [
         "--max-length 8: input should be greater than or equal to 16",
         ("data", "max_length", 8),
     ),
+    (["evaluate", "m", "--max-tokens", "0"], "--max-tokens 0: input should be greater than or equal to 16", None),
+    (["evaluate", "m", "--batch-size", "0"], "--batch-size 0: input should be greater than or equal to 1", None),
     (
         ["prepare", "d.jsonl", "--pivot", "p", "--limit", "0"],
         "--limit 0: input should be greater than or equal to 1",
@@ -221,6 +228,7 @@ def test_an_optional_engine_that_is_missing_is_one_line(tmp_path):
         (AlignOptions, "align.md", False),
         (FuseOptions, "align.md", False),
         (MergeOptions, "merging.md", False),
+        (EvaluateCommandOptions, "evaluate.md", False),
         (recipe.Data, "recipes.md", True),
         (recipe.Teach, "recipes.md", True),
         (recipe.Align, "recipes.md", True),
