@@ -174,7 +174,7 @@ def test_training_arguments_flags_as_hf_and_trl_users_type_them():
     options = _train_options(
         "--learning_rate", "1e-5", "--per_device_train_batch_size", "4", "--gradient_accumulation_steps=2",
         "--lr_scheduler_type", "linear", "--eval_strategy", "no", "--dataloader_num_workers", "2",
-        "--gradient_checkpointing", "--max_steps", "7", "--trainer-arg", "adam_beta2=0.95",
+        "--gradient_checkpointing", "true", "--max_steps", "7", "--trainer-arg", "adam_beta2=0.95",
     )  # fmt: skip
     assert options == {
         "learning_rate": 1e-5,
@@ -192,6 +192,8 @@ def test_training_arguments_flags_as_hf_and_trl_users_type_them():
     same = _train_options("--lr", "1e-5", "--batch-size", "4", "--grad-accum", "2", "--scheduler", "linear")
     assert same == {k: options[k] for k in same}
     assert _train_options() == {"bf16": "auto"}
+    assert _train_options("--gradient-checkpointing") == _train_options("--gradient_checkpointing", "True")
+    assert "gradient_checkpointing" not in _train_options("--gradient_checkpointing", "false")
 
 
 @pytest.mark.parametrize(

@@ -69,17 +69,23 @@ def default_text(field: Any) -> str:
     return str(default)
 
 
-def add_flags(parser: argparse.ArgumentParser, model: type[BaseModel], *, skip: tuple[str, ...] = ()) -> None:
+def add_flags(
+    parser: argparse.ArgumentParser, model: type[BaseModel], *, skip: tuple[str, ...] = (), bool_values: bool = False
+) -> None:
     """Add one flag per field of `model` (but `skip`); defaults stay in the model (parsed values are strings).
 
     The `--underscore_name` spelling (as HF and TRL users type flags) is accepted too, left out of the help.
+    With `bool_values` a switch also takes an optional value (`--gradient_checkpointing true`, as
+    HfArgumentParser allows); only for a command without positional arguments, which the value could swallow.
     """
     for name, field in model.model_fields.items():
         if name in skip:
             continue
         kwargs: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS}
         help_text = field.description or ""
-        if field.annotation is bool:
+        if field.annotation is bool and bool_values:
+            kwargs.update(nargs="?", const=True, metavar="BOOL")
+        elif field.annotation is bool:
             kwargs.update(action="store_const", const=True)
         else:
             choices = _choices(field.annotation)

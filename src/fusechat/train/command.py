@@ -47,7 +47,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--pivot", required=True, help="pivot model: a Hugging Face directory or an installed name")
     p.add_argument("--targets", required=True, help="training targets directory (output of `fusechat fuse`)")
     p.add_argument("--out", required=True, help="output checkpoint directory")
-    add_flags(p, TrainCommandOptions)
+    add_flags(p, TrainCommandOptions, bool_values=True)
     p.add_argument(
         "--trainer-arg",
         type=_trainer_arg,
