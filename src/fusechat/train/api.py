@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from fusechat.errors import FusechatError
+from fusechat.flags import validate
 from fusechat.manifest import (
     atomic_write_bytes,
     file_entries,
@@ -32,7 +33,7 @@ from fusechat.manifest import (
     write_manifest,
 )
 from fusechat.train.card import model_card
-from fusechat.train.options import trainer_defaults
+from fusechat.train.options import TrainCommandOptions, trainer_defaults
 from fusechat.verify import weight_files
 
 STAGE = "train"
@@ -71,19 +72,22 @@ class Settings:
     lora_alpha: float | None = None
 
     def check(self) -> None:
-        if not 0.0 <= self.lam <= 1.0:
-            raise FusechatError(f"--lambda must be between 0 and 1, got {self.lam}")
-        if self.temperature <= 0 or (self.tail and self.temperature != 1.0):
-            raise FusechatError(f"--temperature must be > 0, and 1 with --tail-bucket (got {self.temperature})")
-        if self.max_length is not None and self.max_length < 2:
-            raise FusechatError(f"--max-length must be at least 2, got {self.max_length}")
+        """The declared rules (train/options.py), for a call from Python as for the command line."""
+        values = {
+            "lam": self.lam,
+            "temperature": self.temperature,
+            "tail_bucket": self.tail,
+            "chunk_size": self.chunk_size,
+            "lora_rank": self.lora_rank,
+            "lora_alpha": self.lora_alpha,
+        }
+        if self.max_length is not None:  # None (no truncation) is the Python API's alone
+            values["max_length"] = self.max_length
+        validate(TrainCommandOptions, values)
         if self.pack and self.max_length is None:
             raise FusechatError("--pack needs --max-length (the length of a packed row)")
-        if self.lora_rank is not None:
-            if self.lora_rank < 1:
-                raise FusechatError(f"--lora-rank must be a positive integer, got {self.lora_rank}")
-            if importlib.util.find_spec("peft") is None:
-                raise FusechatError("--lora-rank needs peft: pip install 'fusechat[lora]' (peft==0.21.2)")
+        if self.lora_rank is not None and importlib.util.find_spec("peft") is None:
+            raise FusechatError("--lora-rank needs peft: pip install 'fusechat[lora]' (peft==0.21.2)")
 
 
 def _open_targets(targets: str | os.PathLike, clm_only: bool, pivot_fp: str) -> Any:

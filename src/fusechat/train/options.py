@@ -72,9 +72,13 @@ class TrainCommandOptions(TrainOptions):
     allow_pickle: bool = option(False, "accept pickled .bin pivot weights (runs their code)")
 
     @model_validator(mode="after")
-    def _one_warmup(self) -> TrainCommandOptions:
+    def _together(self) -> TrainCommandOptions:
         if {"warmup_ratio", "warmup_steps"} <= self.model_fields_set:
             raise ValueError("give --warmup-ratio or --warmup-steps, not both")
+        if self.tail_bucket and self.temperature != 1:
+            raise ValueError(
+                f"--tail-bucket needs --temperature 1 (a tempered tail is unknown), got {self.temperature}"
+            )
         return self
 
 
