@@ -15,17 +15,27 @@ from tiny_models import sample_chats
 
 from .common import ENV, assert_one_clear_error, fusechat, run
 
-STAGES = ("prepare", "teach", "align", "fuse", "train", "merge", "evaluate")
+STAGES = ("prepare", "teach", "align", "fuse", "train", "merge", "evaluate", "run")
 
 
 def stage_command(stage: str, world: dict, out: Path) -> list[str]:
     """The shortest real command of `stage` writing into `out`."""
     w = world
+    chats = w["root"] / "chats.jsonl"
+    if not chats.is_file():
+        chats.write_text("".join(json.dumps({"messages": c}) + "\n" for c in sample_chats(4)))
     if stage == "prepare":
-        chats = w["root"] / "chats.jsonl"
-        if not chats.is_file():
-            chats.write_text("".join(json.dumps({"messages": c}) + "\n" for c in sample_chats(4)))
         return fusechat("prepare", chats, "--pivot", w["pivot"], "--out", out)
+    if stage == "run":  # the recipe's workdir is the run's output
+        recipe = {
+            "name": "t",
+            "workdir": str(out),
+            "pivot": str(w["pivot"]),
+            "sources": [{"name": "a", "model": str(w["source"])}],
+            "data": {"train": [{"kind": "file", "path": str(chats)}], "max_length": 256},
+        }
+        (w["root"] / "recipe.yaml").write_text(json.dumps(recipe))
+        return fusechat("run", w["root"] / "recipe.yaml")
     if stage == "teach":
         return fusechat("teach", "--model", w["pivot"], "--conversations", w["conv"], "--out", out, "--no-progress")
     if stage == "align":
@@ -73,7 +83,7 @@ def test_out_where_nothing_can_be_created_is_one_line(world, stage):
 DAMAGED = [b'{"stage": "teach", "complete": tr', b"[1, 2]", b"\xff\xfe not text"]
 
 
-@pytest.mark.parametrize("stage", [s for s in STAGES if s != "merge"])  # merge refuses any existing --out first
+@pytest.mark.parametrize("stage", [s for s in STAGES if s not in ("merge", "run")])  # merge refuses any existing
 @pytest.mark.parametrize("damage", range(len(DAMAGED)))
 def test_out_holding_a_damaged_manifest_is_one_line_and_kept(world, tmp_path, stage, damage):
     out = tmp_path / "out"

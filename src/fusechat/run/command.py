@@ -97,6 +97,7 @@ def _run(args: argparse.Namespace, workdir: str | None = None) -> int:
     from fusechat.models import packages
 
     recipe, base, pipe, to_install = _pipeline(args.recipe, workdir)
+    args.out = pipe.workdir  # the run's output: a refused write under it is one line (cli._at_out), as a stage's
     if args.dry_run:
         return _status(args)
     for name in to_install:
