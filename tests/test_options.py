@@ -241,3 +241,20 @@ def test_an_optional_engine_that_is_missing_is_one_line(tmp_path):
 def test_docs_show_the_declared_options(model, doc, recipe_keys):
     """The options tables in docs/ are generated from the declarations (`python -m fusechat.flags`)."""
     assert docs_table(model, recipe=recipe_keys) in (DOCS / doc).read_text(), f"regenerate the table in docs/{doc}"
+
+
+def test_python_api_trainer_options_follow_the_same_rules(tmp_path):
+    """train(..., num_train_epochs=0) is refused as --epochs 0 is (it used to write a 0-step copy of the pivot
+    marked complete); TrainingArguments' own -1 for "no step limit" is accepted."""
+    from fusechat.train.api import _training_args
+
+    for options, says in [
+        ({"num_train_epochs": 0}, "--epochs 0: input should be greater than 0"),
+        ({"per_device_train_batch_size": 0}, "--batch-size 0"),
+        ({"learning_rate": -1e-5}, "--learning-rate -1e-05: input should be greater than 0"),
+        ({"max_steps": 0}, "--max-steps 0"),
+    ]:
+        with pytest.raises(FusechatError, match=says):
+            _training_args(tmp_path, options)
+    assert _training_args(tmp_path, {"max_steps": -1, "report_to": ["none"]}).max_steps == -1
+    assert not (tmp_path / "checkpoints").exists()

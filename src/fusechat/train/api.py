@@ -33,7 +33,7 @@ from fusechat.manifest import (
     write_manifest,
 )
 from fusechat.train.card import model_card
-from fusechat.train.options import TrainCommandOptions, trainer_defaults
+from fusechat.train.options import TrainCommandOptions, trainer_defaults, trainer_field_names
 from fusechat.verify import weight_files
 
 STAGE = "train"
@@ -121,6 +121,8 @@ def _training_args(out: Path, options: dict[str, Any]) -> Any:
     import torch
     from transformers import TrainingArguments
 
+    owners = trainer_field_names()  # the fields our options own are checked by their declared rules
+    validate(TrainCommandOptions, {owners[k]: v for k, v in options.items() if k in owners and v is not None})
     fixed = {"output_dir", "remove_unused_columns", "label_names"}
     clash = fixed & set(options)
     if clash:

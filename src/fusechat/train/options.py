@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import model_validator
+from pydantic import field_validator, model_validator
 
 from fusechat.flags import Options, option
 
@@ -31,6 +31,11 @@ class TrainOptions(Options):
     warmup_ratio: float = option(
         0.03, "warm-up, as a fraction of all steps (the paper's 3 %)", ge=0, lt=1, trainer="warmup_ratio"
     )
+
+    @field_validator("max_steps", mode="before")
+    @classmethod
+    def _unset_steps(cls, value: Any) -> Any:
+        return None if value in (-1, "-1") else value  # TrainingArguments' own spelling of "no step limit"
 
 
 class TrainCommandOptions(TrainOptions):
@@ -65,7 +70,7 @@ class TrainCommandOptions(TrainOptions):
     logging_steps: float = option(
         500, "log every N steps (a fraction < 1: of all steps)", gt=0, trainer="logging_steps"
     )
-    report_to: str | None = option(
+    report_to: str | list[str] | None = option(
         None, "tensorboard, wandb, none (none given: tensorboard if installed)", trainer="report_to"
     )
     trust_remote_code: bool = option(False, "run the pivot repository's own code")
