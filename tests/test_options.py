@@ -83,10 +83,10 @@ BAD = [
     ),
     (
         TRAIN + ["--lr=-1e-5"],
-        "--learning-rate -1e-5: input should be greater than 0",
+        "--learning-rate/--lr -1e-5: input should be greater than 0",
         ("train", "learning_rate", -1e-5),
     ),
-    (TRAIN + ["--lr", "0"], "--learning-rate 0: input should be greater than 0", ("train", "learning_rate", 0)),
+    (TRAIN + ["--lr", "0"], "--learning-rate/--lr 0: input should be greater than 0", ("train", "learning_rate", 0)),
     (TRAIN + ["--epochs", "0"], "--epochs 0: input should be greater than 0", ("train", "epochs", 0)),
     (TRAIN + ["--epochs", "-1"], "--epochs -1: input should be greater than 0", ("train", "epochs", -1)),
     (
@@ -97,11 +97,11 @@ BAD = [
     (TRAIN + ["--lambda", "1.5"], "--lambda 1.5: input should be less than or equal to 1", ("train", "lambda", 1.5)),
     (
         TRAIN + ["--lr", "nan"],
-        "--learning-rate nan: input should be a finite number",
+        "--learning-rate/--lr nan: input should be a finite number",
         ("train", "learning_rate", float("nan")),
     ),
     (TRAIN + ["--per_device_train_batch_size", "0"], "--batch-size 0: input should be greater", None),
-    (TRAIN + ["--trainer-arg", "learning_rate=-1"], "--learning-rate -1: input should be greater than 0", None),
+    (TRAIN + ["--trainer-arg", "learning_rate=-1"], "--learning-rate/--lr -1: input should be greater than 0", None),
     (TRAIN + ["--temperature", "0"], "--temperature 0: input should be greater than 0", None),
     (TRAIN + ["--warmup", "3", "--warmup-ratio", "0.1"], "give --warmup-ratio or --warmup-steps, not both", None),
     (["merge", "c.yml", "o", "--threads", "-1"], "--threads -1: input should be greater than or equal to 1", None),
@@ -251,7 +251,7 @@ def test_python_api_trainer_options_follow_the_same_rules(tmp_path):
     for options, says in [
         ({"num_train_epochs": 0}, "--epochs 0: input should be greater than 0"),
         ({"per_device_train_batch_size": 0}, "--batch-size 0"),
-        ({"learning_rate": -1e-5}, "--learning-rate -1e-05: input should be greater than 0"),
+        ({"learning_rate": -1e-5}, "--learning-rate/--lr -1e-05: input should be greater than 0"),
         ({"max_steps": 0}, "--max-steps 0"),
     ]:
         with pytest.raises(FusechatError, match=says):

@@ -123,7 +123,8 @@ def validate(model: type[BaseModel], values: dict[str, Any], where: str = "") ->
         err = e.errors()[0]
         name = str(err["loc"][0]) if err["loc"] else ""
         field = model.model_fields.get(name) or next((f for f in model.model_fields.values() if f.alias == name), None)
-        flag = flag_names(name, field)[0] if field is not None else name
+        spellings = [flag_names(name, field)[0], *_extra(field).get("flags", [])] if field is not None else [name]
+        flag = "/".join(spellings)
         value = f" {values[name]}" if name in values else ""
         msg = str(err["msg"]).removeprefix("Value error, ")
         more = f" (and {e.error_count() - 1} more)" if e.error_count() > 1 else ""
