@@ -53,7 +53,7 @@ def test_a_stage_package_stays_callable_after_its_submodules_are_imported(tmp_pa
     from fusechat.errors import FusechatError
 
     assert train is sys.modules["fusechat.train"] and train.api.train is fusechat.train.api.train
-    with pytest.raises(FusechatError, match="--lambda must be between 0 and 1"):
+    with pytest.raises(FusechatError, match="--lambda 2.0: input should be less than or equal to 1"):
         train("pivot", "targets", tmp_path / "out", lam=2.0)  # the call reaches the function's own checks
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         fusechat.nope  # noqa: B018

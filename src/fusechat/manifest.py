@@ -123,10 +123,9 @@ def check_files(
     path = directory / MANIFEST
     if not path.is_file():
         return {}
-    try:
-        files = json.loads(path.read_text()).get("files") or {}
-    except (json.JSONDecodeError, AttributeError):
-        raise FusechatError(f"{path}: not valid JSON; rerun the stage that wrote {directory}") from None
+    files = load_manifest(path, f"rerun the stage that wrote {directory}").get("files") or {}
+    if not isinstance(files, dict):
+        raise FusechatError(f"{path}: `files` is not a mapping; rerun the stage that wrote {directory}")
     deferred = {}
     for name, info in files.items():
         if not name.endswith(suffixes):
@@ -171,16 +170,24 @@ def fingerprint(obj: Any) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
+def load_manifest(path: Path, fix: str = "rerun the stage that wrote it") -> dict:
+    """The JSON object in manifest file `path`; one clear error when it is damaged or not a manifest at all."""
+    try:
+        manifest = json.loads(path.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise FusechatError(f"{path}: not valid JSON ({e}); {fix}") from None
+    if not isinstance(manifest, dict):
+        raise FusechatError(f"{path}: not a fusechat manifest (a JSON {type(manifest).__name__}); {fix}")
+    return manifest
+
+
 def read_manifest(directory: str | os.PathLike, stage: str | None = None, require_complete: bool = True) -> dict:
     """Read a stage directory's manifest, checking its stage name and that it is complete."""
     directory = Path(directory)
     path = directory / MANIFEST
     if not path.is_file():
         raise FusechatError(f"{directory}: no {MANIFEST}; is this the output of a fusechat stage?")
-    try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise FusechatError(f"{path}: not valid JSON ({e}); rerun the stage that wrote it") from None
+    manifest = load_manifest(path)
     if stage is not None and manifest.get("stage") != stage:
         raise FusechatError(
             f"{directory}: holds a '{manifest.get('stage')}' output, expected '{stage}'; check the path"
@@ -206,7 +213,8 @@ def prepare_output_dir(directory: str | os.PathLike, stage: str) -> Path:
         manifest_path = directory / MANIFEST
         others = [p for p in directory.iterdir() if p.name != MANIFEST and not p.name.startswith(".")]
         if manifest_path.is_file():
-            owner = json.loads(manifest_path.read_text()).get("stage")
+            fix = "a damaged manifest, or not a fusechat output: remove it or choose another --out"
+            owner = load_manifest(manifest_path, fix).get("stage")
             if owner != stage:
                 raise FusechatError(f"{directory}: holds a '{owner}' output, not '{stage}'; choose another --out")
         elif others:

@@ -116,19 +116,9 @@ def fuser(pivot_store: Path, aligned: list[Path], out: Path, method: str) -> Cal
 def trainer(pivot: str, targets: Path, out: Path, cfg: Train, seed: int, clm_only: bool) -> Callable[[], Path]:
     def run() -> Path:
         from fusechat.train.api import train
+        from fusechat.train.options import trainer_options
 
-        options = dict(
-            num_train_epochs=cfg.epochs,
-            learning_rate=cfg.learning_rate,
-            per_device_train_batch_size=cfg.batch_size,
-            gradient_accumulation_steps=cfg.grad_accum,
-            warmup_ratio=cfg.warmup_ratio,
-            lr_scheduler_type="cosine",
-            seed=seed,
-            logging_steps=1,
-        )
-        if cfg.max_steps:
-            options["max_steps"] = cfg.max_steps
+        options = {**trainer_options(cfg), "lr_scheduler_type": "cosine", "seed": seed, "logging_steps": 1}
         return train(pivot, targets, out, lam=cfg.lam, clm_only=clm_only, **options)
 
     return run
