@@ -146,6 +146,14 @@ def mark_verified(f: Path, digest: str) -> None:
     _VERIFIED[_identity(f)] = digest
 
 
+def file_digest(f: Path) -> str:
+    """sha256 of `f`, hashed at most once per process while its size and modification time stay the same."""
+    key = _identity(f)
+    if key not in _VERIFIED:
+        _VERIFIED[key] = sha256_file(f)
+    return _VERIFIED[key]
+
+
 def _identity(f: Path) -> tuple[str, int, int]:
     """A file as `_VERIFIED` knows it: path, size, modification time."""
     st = f.stat()

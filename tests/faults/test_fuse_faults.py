@@ -87,3 +87,22 @@ def test_second_run_on_the_same_output_refuses(setup, tmp_path):
     out = tmp_path / "out"
     second_run_refused("fuse", setup["cmd"](out), lambda: (out / "manifest.json").exists())
     assert shard_hashes(out) == shard_hashes(setup["ref"])
+
+
+def test_rerun_over_a_bit_flipped_shard_rebuilds_it(setup, tmp_path):
+    """The shared shard protocol (store/output.py) finds a flipped bit in its own output by the sidecar's sha256
+    and rebuilds that shard only (align uses the same protocol)."""
+    import shutil
+
+    from faults.common import flip_bit, run
+
+    out = tmp_path / "out"
+    shutil.copytree(setup["ref"], out)
+    victim = out / manifest(out)["shards"][1]["file"]
+    flip_bit(victim)
+    done = run(setup["cmd"](out))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert shard_hashes(out) == shard_hashes(setup["ref"])
+    from fusechat.verify import verify
+
+    assert verify(out) == []

@@ -30,6 +30,7 @@ from fusechat.data.render import ChatRenderer, Rendered, TemplateRefused, read_t
 from fusechat.errors import FusechatError
 from fusechat.manifest import (
     atomic_path,
+    file_entries,
     fingerprint,
     locked,
     prepare_output_dir,
@@ -144,6 +145,8 @@ def prepare(
             "limit": limit,
             "counts": job.counts.as_dict(),
             "inputs": [dict(s.describe(), format=job.formats.get(s.name)) for s in sources],
+            # Every reader checks the file against this (a flipped bit in its text can still decode).
+            "files": file_entries(out, [FILE]),
         }
         write_manifest(out, manifest, complete=True)
     c = job.counts

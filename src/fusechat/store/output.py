@@ -66,11 +66,9 @@ class ShardedOutput:
             return False
         old = read_manifest(self.dir, stage=self.stage, require_complete=False)
         if old.get("fingerprint") == self.fp:
-            # A shard deleted after the fact (the recovery for a corrupted one) makes the output resumable again.
-            whole = all(
-                (self.dir / s["file"]).is_file() and (self.dir / s["file"]).stat().st_size == s.get("bytes")
-                for s in old.get("shards") or []
-            )
+            # A shard deleted or damaged after the fact (checked against its sidecar's sha256) makes the output
+            # resumable again: the rerun rebuilds that shard only.
+            whole = all(shard_done(self.dir, i, self.n_shards) is not None for i in range(self.n_shards))
             if old.get("complete") and whole:
                 log.info("%s: up to date", self.dir)
             return bool(old.get("complete")) and whole
