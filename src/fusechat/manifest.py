@@ -192,25 +192,95 @@ def write_manifest(directory: str | os.PathLike, manifest: dict, complete: bool)
     atomic_write_json(Path(directory) / MANIFEST, body)
 
 
-def prepare_output_dir(directory: str | os.PathLike, stage: str) -> Path:
-    """Create `directory` for `stage`, refusing a non-empty directory that another stage (or no stage) owns."""
+def _housekeeping(name: str) -> bool:
+    """A file fusechat itself leaves beside an output: a lock file or a killed writer's temporary."""
+    return name == LOCK or (name.startswith(".") and name.endswith((".lock", ".tmp")))
+
+
+def output_owner(directory: str | os.PathLike) -> str | None:
+    """The stage whose output `directory` holds (from its manifest), or None when it holds no manifest."""
+    path = Path(directory) / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        owner = json.loads(path.read_text()).get("stage")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        raise FusechatError(
+            f"{path}: not a valid fusechat manifest; if this directory is yours choose another --out, else remove it"
+        ) from None
+    return str(owner)
+
+
+def check_output_dir(directory: str | os.PathLike, stage: str, option: str = "--out") -> None:
+    """The one rule for an existing output directory, checked before any work: it is `stage`'s own (its manifest
+    says so), or empty but for fusechat's lock and temporary files; anything else is refused, so a user's files
+    (dotfiles such as `.git` and `.env` included) are never written into or removed. Creates nothing."""
     directory = Path(directory)
-    if directory.exists():
-        if not directory.is_dir():
-            raise FusechatError(f"{directory}: exists and is not a directory; choose another --out")
-        manifest_path = directory / MANIFEST
-        others = [p for p in directory.iterdir() if p.name != MANIFEST and not p.name.startswith(".")]
-        if manifest_path.is_file():
-            owner = json.loads(manifest_path.read_text()).get("stage")
-            if owner != stage:
-                raise FusechatError(f"{directory}: holds a '{owner}' output, not '{stage}'; choose another --out")
-        elif others:
-            raise FusechatError(
-                f"{directory}: exists, is not empty and is not a fusechat '{stage}' output; "
-                "choose another --out or remove it"
-            )
+    if not directory.exists():
+        return
+    if not directory.is_dir():
+        raise FusechatError(f"{directory}: exists and is not a directory; choose another {option}")
+    owner = output_owner(directory)
+    if owner is not None and owner != stage:
+        raise FusechatError(f"{directory}: holds a '{owner}' output, not '{stage}'; choose another {option}")
+    if owner is None and any(not _housekeeping(p.name) for p in directory.iterdir()):
+        raise FusechatError(
+            f"{directory}: exists, is not empty and is not a fusechat '{stage}' output; "
+            f"choose another {option} or remove it"
+        )
+
+
+def prepare_output_dir(directory: str | os.PathLike, stage: str) -> Path:
+    """Create `directory` for `stage` after `check_output_dir`'s rule (refusing what is not `stage`'s own)."""
+    check_output_dir(directory, stage)
+    directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     return directory
+
+
+def holds_work(directory: str | os.PathLike) -> bool:
+    """Whether an output directory holds anything besides its manifest and fusechat's housekeeping files."""
+    return any(p.name != MANIFEST and not _housekeeping(p.name) for p in Path(directory).iterdir())
+
+
+def settings_check(
+    directory: str | os.PathLike,
+    stage: str,
+    fp: str,
+    overwrite: bool = False,
+    key: str = "fingerprint",
+    what: str = "",
+) -> str:
+    """What to do with `stage`'s own output in `directory` for a run whose settings have fingerprint `fp`:
+    'new' (nothing there yet), 'resume' (made with the same settings: continue or keep it), or 'replace'
+    (other settings and `overwrite`, or other settings but no work in it yet: a run refused before it started).
+    Other settings without `overwrite` are refused, so that no stage silently replaces an output. Call it
+    under the directory's lock, after `prepare_output_dir`; `what` names the settings that differ."""
+    directory = Path(directory)
+    if not (directory / MANIFEST).is_file():
+        return "new"
+    old = read_manifest(directory, stage=stage, require_complete=False)
+    if old.get(key) == fp:
+        return "resume"
+    if overwrite or not holds_work(directory):
+        return "replace"
+    raise FusechatError(
+        f"{directory}: holds a '{stage}' output made with other inputs or settings{f' ({what})' if what else ''}; "
+        "pass --overwrite to replace it, or choose another --out"
+    )
+
+
+def clear_output(directory: str | os.PathLike) -> None:
+    """Empty an output directory that `settings_check` said to replace (its lock and temporaries stay)."""
+    import shutil
+
+    for p in Path(directory).iterdir():
+        if _housekeeping(p.name):
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
 
 
 @contextlib.contextmanager

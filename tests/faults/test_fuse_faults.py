@@ -106,3 +106,21 @@ def test_rerun_over_a_bit_flipped_shard_rebuilds_it(setup, tmp_path):
     from fusechat.verify import verify
 
     assert verify(out) == []
+
+
+def test_other_settings_are_refused_unless_overwrite(setup, tmp_path):
+    """`fuse --method avgce` into a MinCE store used to replace it silently; now one line and nothing touched,
+    and `--overwrite` replaces it."""
+    import shutil
+
+    from faults.common import assert_one_clear_error, run, snapshot
+
+    out = tmp_path / "out"
+    shutil.copytree(setup["ref"], out)
+    before = snapshot(out)
+    cmd = [*setup["cmd"](out), "--method", "avgce"]
+    assert_one_clear_error(run(cmd), str(out), "other inputs or settings", "--overwrite")
+    assert snapshot(out) == before
+    done = run([*cmd, "--overwrite"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert manifest(out)["method"] == "avgce" and claims_complete(out)

@@ -12,6 +12,7 @@ import json
 import pytest
 import yaml
 from faults.common import (
+    assert_one_clear_error,
     claims_complete,
     fusechat,
     kill_sweep,
@@ -20,6 +21,7 @@ from faults.common import (
     reference_run,
     run,
     second_run_refused,
+    snapshot,
 )
 from safetensors.torch import load_file
 from tiny_models import sample_chats
@@ -143,3 +145,32 @@ def test_kill_9_sweep(setup):
 def test_second_run_on_the_same_run_directory_refuses(setup, tmp_path):
     second_run_refused("run", setup["cmd"](tmp_path), lambda: started(tmp_path))
     same_run(setup)(tmp_path)
+
+
+@pytest.mark.parametrize("folder", ["report", "eval", "teach/pivot"])
+def test_a_users_folder_in_the_way_stops_the_run_before_any_step(world, tmp_path, folder):
+    """A folder of the user's own where the plan will write (here `report/`, `eval/`, a teacher store) is refused
+    before the first step, and nothing in it is written into or removed. The folder's only file a dotfile
+    (`.env`) counts as the user's too."""
+    recipe = recipe_file(tmp_path, world)
+    mine = tmp_path / "run" / folder
+    mine.mkdir(parents=True)
+    (mine / "notes.md").write_text("my notes\n")
+    (mine / ".env").write_text("TOKEN=x\n")
+    before = snapshot(mine)
+    line = assert_one_clear_error(run(fusechat("run", recipe)), str(mine), "not a fusechat")
+    assert snapshot(mine) == before
+    made = {p.name for p in (tmp_path / "run").iterdir()}
+    assert made <= {folder.split("/")[0], ".lock"}, f"steps ran before the refusal: {made}"
+    record("output-dir", "run", refused=True, folder=folder, line=line)
+
+
+def test_dotfiles_alone_still_make_a_folder_the_users(world, tmp_path):
+    """`.git` and `.env` without anything else: not an empty folder, not fusechat's. Refused as output."""
+    recipe = recipe_file(tmp_path, world)
+    mine = tmp_path / "run" / "report"
+    (mine / ".git").mkdir(parents=True)
+    (mine / ".env").write_text("TOKEN=x\n")
+    before = snapshot(mine)
+    assert_one_clear_error(run(fusechat("run", recipe)), str(mine))
+    assert snapshot(mine) == before

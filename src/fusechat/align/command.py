@@ -11,7 +11,14 @@ from fusechat.align.stage import ALIGNMENTS
 def _align(args: argparse.Namespace) -> int:
     from fusechat.align.stage import align
 
-    out = align(args.pivot_store, args.source_store, args.out, alignment=args.alignment, vocab_map=args.vocab_map)
+    out = align(
+        args.pivot_store,
+        args.source_store,
+        args.out,
+        alignment=args.alignment,
+        vocab_map=args.vocab_map,
+        overwrite=args.overwrite,
+    )
     print(out)
     return 0
 
@@ -24,4 +31,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output directory (the aligned store)")
     p.add_argument("--alignment", default="offsets", choices=ALIGNMENTS, help="token alignment (default: offsets)")
     p.add_argument("--vocab-map", default="exact", choices=MAPS, help="vocabulary map (default: exact)")
+    p.add_argument("--overwrite", action="store_true", help="replace an --out aligned from other inputs or settings")
     p.set_defaults(func=_align)
