@@ -170,13 +170,16 @@ def test_several_inputs_limit_and_manifest(tmp_path, bpe_pivot, sp_pivot):
     assert sp.fingerprint != conv.fingerprint and sp.manifest["tokenizer_fingerprint"] != m["tokenizer_fingerprint"]
 
 
-def test_rerun_is_skipped_and_new_settings_redo(tmp_path, bpe_pivot):
+def test_rerun_is_skipped_and_new_settings_are_refused_unless_overwrite(tmp_path, bpe_pivot):
     data = write(tmp_path, "openai")
     out = prepare([data], str(bpe_pivot), tmp_path / "out")
     stamp = (out / "conversations.parquet").stat().st_mtime_ns
     prepare([data], str(bpe_pivot), out)
     assert (out / "conversations.parquet").stat().st_mtime_ns == stamp
-    prepare([data], str(bpe_pivot), out, limit=1)
+    with pytest.raises(FusechatError, match="other inputs or settings.*--overwrite"):
+        prepare([data], str(bpe_pivot), out, limit=1)
+    assert (out / "conversations.parquet").stat().st_mtime_ns == stamp
+    prepare([data], str(bpe_pivot), out, limit=1, overwrite=True)
     assert len(Conversations(out)) == 1
 
 

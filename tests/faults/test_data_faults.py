@@ -12,7 +12,7 @@ import shutil
 
 import pyarrow.parquet as pq
 import pytest
-from faults.common import assert_one_clear_error, claims_complete, fusechat, record, run
+from faults.common import assert_one_clear_error, claims_complete, fusechat, manifest, record, run, snapshot
 from tiny_models import sample_chats
 
 from fusechat.verify import verify
@@ -60,3 +60,30 @@ def test_bit_flipped_conversations_are_refused_by_name(prepared, tmp_path):
     assert not claims_complete(out)
     assert verify(copy), "verify must report the damaged conversations file"
     assert "rerun" in line
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n{"messages": 3}\n',
+        "not json at all\n",
+    ],
+    ids=["bad-record", "garbage"],
+)
+def test_a_failed_prepare_leaves_the_good_output_as_it_was(prepared, tmp_path, bad):
+    """prepare into an existing good output, from a file it refuses: one line, and the old output stays whole
+    and readable (it used to be reduced to a header with `complete: false`, its counts lost). Without
+    --overwrite the other inputs are refused first, as by every stage."""
+    out = tmp_path / "conv"
+    shutil.copytree(prepared["out"], out)
+    before = snapshot(out)
+    data = tmp_path / "bad.jsonl"
+    data.write_text(bad)
+    cmd = fusechat("prepare", data, "--pivot", prepared["world"]["pivot"], "--out", out)
+    assert_one_clear_error(run(cmd), str(out), "--overwrite")  # other inputs: refused before any work
+    assert snapshot(out) == before
+    assert_one_clear_error(run([*cmd, "--overwrite"]), str(data))
+    assert snapshot(out) == before, "a failed prepare changed the good output"
+    assert claims_complete(out) and verify(out) == []
+    assert manifest(out)["counts"]["kept"] == 24
+    record("failed-prepare", "prepare", kept_whole=True)

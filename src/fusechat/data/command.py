@@ -33,6 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--chat-template", type=Path, metavar="FILE", help="a Jinja chat template to use instead")
     p.add_argument("--format", choices=("auto", *FORMATS), default="auto", help="input chat format (auto)")
     p.add_argument("--limit", type=int, metavar="N", help="stop once N conversations are kept")
+    p.add_argument("--overwrite", action="store_true", help="replace an --out prepared from other inputs or settings")
     p.set_defaults(func=_run)
 
 
@@ -47,6 +48,7 @@ def _run(args: argparse.Namespace) -> int:
         chat_template=args.chat_template,
         fmt=args.format,
         limit=args.limit,
+        overwrite=args.overwrite,
     )
     print(out)
     return 0

@@ -10,6 +10,7 @@ writes.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import hashlib
 import json
 import logging
@@ -29,12 +30,13 @@ from fusechat.data.readers import Source, open_source
 from fusechat.data.render import ChatRenderer, Rendered, TemplateRefused, read_template
 from fusechat.errors import FusechatError
 from fusechat.manifest import (
-    atomic_path,
-    file_entries,
     fingerprint,
     locked,
     prepare_output_dir,
     read_manifest,
+    remove_temporaries,
+    settings_check,
+    sha256_file,
     write_manifest,
 )
 from fusechat.models.load import load_tokenizer, resolve_model_dir, tokenizer_fingerprint
@@ -82,12 +84,14 @@ def prepare(
     chat_template: str | os.PathLike | None = None,
     fmt: str = "auto",
     limit: int | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Prepare conversations from `inputs` for `pivot`; returns the output directory.
 
     `on_long`: 'truncate' keeps whole user+assistant turns from the start, ending on an assistant turn, within
     `max_length` pivot tokens; 'drop' drops the conversation. `limit` stops after that many conversations are
-    kept. A complete output made from the same inputs and settings is left as it is.
+    kept. A complete output made from the same inputs and settings is left as it is; one made from others is
+    refused unless `overwrite`, and is replaced only once the new one is complete.
     """
     if max_length < 1:
         raise FusechatError(f"--max-length must be at least 1, not {max_length}")
@@ -118,37 +122,49 @@ def prepare(
     settings_fp = fingerprint(settings)
     out = prepare_output_dir(out, STAGE)
     with locked(out):
-        if _already_done(out, settings_fp):
+        state = settings_check(out, STAGE, settings_fp, overwrite, key="settings_fingerprint")
+        if state == "resume" and _already_done(out):
             log.info("%s: already prepared from the same inputs and settings; nothing to do", out)
             return out
+        remove_temporaries(out)  # a killed run's file; this process is now the only writer
         head = {
             "stage": STAGE,
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
             "settings_fingerprint": settings_fp,
         }
-        write_manifest(out, head, complete=False)
         job = _Job(tokenizer, renderer, max_length, on_long, skip_invalid, fmt, limit)
-        with atomic_path(out / FILE) as tmp:
+        # The new file is built aside: an earlier output stays whole and valid until the new one is complete,
+        # so a run that fails on its input (or a full disk) costs nothing that was there before.
+        tmp = out / f".{FILE}.{os.getpid()}.tmp"
+        try:
             job.run(sources, tmp)
-        manifest = {
-            **head,
-            "fingerprint": job.fingerprint.hexdigest()[:16],
-            "pivot": str(pivot),
-            "pivot_dir": str(resolve_model_dir(pivot)),
-            "tokenizer_fingerprint": settings["pivot_tokenizer"],
-            "chat_template": {"origin": renderer.origin, "sha256": renderer.sha256},
-            "max_length": max_length,
-            "length_unit": "pivot tokens of the rendered text, add_special_tokens=False",
-            "on_long": on_long,
-            "skip_invalid": skip_invalid,
-            "limit": limit,
-            "counts": job.counts.as_dict(),
-            "inputs": [dict(s.describe(), format=job.formats.get(s.name)) for s in sources],
-            # Every reader checks the file against this (a flipped bit in its text can still decode).
-            "files": file_entries(out, [FILE]),
-        }
-        write_manifest(out, manifest, complete=True)
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            manifest = {
+                **head,
+                "fingerprint": job.fingerprint.hexdigest()[:16],
+                "pivot": str(pivot),
+                "pivot_dir": str(resolve_model_dir(pivot)),
+                "tokenizer_fingerprint": settings["pivot_tokenizer"],
+                "chat_template": {"origin": renderer.origin, "sha256": renderer.sha256},
+                "max_length": max_length,
+                "length_unit": "pivot tokens of the rendered text, add_special_tokens=False",
+                "on_long": on_long,
+                "skip_invalid": skip_invalid,
+                "limit": limit,
+                "counts": job.counts.as_dict(),
+                "inputs": [dict(s.describe(), format=job.formats.get(s.name)) for s in sources],
+                # Every reader checks the file against this (a flipped bit in its text can still decode).
+                "files": {FILE: {"bytes": tmp.stat().st_size, "sha256": sha256_file(tmp)}},
+            }
+            # Only now is the old output given up: incomplete while the file is swapped, complete right after.
+            write_manifest(out, head, complete=False)
+            os.replace(tmp, out / FILE)
+            write_manifest(out, manifest, complete=True)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
     c = job.counts
     log.info(
         "prepared %d conversations from %d records: %d truncated, %d dropped as too long (> %d tokens), "
@@ -164,12 +180,12 @@ def prepare(
     return out
 
 
-def _already_done(out: Path, settings_fp: str) -> bool:
+def _already_done(out: Path) -> bool:
     try:
-        manifest = read_manifest(out, stage=STAGE)
+        read_manifest(out, stage=STAGE)
     except FusechatError:
         return False
-    return manifest.get("settings_fingerprint") == settings_fp and (out / FILE).is_file()
+    return (out / FILE).is_file()
 
 
 class _Job:
