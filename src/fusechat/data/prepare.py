@@ -45,6 +45,10 @@ log = logging.getLogger(__name__)
 
 ON_LONG = ("truncate", "drop")
 BATCH = 64  # conversations tokenized together
+# Texts longer than max_length x CHARS_PER_TOKEN characters are measured on a prefix first (`_Job._measure`);
+# MARGIN characters before a prefix's end are not trusted to tokenise as in the whole text.
+CHARS_PER_TOKEN = 16
+MARGIN = 256
 ROW_GROUP = 1024
 
 
@@ -261,10 +265,14 @@ class _Job:
         """Apply the length rule to a batch, then add the kept ones as rows."""
         if not items:
             return
-        encodings = self.tok.encode_batch([it.rendered.text for it in items], add_special_tokens=False)
+        first = self.max_length * CHARS_PER_TOKEN
+        encodings = self.tok.encode_batch([it.rendered.text[:first] for it in items], add_special_tokens=False)
         for it, enc in zip(items, encodings, strict=True):
-            if len(enc) > self.max_length:
-                if self.on_long == "drop" or (turns := self._turns_within(it.rendered, enc)) == 0:
+            seen = len(it.rendered.text) if len(it.rendered.text) <= first else self._measure(it.rendered.text, enc)
+            if seen < len(it.rendered.text) or len(enc) > self.max_length:
+                if seen < len(it.rendered.text):
+                    enc = self.tok.encode(it.rendered.text[:seen], add_special_tokens=False)
+                if self.on_long == "drop" or (turns := self._turns_within(it.rendered, enc, seen)) == 0:
                     self.counts.dropped_too_long += 1
                     continue
                 it.rendered = it.rendered.truncated(turns)
@@ -273,15 +281,36 @@ class _Job:
             self._add(it)
         self._write(writer)
 
-    def _turns_within(self, rendered: Rendered, enc) -> int:
-        """How many leading assistant turns fit in max_length tokens (0 if not even the first)."""
+    def _measure(self, text: str, enc) -> int:
+        """How much of a text longer than `max_length * CHARS_PER_TOKEN` characters must be tokenised to know
+        whether it fits: the length of a prefix that already holds more than `max_length` tokens, or the whole
+        text. `enc` encodes the first such prefix.
+
+        Tokenising costs about 160 bytes of memory per character, so a 20 MB message tokenised whole took
+        3.6 GB. A prefix is enough: the tokens that end `MARGIN` characters or more before the cut are the
+        whole text's tokens too (pre-tokenizers and merges act within a few characters), so a prefix holding
+        more than `max_length` of them proves the text too long. The prefix grows fourfold while it proves
+        nothing (text of very few tokens per character), up to the whole text."""
+        n = self.max_length * CHARS_PER_TOKEN
+        while n < len(text):
+            if enc is None:
+                enc = self.tok.encode(text[:n], add_special_tokens=False)
+            if sum(1 for _, end in enc.offsets if end <= n - MARGIN) > self.max_length:
+                return n
+            n, enc = n * 4, None
+        return len(text)
+
+    def _turns_within(self, rendered: Rendered, enc, seen: int) -> int:
+        """How many leading assistant turns fit in max_length tokens (0 if not even the first). `enc` encodes
+        `rendered.text[:seen]`; a cut at or past `seen` cannot fit (that prefix already holds too many)."""
         starts = [s for s, _ in enc.offsets]
         ids = enc.ids
         turns = len(rendered.cuts) - 1
         while turns > 0:
             end = rendered.cuts[turns - 1]
-            if prefix_tokens(self.tok, rendered.text, end, starts, ids, self.added) <= self.max_length:
-                return turns
+            if end < seen or seen == len(rendered.text):
+                if prefix_tokens(self.tok, rendered.text, end, starts, ids, self.added) <= self.max_length:
+                    return turns
             turns -= 1
         return 0
 
