@@ -64,17 +64,26 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:
         if e.errno not in (errno.ENOSPC, errno.EDQUOT) and "No space left" not in str(e):
             raise
-        where = f" writing {e.filename}" if getattr(e, "filename", None) else ""
-        print(
-            f"fusechat {args.command}: error: the disk is full{where}; finished parts are kept: "
-            "free space and rerun the same command to resume",
-            file=sys.stderr,
-        )
+        print(f"fusechat {args.command}: error: {disk_full_message(args, e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"fusechat {args.command}: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
     return int(result or 0)
+
+
+# Commands that start over after a failure instead of resuming (their partial output is removed).
+RESTARTS = ("merge",)
+
+
+def disk_full_message(args: argparse.Namespace, e: OSError) -> str:
+    """What a full disk cost and what to do: the file being written (else the output directory), and whether a
+    rerun resumes or starts over."""
+    where = e.filename or getattr(args, "out", None)
+    what = f"the disk is full writing {where}" if where else "the disk is full"
+    if args.command in RESTARTS:
+        return f"{what}; the partial output was removed: free space and rerun the same command (it starts over)"
+    return f"{what}; finished parts are kept: free space and rerun the same command to resume"
 
 
 def run() -> NoReturn:

@@ -8,6 +8,7 @@ directory that looks whole and is not. A lock file keeps two runs out of one out
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -23,12 +24,23 @@ MANIFEST = "manifest.json"
 LOCK = ".lock"
 
 
+@contextlib.contextmanager
+def naming(path: Path) -> Iterator[None]:
+    """Give a full disk's error, which names no file (`write()` reports none), the name of the file written."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is None and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from e
+        raise
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write `data` to `path` through a temporary file in the same directory, fsync, then rename."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as f:
+        with naming(path), os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
@@ -66,7 +78,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        yield tmp
+        with naming(path):
+            yield tmp
         if tmp.is_file():
             with open(tmp, "rb") as f:
                 os.fsync(f.fileno())

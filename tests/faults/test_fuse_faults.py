@@ -70,7 +70,7 @@ def test_full_disk(setup, tmp_path):
         "fuse", setup["cmd"], tmp_path / "mnt", "80k", [world["pivot_store"], world["aligned"]],
         lambda out: shard_hashes(out) == shard_hashes(setup["ref"]) or pytest.fail("resumed store differs"),
     )  # fmt: skip
-    assert "finished parts are kept" in line
+    assert "finished parts are kept" in line and str(tmp_path / "mnt") in line, line
 
 
 @pytest.mark.parametrize("damage", ["truncated", "bit-flipped"])

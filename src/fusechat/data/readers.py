@@ -62,7 +62,7 @@ class FileSource:
     def __post_init__(self) -> None:
         self.path = Path(self.path)
         if not self.path.is_file():
-            raise FusechatError(f"{self.path}: no such file; give a JSONL, JSON or Parquet file of chats")
+            raise FusechatError(f"{self.path}: {not_a_file(self.path)}; give a JSONL, JSON or Parquet file of chats")
         if self.kind is None:
             self.kind = file_kind(self.path)
 
@@ -117,7 +117,7 @@ class FileSource:
                         self.cut = Cut(line=lineno, char=char - len(line), complete_records=number)
                         log.warning("%s: last line %d is cut off; kept %d records", path, lineno, number)
                         return
-                    problem = f"line {lineno} is not valid JSON ({e.msg} at column {e.colno})"
+                    problem = f"line {lineno} is not valid JSON ({e.msg}: column {e.colno})"
                     yield RawRecord(self.name, number, lineno, None, error=problem)
                 except RecursionError:
                     problem = f"line {lineno} is JSON nested too deeply to read (over {sys.getrecursionlimit()} levels)"
@@ -194,13 +194,24 @@ def _parquet(path: Path) -> Iterator[RawRecord]:
         raise FusechatError(f"{path}: not a readable Parquet file ({e})") from None
 
 
+def not_a_file(path: Path) -> str:
+    """Why `path` cannot be read as a data file, in a few words: what it is instead of a file."""
+    if path.is_symlink() and not path.exists():
+        return "is a symbolic link that leads to no file (its target is missing, or the links form a loop)"
+    if path.is_dir():
+        return "is a directory, not a file"
+    if path.exists():
+        return "is not a regular file"
+    return "no such file"
+
+
 def open_source(spec: str | os.PathLike | Source, kind: str | None = None) -> Source:
     """A Source for a file path, a named data set (`data.assets.NAMED_SOURCES`), or an existing Source.
 
     An existing path wins over a name, as for models."""
     if not isinstance(spec, str | os.PathLike):
         return spec
-    if not Path(spec).exists():
+    if not Path(spec).exists() and not Path(spec).is_symlink():
         from fusechat.data.assets import NAMED_SOURCES
 
         if str(spec) in NAMED_SOURCES:
