@@ -131,3 +131,23 @@ def test_memory_does_not_grow_with_a_huge_message(prepared, tmp_path, on_long):
         assert counts["kept"] == 4 and counts["dropped_too_long"] == 1
     else:
         assert counts["kept"] == 5 and counts["truncated"] == 1
+
+
+def test_evaluate_follows_the_output_rule(prepared, tmp_path):
+    """evaluate: a folder of the user's own is refused before any data or model is read; its own scores of other
+    models are refused unless --overwrite (they were replaced silently)."""
+    world = prepared["world"]
+    mine = tmp_path / "mine"
+    (mine / ".git").mkdir(parents=True)
+    cmd = fusechat("evaluate", "--suite", "bpb", "--conversations", prepared["out"], "--no-progress", "--out")
+    assert_one_clear_error(run([*cmd, mine, f"p={world['pivot']}"]), str(mine), "not a fusechat 'evaluate'")
+    assert [p.name for p in mine.iterdir()] == [".git"]
+    out = tmp_path / "eval"
+    done = run([*cmd, out, f"p={world['pivot']}"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    before = snapshot(out)
+    assert_one_clear_error(run([*cmd, out, f"s={world['source']}"]), str(out), "--overwrite")
+    assert snapshot(out) == before
+    done = run([*cmd, out, f"s={world['source']}", "--overwrite"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert list(json.loads((out / "scores.json").read_text())) == ["s"]

@@ -179,7 +179,12 @@ def evaluator(models: dict[str, object], heldout: Path, out: Path, cfg: Evaluate
         limits = {task: cfg.limit for task in cfg.suite} if cfg.limit else {}
         conversations = heldout if (heldout / "manifest.json").is_file() else None
         evaluate(
-            {k: str(v) for k, v in models.items()}, list(cfg.suite), out, conversations=conversations, limits=limits
+            {k: str(v) for k, v in models.items()},
+            list(cfg.suite),
+            out,
+            overwrite=True,
+            conversations=conversations,
+            limits=limits,
         )
         return out
 
