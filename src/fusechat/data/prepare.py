@@ -268,10 +268,10 @@ class _Job:
         first = self.max_length * CHARS_PER_TOKEN
         encodings = self.tok.encode_batch([it.rendered.text[:first] for it in items], add_special_tokens=False)
         for it, enc in zip(items, encodings, strict=True):
-            seen = len(it.rendered.text) if len(it.rendered.text) <= first else self._measure(it.rendered.text, enc)
+            seen = len(it.rendered.text)
+            if seen > first:
+                seen, enc = self._measure(it.rendered.text, enc)
             if seen < len(it.rendered.text) or len(enc) > self.max_length:
-                if seen < len(it.rendered.text):
-                    enc = self.tok.encode(it.rendered.text[:seen], add_special_tokens=False)
                 if self.on_long == "drop" or (turns := self._turns_within(it.rendered, enc, seen)) == 0:
                     self.counts.dropped_too_long += 1
                     continue
@@ -281,10 +281,10 @@ class _Job:
             self._add(it)
         self._write(writer)
 
-    def _measure(self, text: str, enc) -> int:
+    def _measure(self, text: str, enc) -> tuple[int, Any]:
         """How much of a text longer than `max_length * CHARS_PER_TOKEN` characters must be tokenised to know
         whether it fits: the length of a prefix that already holds more than `max_length` tokens, or the whole
-        text. `enc` encodes the first such prefix.
+        text, with that prefix's encoding. `enc` encodes the first prefix tried.
 
         Tokenising costs about 160 bytes of memory per character, so a 20 MB message tokenised whole took
         3.6 GB. A prefix is enough: the tokens that end `MARGIN` characters or more before the cut are the
@@ -296,9 +296,9 @@ class _Job:
             if enc is None:
                 enc = self.tok.encode(text[:n], add_special_tokens=False)
             if sum(1 for _, end in enc.offsets if end <= n - MARGIN) > self.max_length:
-                return n
+                return n, enc
             n, enc = n * 4, None
-        return len(text)
+        return len(text), self.tok.encode(text, add_special_tokens=False)
 
     def _turns_within(self, rendered: Rendered, enc, seen: int) -> int:
         """How many leading assistant turns fit in max_length tokens (0 if not even the first). `enc` encodes
