@@ -92,12 +92,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         if e.errno not in (errno.ENOSPC, errno.EDQUOT) and "No space left" not in str(e):
             raise
-        where = f" writing {e.filename}" if getattr(e, "filename", None) else ""
-        print(
-            f"fusechat {args.command}: error: the disk is full{where}; finished parts are kept: "
-            "free space and rerun the same command to resume",
-            file=sys.stderr,
-        )
+        print(f"fusechat {args.command}: error: {disk_full_message(args, e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"fusechat {args.command}: interrupted; rerun the same command to resume", file=sys.stderr)
@@ -125,6 +120,20 @@ def _quiet_stdout() -> None:
     """Point stdout at /dev/null so the interpreter's final flush does not raise a second BrokenPipeError."""
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, sys.stdout.fileno())
+
+
+# Commands that start over after a failure instead of resuming (their partial output is removed).
+RESTARTS = ("merge",)
+
+
+def disk_full_message(args: argparse.Namespace, e: OSError) -> str:
+    """What a full disk cost and what to do: the file being written (else the output directory), and whether a
+    rerun resumes or starts over."""
+    where = e.filename or getattr(args, "out", None)
+    what = f"the disk is full writing {where}" if where else "the disk is full"
+    if args.command in RESTARTS:
+        return f"{what}; the partial output was removed: free space and rerun the same command (it starts over)"
+    return f"{what}; finished parts are kept: free space and rerun the same command to resume"
 
 
 def run() -> NoReturn:

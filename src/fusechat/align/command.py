@@ -16,7 +16,14 @@ def _align(args: argparse.Namespace) -> int:
     from fusechat.align.stage import align
 
     opts = from_args(AlignOptions, args)
-    out = align(args.pivot_store, args.source_store, args.out, alignment=opts.alignment, vocab_map=opts.vocab_map)
+    out = align(
+        args.pivot_store,
+        args.source_store,
+        args.out,
+        alignment=opts.alignment,
+        vocab_map=opts.vocab_map,
+        overwrite=args.overwrite,
+    )
     print(out)
     return 0
 
@@ -35,4 +42,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--source-store", required=True, help="the source model's teacher store (same conversations)")
     p.add_argument("--out", required=True, help="output directory (the aligned store)")
     add_flags(p, AlignOptions)
+    p.add_argument("--overwrite", action="store_true", help="replace an --out aligned from other inputs or settings")
     p.set_defaults(func=_align)

@@ -183,8 +183,11 @@ def align(
     out: str | os.PathLike,
     alignment: str = "offsets",
     vocab_map: str = "exact",
+    overwrite: bool = False,
 ) -> Path:
-    """Write the source's distributions in the pivot's positions and vocabulary to `out`; return `out`."""
+    """Write the source's distributions in the pivot's positions and vocabulary to `out`; return `out`.
+
+    An `out` aligned from other inputs or settings is refused unless `overwrite`."""
     if alignment not in ALIGNMENTS:
         raise FusechatError(f"unknown alignment '{alignment}'; choose one of {', '.join(ALIGNMENTS)}")
     if vocab_map not in maps.MAPS:
@@ -203,7 +206,7 @@ def align(
     fp = fingerprint(inputs)
     n = piv.n_shards
     covered_column = pa.schema([("covered", pa.list_(pa.bool_()))])
-    output = ShardedOutput(out, STAGE, fp, n, piv.k, "fusechat align", extra=covered_column, sidecars=(MAP_FILE,))
+    output = ShardedOutput(out, STAGE, fp, n, piv.k, "fusechat align", extra=covered_column, overwrite=overwrite)
     out = output.dir
     with output:
         if output.up_to_date:

@@ -32,6 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, type=Path, help="output directory")
     p.add_argument("--chat-template", type=Path, metavar="FILE", help="a Jinja chat template to use instead")
     add_flags(p, PrepareCommandOptions)
+    p.add_argument("--overwrite", action="store_true", help="replace an --out prepared from other inputs or settings")
     p.set_defaults(func=_run)
 
 
@@ -49,6 +50,7 @@ def _run(args: argparse.Namespace) -> int:
         chat_template=args.chat_template,
         fmt=opts.format,
         limit=opts.limit,
+        overwrite=args.overwrite,
     )
     print(out)
     return 0

@@ -69,7 +69,7 @@ class FileSource:
     def __post_init__(self) -> None:
         self.path = Path(self.path)
         if not self.path.is_file():
-            raise FusechatError(f"{self.path}: no such file; {EXPECTED}")
+            raise FusechatError(f"{self.path}: {not_a_file(self.path)}; {EXPECTED}")
         self.compression = compressed.detect(self.path)
         if self.kind is None:
             self.kind = file_kind(self.path, self.compression)
@@ -127,7 +127,7 @@ class FileSource:
                         self.cut = Cut(line=lineno, char=char - len(line), complete_records=number)
                         log.warning("%s: last line %d is cut off; kept %d records", path, lineno, number)
                         return
-                    problem = f"line {lineno} is not valid JSON ({e.msg} at column {e.colno})"
+                    problem = f"line {lineno} is not valid JSON ({e.msg}: column {e.colno})"
                     yield RawRecord(self.name, number, lineno, None, error=problem)
                 except RecursionError:
                     problem = f"line {lineno} is JSON nested too deeply to read (over {sys.getrecursionlimit()} levels)"
@@ -211,3 +211,14 @@ def _parquet(path: Path) -> Iterator[RawRecord]:
                 number += 1
     except (OSError, pa.ArrowException) as e:
         raise FusechatError(f"{path}: not a readable Parquet file ({e})") from None
+
+
+def not_a_file(path: Path) -> str:
+    """Why `path` cannot be read as a data file, in a few words: what it is instead of a file."""
+    if path.is_symlink() and not path.exists():
+        return "is a symbolic link that leads to no file (its target is missing, or the links form a loop)"
+    if path.is_dir():
+        return "is a directory, not a file"
+    if path.exists():
+        return "is not a regular file"
+    return "no such file"

@@ -33,7 +33,7 @@ def open_source(spec: Any, kind: str | None = None) -> Source:
     path = Path(spec)
     if path.is_dir():
         return hf_datasets.DatasetSource.from_disk(path)
-    if not path.exists():
+    if not path.exists() and not path.is_symlink():
         if str(spec) in NAMED_SOURCES:
             return FileSource(NAMED_SOURCES[str(spec)](), kind)
         names = ", ".join(sorted(NAMED_SOURCES))

@@ -26,6 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--suite", default="bpb,gsm,hhh", help="comma-separated: bpb,gsm,gsm_bpb,asdiv,hhh,boolq,csqa,mtbench"
     )
     p.add_argument("--out", required=True, help="output directory (scores.json, per-item JSONL, MT-Bench answers)")
+    p.add_argument("--overwrite", action="store_true", help="replace an --out scored with other models or settings")
     p.add_argument("--conversations", help="held-out conversations (a `fusechat prepare` output) for bpb")
     p.add_argument("--limit", help="items per task: N for every task, or TASK=N,... (default: each task's own)")
     add_flags(p, EvaluateCommandOptions)
@@ -93,7 +94,7 @@ def _run(args: argparse.Namespace) -> int:
     if gsm_seed is not None:
         opts["gsm_seed"] = gsm_seed
     EvalOptions(**opts)  # validate names early
-    scores = evaluate(parse_models(args.models), suite, Path(args.out), **opts)
+    scores = evaluate(parse_models(args.models), suite, Path(args.out), overwrite=args.overwrite, **opts)
     print(format_scores(scores))
     print(f"scores: {Path(args.out) / 'scores.json'}")
     return 0

@@ -17,7 +17,7 @@ def _fuse(args: argparse.Namespace) -> int:
     from fusechat.fuse.stage import fuse
 
     opts = from_args(FuseOptions, args)
-    print(fuse(args.pivot_store, args.aligned, args.out, method=opts.method))
+    print(fuse(args.pivot_store, args.aligned, args.out, method=opts.method, overwrite=args.overwrite))
     return 0
 
 
@@ -35,4 +35,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     f.add_argument("--aligned", required=True, nargs="+", help="aligned store(s): one for pairwise, all for Multi")
     f.add_argument("--out", required=True, help="output directory (the training targets)")
     add_flags(f, FuseOptions)
+    f.add_argument("--overwrite", action="store_true", help="replace an --out fused from other inputs or a method")
     f.set_defaults(func=_fuse)

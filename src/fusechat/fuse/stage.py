@@ -102,6 +102,7 @@ def fuse(
     aligned: list[str | os.PathLike],
     out: str | os.PathLike,
     method: str = "mince",
+    overwrite: bool = False,
 ) -> Path:
     """Write the training targets of one target (pivot + the aligned sources as candidates) to `out`."""
     if method not in methods.METHODS:
@@ -141,7 +142,7 @@ def fuse(
     }
     n = piv.n_shards
     teacher_column = pa.schema([("teacher", pa.int32())])
-    with ShardedOutput(out, STAGE, fp, n, piv.k, "fusechat fuse", extra=teacher_column) as output:
+    with ShardedOutput(out, STAGE, fp, n, piv.k, "fusechat fuse", extra=teacher_column, overwrite=overwrite) as output:
         if output.up_to_date:
             return output.dir
         output.start(manifest)

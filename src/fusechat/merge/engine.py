@@ -75,6 +75,10 @@ def merge(
     """
     cfg = load_config(config)
     out = Path(out)
+    if not out.name:  # `.` or `/`: the lock and the partial directory are siblings named after OUT
+        out = Path(os.path.abspath(out))
+        if not out.name:
+            raise FusechatError(f"{out}: the filesystem root; give the path of a new directory for the merged model")
     if explain_weights and cfg.merge_method != "varm":
         raise FusechatError(f"--explain shows VaRM's weights; {cfg.merge_method} has none to show")
     out_dtype = cfg.out_dtype or cfg.dtype  # a dtype name (bfloat16) or None: as stored

@@ -149,7 +149,7 @@ def load_tokenizer(spec: str | os.PathLike, trust_remote_code: bool = False) -> 
     try:
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
-        raise FusechatError(f"{path}: cannot load its tokenizer ({e})") from None
+        raise load_error(path, "its tokenizer", e) from None
     if not getattr(tok, "is_fast", False):
         raise FusechatError(f"{path}: fusechat needs a fast (Rust) tokenizer with offsets; add a tokenizer.json")
     return tok
@@ -176,8 +176,19 @@ def load_model(
             use_safetensors=None if allow_pickle else True,
         )
     except (OSError, ValueError) as e:
-        raise FusechatError(f"{path}: cannot load the model ({e})") from None
+        raise load_error(path, "the model", e) from None
     return model.to(device)
+
+
+def load_error(path: Path, what: str, e: Exception) -> FusechatError:
+    """transformers' loading error as one line: its own messages run over several lines, and the one for a
+    repository with its own code tells the user to change Python code rather than pass a flag."""
+    if "trust_remote_code" in str(e):
+        return FusechatError(
+            f"{path}: loading {what} needs code from the model's own repository (auto_map), which fusechat runs "
+            "only when told to: pass --trust-remote-code (teach, train, evaluate) if you trust it"
+        )
+    return FusechatError(f"{path}: cannot load {what} ({' '.join(str(e).split())})")
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:

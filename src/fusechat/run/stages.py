@@ -1,7 +1,8 @@
 """Adapters from recipe sections to the stage functions, as zero-argument callables for the pipeline.
 
 Each adapter only translates settings; the stage functions do the work and their own checking, exactly as
-when they are called from their commands.
+when they are called from their commands. A step's output is the pipeline's own (checked before the first step,
+and its settings recorded in pipeline.json), so the adapters let a stage replace an output of other settings.
 """
 
 from __future__ import annotations
@@ -81,6 +82,7 @@ def preparer(
             max_length=max_length,
             on_long=on_long,
             skip_invalid=True,
+            overwrite=True,
         )
 
     return run
@@ -90,7 +92,7 @@ def teacher(model: str, conversations: Path, out: Path, cfg: Teach) -> Callable[
     def run() -> Path:
         from fusechat.teacher.teach import teach
 
-        return teach(model, conversations, out, top_k=cfg.top_k, batch_tokens=cfg.batch_tokens)
+        return teach(model, conversations, out, top_k=cfg.top_k, batch_tokens=cfg.batch_tokens, overwrite=True)
 
     return run
 
@@ -99,7 +101,7 @@ def aligner(pivot_store: Path, source_store: Path, out: Path, cfg: Align) -> Cal
     def run() -> Path:
         from fusechat.align.stage import align
 
-        return align(pivot_store, source_store, out, alignment=cfg.alignment, vocab_map=cfg.vocab_map)
+        return align(pivot_store, source_store, out, alignment=cfg.alignment, vocab_map=cfg.vocab_map, overwrite=True)
 
     return run
 
@@ -108,7 +110,7 @@ def fuser(pivot_store: Path, aligned: list[Path], out: Path, method: str) -> Cal
     def run() -> Path:
         from fusechat.fuse.stage import fuse
 
-        return fuse(pivot_store, aligned, out, method=method)
+        return fuse(pivot_store, aligned, out, method=method, overwrite=True)
 
     return run
 
@@ -166,7 +168,12 @@ def evaluator(models: dict[str, object], heldout: Path, out: Path, cfg: Evaluate
         limits = {task: cfg.limit for task in cfg.suite} if cfg.limit else {}
         conversations = heldout if (heldout / "manifest.json").is_file() else None
         evaluate(
-            {k: str(v) for k, v in models.items()}, list(cfg.suite), out, conversations=conversations, limits=limits
+            {k: str(v) for k, v in models.items()},
+            list(cfg.suite),
+            out,
+            overwrite=True,
+            conversations=conversations,
+            limits=limits,
         )
         return out
 

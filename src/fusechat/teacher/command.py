@@ -33,6 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--trust-remote-code", action="store_true", help="run the model repository's own code")
     p.add_argument("--allow-pickle", action="store_true", help="accept pickled .bin weights (runs their code)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--overwrite", action="store_true", help="replace an --out store made with other settings")
     p.set_defaults(func=_run)
 
 
@@ -53,6 +54,7 @@ def _run(args: argparse.Namespace) -> int:
         trust_remote_code=args.trust_remote_code,
         allow_pickle=args.allow_pickle,
         progress=not args.no_progress,
+        overwrite=args.overwrite,
     )
     print(out)
     return 0

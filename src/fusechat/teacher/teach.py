@@ -22,7 +22,16 @@ from tqdm import tqdm
 from fusechat._version import __version__
 from fusechat.data.conversations import Conversations, supervised_positions
 from fusechat.errors import FusechatError
-from fusechat.manifest import MANIFEST, fingerprint, locked, prepare_output_dir, read_manifest, write_manifest
+from fusechat.manifest import (
+    MANIFEST,
+    clear_output,
+    fingerprint,
+    locked,
+    prepare_output_dir,
+    read_manifest,
+    settings_check,
+    write_manifest,
+)
 from fusechat.models.load import load_model, load_tokenizer, resolve_model_dir, tokenizer_fingerprint
 from fusechat.store.format import ShardWriter, TopKRecord, finalize, shard_done, shard_name
 from fusechat.teacher.scoring import check_head, model_parts, score_batch
@@ -131,8 +140,11 @@ def teach(
     trust_remote_code: bool = False,
     allow_pickle: bool = False,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> Path:
-    """Write (or resume) the top-k store of `model` over `conversations`; return the store's directory."""
+    """Write (or resume) the top-k store of `model` over `conversations`; return the store's directory.
+
+    A store made with other settings is refused unless `overwrite` (manifest.settings_check)."""
     if not 1 <= top_k <= 1024:
         raise FusechatError(f"--top-k {top_k}: must be between 1 and 1024")
     if shard_rows < 1 or batch_tokens < 1:
@@ -155,7 +167,7 @@ def teach(
         "shard_rows": shard_rows,
     }
     header["fingerprint"] = fingerprint({k: v for k, v in header.items() if k not in ("fusechat_version",)})
-    _check_resumable(out, header)
+    _check_resumable(out, header, overwrite)
     if rank == 0 or not (out / MANIFEST).is_file():
         write_manifest(out, header, complete=False)
     opts = TeachOptions(
@@ -185,16 +197,13 @@ def _vocab_size(model_dir: Path, tokenizer) -> int:
     return int(text.get("vocab_size") or len(tokenizer))
 
 
-def _check_resumable(out: Path, header: dict) -> None:
-    if not (out / MANIFEST).is_file():
-        return
-    old = read_manifest(out, stage=STAGE, require_complete=False)
-    if old.get("fingerprint") != header["fingerprint"]:
-        changed = [k for k in header if k != "fusechat_version" and old.get(k) != header[k]]
-        raise FusechatError(
-            f"{out}: holds a teacher store made with other settings ({', '.join(changed) or 'fingerprint'}); "
-            "choose another --out, or remove it to start over"
-        )
+def _check_resumable(out: Path, header: dict, overwrite: bool) -> None:
+    changed = ""
+    if (out / MANIFEST).is_file():
+        old = read_manifest(out, stage=STAGE, require_complete=False)
+        changed = ", ".join(k for k in header if k != "fusechat_version" and old.get(k) != header[k])
+    if settings_check(out, STAGE, header["fingerprint"], overwrite, what=changed) == "replace":
+        clear_output(out)
 
 
 def _run_shards(
