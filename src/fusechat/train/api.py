@@ -10,7 +10,6 @@ the same command after an interruption resumes from the newest one.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import importlib.util
 import json
 import logging
@@ -32,21 +31,13 @@ from fusechat.manifest import (
     write_manifest,
 )
 from fusechat.train.card import model_card
+from fusechat.train.engines import training_args
 from fusechat.verify import weight_files
 
 STAGE = "train"
 CHECKPOINTS = "checkpoints"
 TARGET_STAGES = ("fuse",)
 CLM_STAGES = ("fuse", "teach")
-# Defaults from the paper (stage 1d of docs/method.md); every one can be overridden.
-PAPER_DEFAULTS: dict[str, Any] = {
-    "learning_rate": 5e-6,
-    "num_train_epochs": 3,
-    "lr_scheduler_type": "cosine",
-    "warmup_steps": 0.03,
-    "weight_decay": 0.0,
-    "ddp_find_unused_parameters": False,  # the loss uses every parameter; the extra graph walk is waste
-}
 # Options that change how a run is watched or stored, not what it computes (left out of the fingerprint).
 NOT_FINGERPRINTED = {"logging_steps", "report_to", "save_steps", "save_total_limit", "save_strategy"}
 
@@ -67,6 +58,7 @@ class Settings:
     keep_checkpoints: bool
     lora_rank: int | None = None
     lora_alpha: float | None = None
+    chunk_memory: int | None = None
 
     def check(self) -> None:
         if not 0.0 <= self.lam <= 1.0:
@@ -77,6 +69,9 @@ class Settings:
             raise FusechatError(f"--max-length must be at least 2, got {self.max_length}")
         if self.pack and self.max_length is None:
             raise FusechatError("--pack needs --max-length (the length of a packed row)")
+        for name, value in (("--chunk-size", self.chunk_size), ("--chunk-memory", self.chunk_memory)):
+            if value is not None and value < 1:
+                raise FusechatError(f"{name} must be a positive integer, got {value}")
         if self.lora_rank is not None:
             if self.lora_rank < 1:
                 raise FusechatError(f"--lora-rank must be a positive integer, got {self.lora_rank}")
@@ -108,48 +103,6 @@ def _open_targets(targets: str | os.PathLike, clm_only: bool, pivot_fp: str) -> 
             "train the pivot the targets were made for, or rebuild the targets for this pivot"
         )
     return store
-
-
-def _training_args(out: Path, options: dict[str, Any]) -> Any:
-    """TrainingArguments from the paper's defaults, the user's options and what fusechat fixes."""
-    import torch
-    from transformers import TrainingArguments
-
-    fixed = {"output_dir", "remove_unused_columns", "label_names"}
-    clash = fixed & set(options)
-    if clash:
-        raise FusechatError(f"trainer options {sorted(clash)} are set by fusechat; remove them")
-    if "warmup_ratio" in options:
-        # transformers 5 folded warmup_ratio into warmup_steps (a float < 1 is a fraction): accept both.
-        ratio = options.pop("warmup_ratio")
-        if "warmup_steps" in options or not 0 <= float(ratio) < 1:
-            raise FusechatError(f"warmup_ratio {ratio}: give a fraction in [0, 1), and not with warmup_steps")
-        options["warmup_steps"] = float(ratio)
-    opts = dict(PAPER_DEFAULTS)
-    opts["report_to"] = "tensorboard" if importlib.util.find_spec("tensorboard") else "none"
-    opts["use_cpu"] = not torch.cuda.is_available()
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
-        opts["ddp_backend"] = "gloo"
-    bf16 = options.pop("bf16", "auto")
-    if bf16 == "auto":
-        bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    opts.update(options)
-    opts.update(output_dir=str(out / CHECKPOINTS), remove_unused_columns=False, label_names=["labels"])
-    opts["bf16"] = bool(bf16)
-    if opts.get("fsdp") and not torch.cuda.is_available():
-        # Found on transformers 5.23 / accelerate 1.15: with use_cpu the FSDP request is silently dropped and
-        # plain DDP runs; without it TrainingArguments refuses. Say so instead of pretending to shard.
-        raise FusechatError(
-            "FSDP needs GPUs with this transformers/accelerate (on CPU the Trainer would silently run DDP); "
-            "drop the fsdp option to train with DDP (torchrun --nproc_per_node N)"
-        )
-    unknown = sorted(set(opts) - {f.name for f in dataclasses.fields(TrainingArguments)})
-    if unknown:
-        raise FusechatError(f"unknown trainer options {unknown}; see transformers.TrainingArguments")
-    try:
-        return TrainingArguments(**opts)
-    except (ValueError, TypeError) as e:
-        raise FusechatError(f"invalid trainer options: {e}") from None
 
 
 def _checkpoint_whole(path: Path) -> bool:
@@ -216,6 +169,7 @@ def train(
     max_length: int | None = 2048,
     pack: bool = False,
     chunk_size: int | None = None,
+    chunk_memory: int | None = None,
     keep_checkpoints: bool = False,
     lora_rank: int | None = None,
     lora_alpha: float | None = None,
@@ -231,7 +185,8 @@ def train(
     (num_train_epochs, learning_rate, lr_scheduler_type, warmup_steps, per_device_train_batch_size,
     gradient_accumulation_steps, gradient_checkpointing, seed, max_steps, save_steps, fsdp, deepspeed, ...);
     `bf16="auto"` (the default) uses bf16 where CUDA supports it. An interrupted run resumes from its newest
-    checkpoint when rerun with the same arguments; a finished one is not redone. `lora_rank` trains LoRA
+    checkpoint when rerun with the same arguments; a finished one is not redone. `chunk_memory` (bytes) sizes the
+    loss's chunks (default: from the device); `chunk_size` (supervised positions) overrides it. `lora_rank` trains LoRA
     adapters (peft, on every linear layer but the head; alpha defaults to 2 x rank) and merges them into full
     weights at the end. Returns `out`.
     """
@@ -251,6 +206,7 @@ def train(
         keep_checkpoints,
         lora_rank,
         lora_alpha,
+        chunk_memory,
     )
     settings.check()
     out = Path(out)
@@ -287,7 +243,7 @@ def train(
     fp_inputs["pivot_config"] = (pivot_dir / "config.json").read_text()
     manifest["fingerprint"] = fingerprint(fp_inputs)
 
-    args = _training_args(out, dict(trainer_options))
+    args = training_args(out / CHECKPOINTS, dict(trainer_options))
     run = _Run(args, settings, pivot_dir, tokenizer, dataset, manifest, out, callbacks, trust_remote_code, allow_pickle)
     with contextlib.ExitStack() as stack:
         # The main process claims the directory and writes its incomplete manifest before the others look.
@@ -345,7 +301,11 @@ class _Run:
         collator = FusionCollator(pad_id=pad, pack=s.pack, max_length=s.max_length)
         check_head(model, collator([self.dataset[0]]))
         loss_config = LossConfig(
-            lam=1.0 if s.clm_only else s.lam, temperature=s.temperature, tail=s.tail, chunk_size=s.chunk_size
+            lam=1.0 if s.clm_only else s.lam,
+            temperature=s.temperature,
+            tail=s.tail,
+            chunk_size=s.chunk_size,
+            chunk_memory=s.chunk_memory,
         )
         trainer = FusionTrainer(
             model=model,

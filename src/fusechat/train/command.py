@@ -58,7 +58,9 @@ def register(subparsers: Any) -> None:
     add("--tail-bucket", action="store_true", help="keep the targets' tail mass as one extra bucket")
     add("--max-length", type=int, default=2048, help="truncate conversations to N tokens (2048)")
     add("--pack", action="store_true", help="pack several conversations per row of --max-length")
-    add("--chunk-size", type=int, help="supervised positions per chunk of logits (default: auto)")
+    add("--chunk-size", type=int, help="supervised positions per chunk of logits (overrides --chunk-memory)")
+    add("--chunk-memory", type=int, metavar="MIB", help="MiB for one chunk of the loss (default: from the device)")
+    add("--fsdp", action="store_true", help="shard the pivot with FSDP2 (GPUs; under torchrun / accelerate launch)")
     add("--gradient-checkpointing", action="store_true", help="recompute activations in backward")
     add("--bf16", choices=("auto", "on", "off"), default="auto", help="bf16 mixed precision (auto: on GPUs)")
     add("--lora-rank", type=int, help="train LoRA adapters of this rank (needs peft), merged at the end")
@@ -91,6 +93,8 @@ def run(args: argparse.Namespace) -> int:
         options[key] = value
     if args.gradient_checkpointing:
         options["gradient_checkpointing"] = True
+    if args.fsdp:
+        options.setdefault("fsdp", True)
     options["bf16"] = {"auto": "auto", "on": True, "off": False}[args.bf16]
     out = train(
         args.pivot,
@@ -103,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
         max_length=args.max_length,
         pack=args.pack,
         chunk_size=args.chunk_size,
+        chunk_memory=None if args.chunk_memory is None else args.chunk_memory << 20,
         keep_checkpoints=args.keep_checkpoints,
         lora_rank=args.lora_rank,
         lora_alpha=args.lora_alpha,
