@@ -266,3 +266,19 @@ def test_deepspeed_zero3_and_a_missing_deepspeed_are_refused_in_one_line(tiny, t
     with pytest.raises(FusechatError, match="--chunk-memory"):
         train(tiny["pivot"], tiny["targets"], tmp_path / "c", chunk_memory=0)
     assert not any((tmp_path / n / "model.safetensors").exists() for n in "abc")
+
+
+@pytest.mark.parametrize(
+    ("env", "words"),
+    [
+        ({"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3"}, "ZeRO-3"),
+        ({"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "1"}, "FSDP1"),
+    ],
+    ids=["accelerate-zero3", "accelerate-fsdp1"],
+)
+def test_accelerate_configs_with_zero3_or_fsdp1_are_refused(env, words):
+    from fusechat.train.engines import _check_launcher_config
+
+    with pytest.raises(FusechatError, match=words):
+        _check_launcher_config(env)
+    _check_launcher_config({"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2"})  # FSDP2: accepted

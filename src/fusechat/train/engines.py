@@ -58,6 +58,7 @@ def training_args(output_dir: Path, options: dict[str, Any]) -> Any:
         _check_fsdp(opts)
     if opts.get("deepspeed"):
         _check_deepspeed(opts["deepspeed"])
+    _check_launcher_config(os.environ)
     unknown = sorted(set(opts) - {f.name for f in dataclasses.fields(TrainingArguments)})
     if unknown:
         raise FusechatError(f"unknown trainer options {unknown}; see transformers.TrainingArguments")
@@ -105,6 +106,15 @@ def _check_deepspeed(config: Any) -> None:
             "deepspeed is set but DeepSpeed is not installed (pip install deepspeed); "
             "without it train with DDP (torchrun) or FSDP2 (--fsdp)"
         )
+
+
+def _check_launcher_config(env: Any) -> None:
+    """The same limits where `accelerate launch --config_file` asks for FSDP or DeepSpeed (through the
+    environment it sets, not through Trainer options)."""
+    if env.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true" and env.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3":
+        _check_deepspeed({"zero_optimization": {"stage": 3}})
+    if env.get("ACCELERATE_USE_FSDP", "").lower() == "true" and env.get("FSDP_VERSION", "1") != "2":
+        raise FusechatError("the accelerate config asks for FSDP1: fusechat trains with FSDP2 only (fsdp_version: 2)")
 
 
 def _init_distributed(backend: str | None, timeout_s: float) -> None:
