@@ -54,16 +54,26 @@ def chunk_rows(budget: int, vocab: int, mm_dtype: torch.dtype) -> tuple[int, int
 
 
 def logits_fp32(h: torch.Tensor, w: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-    """h @ w.T with fp32 (or fp64) output. Half inputs: CUDA's fp32-output GEMM (fp32 accumulation, no
-    rounding of the logits to half); elsewhere the same numbers from upcast operands (products of halves are
-    exact in fp32)."""
+    """h @ w.T with fp32 (or fp64) output. Half inputs on CUDA: the fp32-output GEMM (fp32 accumulation, no
+    rounding of the logits to half). Elsewhere the same numbers from upcast operands (products of halves are
+    exact in fp32): `w` may be given upcast already (`weight_for_logits`)."""
     if h.dtype.itemsize >= 4:
         return torch.mm(h, w.t(), out=out)
-    if h.is_cuda:
-        z = torch.mm(h, w.t(), out_dtype=torch.float32)
-    else:
-        z = torch.mm(h.float(), w.t() if w.dtype == torch.float32 else w.float().t())
+    z = None
+    if h.is_cuda and w.dtype == h.dtype:
+        try:
+            z = torch.mm(h, w.t(), out_dtype=torch.float32)
+        except TypeError:  # torch before 2.8 has no out_dtype
+            z = None
+    if z is None:
+        z = torch.mm(h.float(), w.t().float())
     return z if out is None else out.copy_(z)
+
+
+def weight_for_logits(w: torch.Tensor) -> torch.Tensor:
+    """The head as `logits_fp32` wants it: as is where the device has an fp32-output half GEMM (CUDA) or the
+    head is full precision, else upcast once per call rather than once per piece."""
+    return w if w.is_cuda or w.dtype.itemsize >= 4 else w.float()
 
 
 def piece_loss_and_grad(

@@ -23,7 +23,13 @@ from dataclasses import dataclass
 
 import torch
 
-from fusechat.train.chunked import chunk_memory_for, chunk_rows, logits_fp32, piece_loss_and_grad
+from fusechat.train.chunked import (
+    chunk_memory_for,
+    chunk_rows,
+    logits_fp32,
+    piece_loss_and_grad,
+    weight_for_logits,
+)
 
 
 def compute_dtype(t: torch.Tensor) -> torch.dtype:
@@ -133,6 +139,7 @@ def _chunks(hidden, weight, bias, labels, ids, valid, q, q_tail, cfg):
     need = any(t is not None and t.requires_grad for t in (hidden, weight, bias))
     stats = compute_dtype(hidden)
     w = weight.to(mm_dtype)  # a copy only when autocast asks for another dtype than the weight's
+    w_logits = weight_for_logits(w)
     grad_h = torch.zeros_like(hidden) if hidden.requires_grad else None
     # Accumulated over chunks in the matmul dtype: one rounding per chunk (the GEMM adds in fp32).
     grad_w = torch.zeros_like(weight, dtype=mm_dtype) if weight.requires_grad else None
@@ -149,7 +156,7 @@ def _chunks(hidden, weight, bias, labels, ids, valid, q, q_tail, cfg):
             for a in range(0, e - s, piece):
                 b = min(e - s, a + piece)
                 # In full precision the piece's logits are computed straight into its slice of the gradient.
-                z = logits_fp32(h[a:b], w, out=g[a:b] if g is not None and g.dtype == stats else None)
+                z = logits_fp32(h[a:b], w_logits, out=g[a:b] if g is not None and g.dtype == stats else None)
                 if bias is not None:
                     z.add_(bias)
                 rows = slice(s + a, s + b)
