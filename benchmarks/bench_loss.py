@@ -8,7 +8,8 @@ Variants on the same (N, H) hidden states and (V, H) head (bf16 on a GPU, fp32 o
   fusion@REV, clm@REV - the same with `fusechat.train` as it was at git revision REV (`--against REV`), for an
             old-vs-new comparison in one run; the old tree is extracted to a temporary directory, never committed
 Steps of all variants alternate within each round (so a loaded machine slows all alike); the first round warms
-up; medians are printed, then ratios. Peak memory is the CUDA allocator's peak beyond the inputs (GPU only).
+up; medians are printed, then ratios. Peak memory is the CUDA allocator's peak beyond the inputs (GPU only); on
+CPU the process's CPU time is printed beside wall time (far less sensitive to other jobs on the machine).
 
     python benchmarks/bench_loss.py --small                   # CPU: N 1024, V 32,000 x H 256
     python benchmarks/bench_loss.py --small --against HEAD~1  # the same, old loss beside the new one
@@ -100,6 +101,7 @@ def measure(steps: dict, rounds: int, device) -> dict:
     """Median seconds and (CUDA) peak extra bytes of each variant's step, steps alternating within rounds."""
     cuda = device.type == "cuda"
     times: dict[str, list[float]] = {v: [] for v in steps}
+    cpu: dict[str, list[float]] = {v: [] for v in steps}
     peaks: dict[str, int] = {}
     losses: dict[str, float] = {}
     for r in range(rounds + 1):
@@ -110,15 +112,20 @@ def measure(steps: dict, rounds: int, device) -> dict:
                 torch.cuda.empty_cache()
                 base = torch.cuda.memory_allocated()
                 torch.cuda.reset_peak_memory_stats()
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             losses[v] = steps[v]()
             if cuda:
                 torch.cuda.synchronize()
                 peaks[v] = max(peaks.get(v, 0), torch.cuda.max_memory_allocated() - base)
             if r:  # round 0 warms up
                 times[v].append(time.perf_counter() - t)
+                cpu[v].append(time.process_time() - c)
+
+    def median(xs: list[float]) -> float:
+        return sorted(xs)[len(xs) // 2]
+
     return {
-        v: {"s": sorted(ts)[len(ts) // 2], "peak": peaks.get(v), "loss": losses[v], "all_s": ts}
+        v: {"s": median(ts), "cpu_s": median(cpu[v]), "peak": peaks.get(v), "loss": losses[v], "all_s": ts}
         for v, ts in times.items()
     }
 
@@ -166,6 +173,7 @@ def main() -> None:
                 print(f"V {v} x H {h}, N {n}, {dtype}, {device.type}, chunk memory {label}:")
                 for x, r in res.items():
                     mem = "" if r["peak"] is None else f", peak extra {r['peak'] / 2**30:.3f} GiB"
+                    mem += "" if device.type == "cuda" else f", CPU time {1000 * r['cpu_s']:9.1f} ms"
                     print(f"  {x:16s} {1000 * r['s']:9.1f} ms{mem}  loss {r['loss']:.4f}")
                 ratios = [("fusion", "clm"), ("fusion", "liger"), ("fusion", "dense"), ("clm", "liger")]
                 if args.against:
@@ -173,6 +181,8 @@ def main() -> None:
                 for a, b in ratios:
                     if a in res and b in res:
                         line = f"  time {a}/{b}: {res[a]['s'] / res[b]['s']:.3f}"
+                        if device.type != "cuda":
+                            line += f" (CPU time {res[a]['cpu_s'] / res[b]['cpu_s']:.3f})"
                         if res[a]["peak"] is not None and res[b]["peak"]:
                             line += f", peak memory {a}/{b}: {res[a]['peak'] / res[b]['peak']:.3f}"
                         print(line, flush=True)
