@@ -44,7 +44,8 @@ def test_python_api_defaults_are_the_declared_ones():
     from fusechat.data.prepare import prepare
     from fusechat.fuse.stage import fuse
     from fusechat.teacher.teach import teach
-    from fusechat.train.api import PAPER_DEFAULTS, train
+    from fusechat.train.api import train
+    from fusechat.train.engines import PAPER_DEFAULTS
 
     declared = PrepareCommandOptions()
     assert _defaults(prepare)["max_length"] == declared.max_length and _defaults(prepare)["on_long"] == declared.on_long
@@ -213,12 +214,12 @@ def test_training_arguments_flags_refused_in_one_line(flags, says):
 def test_an_optional_engine_that_is_missing_is_one_line(tmp_path):
     import importlib.util
 
-    from fusechat.train.api import _training_args
+    from fusechat.train.engines import training_args
 
     if importlib.util.find_spec("deepspeed") is not None:
         pytest.skip("deepspeed is installed here")
-    with pytest.raises(FusechatError, match=r"deepspeed needs deepspeed, which is not installed: pip install"):
-        _training_args(tmp_path, {"deepspeed": "ds.json"})
+    with pytest.raises(FusechatError, match=r"DeepSpeed is not installed \(pip install deepspeed\)"):
+        training_args(tmp_path, {"deepspeed": "ds.json"})
 
 
 @pytest.mark.parametrize(
@@ -246,7 +247,7 @@ def test_docs_show_the_declared_options(model, doc, recipe_keys):
 def test_python_api_trainer_options_follow_the_same_rules(tmp_path):
     """train(..., num_train_epochs=0) is refused as --epochs 0 is (it used to write a 0-step copy of the pivot
     marked complete); TrainingArguments' own -1 for "no step limit" is accepted."""
-    from fusechat.train.api import _training_args
+    from fusechat.train.engines import training_args
 
     for options, says in [
         ({"num_train_epochs": 0}, "--epochs 0: input should be greater than 0"),
@@ -255,6 +256,6 @@ def test_python_api_trainer_options_follow_the_same_rules(tmp_path):
         ({"max_steps": 0}, "--max-steps 0"),
     ]:
         with pytest.raises(FusechatError, match=says):
-            _training_args(tmp_path, options)
-    assert _training_args(tmp_path, {"max_steps": -1, "report_to": ["none"]}).max_steps == -1
+            training_args(tmp_path, options)
+    assert training_args(tmp_path, {"max_steps": -1, "report_to": ["none"]}).max_steps == -1
     assert not (tmp_path / "checkpoints").exists()

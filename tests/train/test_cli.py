@@ -282,3 +282,35 @@ def test_trainer_options_pass_through(tiny, tmp_path):
     assert m["complete"] and m["steps"] == 2 and m["global_batch"] == 4 and m["tail_bucket"] and m["pack"]
     assert m["nonfinite_batches_skipped"] == 0 and np.isfinite(m["train_loss"])
     assert (out / "checkpoints" / "checkpoint-2").is_dir()
+
+
+def test_deepspeed_zero3_and_a_missing_deepspeed_are_refused_in_one_line(tiny, tmp_path):
+    import importlib.util
+
+    base = ["--pivot", str(tiny["pivot"]), "--targets", str(tiny["targets"])]
+    zero3 = tmp_path / "zero3.json"
+    zero3.write_text(json.dumps({"zero_optimization": {"stage": 3}}))
+    r = run_cli(*base, "--out", str(tmp_path / "a"), "--trainer-arg", f"deepspeed={zero3}")
+    one_line_error(r, "ZeRO-3", "--fsdp")
+    if importlib.util.find_spec("deepspeed") is None:
+        with pytest.raises(FusechatError, match="DeepSpeed is not installed.*pip install deepspeed"):
+            train(tiny["pivot"], tiny["targets"], tmp_path / "b", deepspeed={"zero_optimization": {"stage": 2}})
+    with pytest.raises(FusechatError, match="--chunk-memory"):
+        train(tiny["pivot"], tiny["targets"], tmp_path / "c", chunk_memory=0)
+    assert not any((tmp_path / n / "model.safetensors").exists() for n in "abc")
+
+
+@pytest.mark.parametrize(
+    ("env", "words"),
+    [
+        ({"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3"}, "ZeRO-3"),
+        ({"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "1"}, "FSDP1"),
+    ],
+    ids=["accelerate-zero3", "accelerate-fsdp1"],
+)
+def test_accelerate_configs_with_zero3_or_fsdp1_are_refused(env, words):
+    from fusechat.train.engines import _check_launcher_config
+
+    with pytest.raises(FusechatError, match=words):
+        _check_launcher_config(env)
+    _check_launcher_config({"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2"})  # FSDP2: accepted

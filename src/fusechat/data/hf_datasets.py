@@ -70,7 +70,7 @@ class DatasetSource:
             )
         if not _is_saved_dataset(path):
             raise FusechatError(
-                f"{path}: a directory, but not a `datasets` save_to_disk one (no state.json); {EXPECTED}"
+                f"{path}: is a directory, but not a `datasets` save_to_disk one (no state.json); {EXPECTED}"
             )
         try:
             import datasets

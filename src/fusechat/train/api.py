@@ -10,7 +10,6 @@ the same command after an interruption resumes from the newest one.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import importlib.util
 import json
 import logging
@@ -33,23 +32,14 @@ from fusechat.manifest import (
     write_manifest,
 )
 from fusechat.train.card import model_card
-from fusechat.train.options import TrainCommandOptions, trainer_defaults, trainer_field_names
+from fusechat.train.engines import training_args
+from fusechat.train.options import TrainCommandOptions
 from fusechat.verify import weight_files
 
 STAGE = "train"
 CHECKPOINTS = "checkpoints"
 TARGET_STAGES = ("fuse",)
 CLM_STAGES = ("fuse", "teach")
-# The declared options' defaults (train/options.py: the paper's where it gives one); every one can be overridden.
-PAPER_DEFAULTS: dict[str, Any] = {
-    **trainer_defaults(),
-    "ddp_find_unused_parameters": False,  # the loss uses every parameter; the extra graph walk is waste
-}
-# Optional engines a TrainingArguments field switches on: field -> (module, install line).
-ENGINES = {
-    "deepspeed": ("deepspeed", "pip install deepspeed"),
-    "use_liger_kernel": ("liger_kernel", "pip install liger-kernel"),
-}
 # Options that change how a run is watched or stored, not what it computes (left out of the fingerprint).
 NOT_FINGERPRINTED = {"logging_steps", "report_to", "save_steps", "save_total_limit", "save_strategy"}
 
@@ -70,6 +60,7 @@ class Settings:
     keep_checkpoints: bool
     lora_rank: int | None = None
     lora_alpha: float | None = None
+    chunk_memory: int | None = None
 
     def check(self) -> None:
         """The declared rules (train/options.py), for a call from Python as for the command line."""
@@ -78,6 +69,7 @@ class Settings:
             "temperature": self.temperature,
             "tail_bucket": self.tail,
             "chunk_size": self.chunk_size,
+            "chunk_memory": self.chunk_memory,
             "lora_rank": self.lora_rank,
             "lora_alpha": self.lora_alpha,
         }
@@ -114,53 +106,6 @@ def _open_targets(targets: str | os.PathLike, clm_only: bool, pivot_fp: str) -> 
             "train the pivot the targets were made for, or rebuild the targets for this pivot"
         )
     return store
-
-
-def _training_args(out: Path, options: dict[str, Any]) -> Any:
-    """TrainingArguments from the paper's defaults, the user's options and what fusechat fixes."""
-    import torch
-    from transformers import TrainingArguments
-
-    owners = trainer_field_names()  # the fields our options own are checked by their declared rules
-    validate(TrainCommandOptions, {owners[k]: v for k, v in options.items() if k in owners and v is not None})
-    fixed = {"output_dir", "remove_unused_columns", "label_names"}
-    clash = fixed & set(options)
-    if clash:
-        raise FusechatError(f"trainer options {sorted(clash)} are set by fusechat; remove them")
-    if "warmup_ratio" in options:
-        # transformers 5 folded warmup_ratio into warmup_steps (a float < 1 is a fraction): accept both.
-        ratio = options.pop("warmup_ratio")
-        if "warmup_steps" in options or not 0 <= float(ratio) < 1:
-            raise FusechatError(f"warmup_ratio {ratio}: give a fraction in [0, 1), and not with warmup_steps")
-        options["warmup_steps"] = float(ratio)
-    opts = dict(PAPER_DEFAULTS)
-    opts["report_to"] = "tensorboard" if importlib.util.find_spec("tensorboard") else "none"
-    opts["use_cpu"] = not torch.cuda.is_available()
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
-        opts["ddp_backend"] = "gloo"
-    bf16 = options.pop("bf16", "auto")
-    if bf16 == "auto":
-        bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    opts.update(options)
-    opts.update(output_dir=str(out / CHECKPOINTS), remove_unused_columns=False, label_names=["labels"])
-    opts["bf16"] = bool(bf16)
-    if opts.get("fsdp") and not torch.cuda.is_available():
-        # Found on transformers 5.23 / accelerate 1.15: with use_cpu the FSDP request is silently dropped and
-        # plain DDP runs; without it TrainingArguments refuses. Say so instead of pretending to shard.
-        raise FusechatError(
-            "FSDP needs GPUs with this transformers/accelerate (on CPU the Trainer would silently run DDP); "
-            "drop the fsdp option to train with DDP (torchrun --nproc_per_node N)"
-        )
-    unknown = sorted(set(opts) - {f.name for f in dataclasses.fields(TrainingArguments)})
-    if unknown:
-        raise FusechatError(f"unknown trainer options {unknown}; see transformers.TrainingArguments")
-    for key, (module, install) in ENGINES.items():
-        if opts.get(key) and importlib.util.find_spec(module) is None:
-            raise FusechatError(f"{key} needs {module}, which is not installed: {install}")
-    try:
-        return TrainingArguments(**opts)
-    except (ValueError, TypeError) as e:
-        raise FusechatError(f"invalid trainer options: {e}") from None
 
 
 def _checkpoint_whole(path: Path) -> bool:
@@ -227,6 +172,7 @@ def train(
     max_length: int | None = 2048,
     pack: bool = False,
     chunk_size: int | None = None,
+    chunk_memory: int | None = None,
     keep_checkpoints: bool = False,
     lora_rank: int | None = None,
     lora_alpha: float | None = None,
@@ -243,7 +189,8 @@ def train(
     (num_train_epochs, learning_rate, lr_scheduler_type, warmup_steps, per_device_train_batch_size,
     gradient_accumulation_steps, gradient_checkpointing, seed, max_steps, save_steps, fsdp, deepspeed, ...);
     `bf16="auto"` (the default) uses bf16 where CUDA supports it. An interrupted run resumes from its newest
-    checkpoint when rerun with the same arguments; a finished one is not redone. `lora_rank` trains LoRA
+    checkpoint when rerun with the same arguments; a finished one is not redone. `chunk_memory` (bytes) sizes the
+    loss's chunks (default: from the device); `chunk_size` (supervised positions) overrides it. `lora_rank` trains LoRA
     adapters (peft, on every linear layer but the head; alpha defaults to 2 x rank) and merges them into full
     weights at the end. `save_dtype` is the dtype of the saved weights: "auto" (the pivot's, from its config or
     weights; training itself runs in fp32, or the Trainer's mixed precision), "float32", "bfloat16" or
@@ -266,6 +213,7 @@ def train(
         keep_checkpoints,
         lora_rank,
         lora_alpha,
+        chunk_memory,
     )
     settings.check()
     if save_dtype not in SAVE_DTYPES:
@@ -313,7 +261,7 @@ def train(
     fp_inputs["pivot_config"] = (pivot_dir / "config.json").read_text()
     manifest["fingerprint"] = fingerprint(fp_inputs)
 
-    args = _training_args(out, dict(trainer_options))
+    args = training_args(out / CHECKPOINTS, dict(trainer_options))
     run = _Run(args, settings, pivot_dir, tokenizer, dataset, manifest, out, callbacks, trust_remote_code, allow_pickle)
     with contextlib.ExitStack() as stack:
         # The main process claims the directory and writes its incomplete manifest before the others look.
@@ -371,7 +319,11 @@ class _Run:
         collator = FusionCollator(pad_id=pad, pack=s.pack, max_length=s.max_length)
         check_head(model, collator([self.dataset[0]]))
         loss_config = LossConfig(
-            lam=1.0 if s.clm_only else s.lam, temperature=s.temperature, tail=s.tail, chunk_size=s.chunk_size
+            lam=1.0 if s.clm_only else s.lam,
+            temperature=s.temperature,
+            tail=s.tail,
+            chunk_size=s.chunk_size,
+            chunk_memory=s.chunk_memory,
         )
         trainer = FusionTrainer(
             model=model,

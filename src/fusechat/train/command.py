@@ -105,6 +105,8 @@ def run(args: argparse.Namespace) -> int:
     from fusechat.train.api import train
 
     opts, options = options_from(args)
+    if opts.fsdp:
+        options.setdefault("fsdp", True)
     out = train(
         args.pivot,
         args.targets,
@@ -116,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
         max_length=opts.max_length,
         pack=opts.pack,
         chunk_size=opts.chunk_size,
+        chunk_memory=None if opts.chunk_memory is None else opts.chunk_memory << 20,
         keep_checkpoints=opts.keep_checkpoints,
         lora_rank=opts.lora_rank,
         lora_alpha=opts.lora_alpha,

@@ -5,10 +5,15 @@ whatever the model does to the logits afterwards. Those post-steps are read from
 never a branch on the model's name or class); tied embeddings need nothing special since the output embedding
 module holds the shared weight. `check_head` then compares our logits with the model's on real inputs, so a
 model whose head does something this table does not know fails before training, not silently.
+
+`head_loss` runs the loss inside the head module's own call, so an engine that shards parameters and gathers
+them around each module's forward (FSDP2, DeepSpeed ZeRO-3) hands the loss the full weight, never a shard.
 """
 
 from __future__ import annotations
 
+import types
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -80,3 +85,44 @@ def check_head(model: Any, batch: dict[str, torch.Tensor], rtol: float = 1e-3) -
             "add this model's to fusechat.train.head.LOGIT_QUIRKS"
         )
     return err
+
+
+def _full_weight(model: Any, module: torch.nn.Module) -> None:
+    """Make sure `module`'s weight is whole: if FSDP2 left it sharded (the head has been resharded, or the
+    module that owns it gathers only around its own forward), unshard the FSDP module that owns it."""
+    from torch.distributed.tensor import DTensor
+
+    if not isinstance(module.weight, DTensor):
+        return
+    from torch.distributed.fsdp import FSDPModule
+
+    owners = [m for m in unwrap(model).modules() if isinstance(m, FSDPModule) and module in set(m.modules())]
+    if owners:
+        owners[-1].unshard()  # the innermost owner: modules() lists ancestors before descendants
+    if isinstance(module.weight, DTensor):
+        raise FusechatError(
+            f"the output head's weight is sharded ({type(module.weight).__name__}) when the loss needs it whole; "
+            "fusechat supports FSDP2 (fully_shard) and replicated parameters (DDP)"
+        )
+
+
+def head_loss(model: Any, hidden: torch.Tensor, compute: Callable[[torch.Tensor, Head], Any]) -> Any:
+    """`compute(hidden, head_of(model))`, run as the output embedding module's forward.
+
+    Calling the module (not reading its weight after the model's forward) runs the hooks a sharding engine put
+    on it, which gather the full weight before and release it after; the loss's gradient for the weight then
+    reaches the engine the way a forward's would. `compute` returns a tuple of tensors (hooks look at
+    tensors). Without such an engine this is the plain call.
+    """
+    inner = unwrap(model)
+    module = inner.get_output_embeddings()
+
+    def forward(self: torch.nn.Module, h: torch.Tensor) -> Any:
+        _full_weight(inner, self)
+        return compute(h, head_of(inner))
+
+    module.forward = types.MethodType(forward, module)
+    try:
+        return module(hidden)
+    finally:
+        del module.forward  # back to the class's forward

@@ -11,6 +11,10 @@ alive until backward, which is the full (positions, vocabulary) tensor again. He
 respect to its logits is known in closed form (softmax minus target), so the forward pass turns it into
 gradients for the hidden states and the output projection right away and drops the chunk. Peak memory is one
 chunk of logits plus a gradient buffer the size of the projection, whatever the sequence length.
+
+Precision: the three matmuls (logits, and the gradients for hidden and weight) run in the inputs' dtype, or
+autocast's where autocast is on (bf16 on GPUs: tensor cores, fp32 accumulation); softmax statistics, both loss
+terms and the gradient's elementwise work are fp32 (fp64 for fp64 inputs, exact against the dense reference).
 """
 
 from __future__ import annotations
@@ -19,8 +23,13 @@ from dataclasses import dataclass
 
 import torch
 
-# Elements of one chunk of logits (positions x vocabulary); 2**23 float32 values are 32 MiB.
-DEFAULT_CHUNK_ELEMENTS = 1 << 23
+from fusechat.train.chunked import (
+    chunk_memory_for,
+    chunk_rows,
+    logits_fp32,
+    piece_loss_and_grad,
+    weight_for_logits,
+)
 
 
 def compute_dtype(t: torch.Tensor) -> torch.dtype:
@@ -91,123 +100,15 @@ def target_distribution(
     return q, (1.0 - mass.squeeze(-1)).clamp_min(0.0)
 
 
-def _chunk_loss_and_grad(
-    z: torch.Tensor,
-    labels: torch.Tensor,
-    ids: torch.Tensor | None,
-    valid: torch.Tensor | None,
-    q: torch.Tensor | None,
-    q_tail: torch.Tensor | None,
-    lam: float,
-    temperature: float,
-    need_grad: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Per-position CLM and fusion losses of one chunk, and d(lam*clm + (1-lam)*fuse)/dz.
-
-    `z` (c, V) float32 logits; `labels` (c,); `ids` (c, k) with padding mapped to a valid id, `valid` (c, k)
-    bool false for padding (where q is 0); `q` (c, k), `q_tail` (c,) or None. Returns clm (c,), fuse (c,),
-    grad (c, V) or None.
-    """
-    c = z.shape[0]
-    rows = torch.arange(c, device=z.device)
-    zero = torch.zeros(c, dtype=z.dtype, device=z.device)
-    clm = fuse = zero
-    fusing = lam < 1 and q is not None
-    lse = torch.logsumexp(z, dim=-1)
-    p = torch.exp(z - lse[:, None]) if need_grad else None  # (c, V); becomes the gradient, in place
-    if lam > 0:
-        clm = lse - z[rows, labels]
-    if not fusing:
-        if p is not None:
-            p.mul_(lam)
-            p[rows, labels] -= lam
-        return clm, fuse, p
-    if temperature == 1.0:
-        zt, lse_t, p_t = z, lse, p
-    else:
-        zt = z / temperature
-        lse_t = torch.logsumexp(zt, dim=-1)
-        p_t = torch.exp(zt - lse_t[:, None]) if need_grad else None
-    fuse = -(q * (zt.gather(1, ids) - lse_t[:, None])).masked_fill(q == 0, 0.0).sum(dim=-1)
-    w = (1.0 - lam) / temperature
-    q_total = q.sum(dim=-1)  # 1, or 0 for a row of padding only (no fusion term)
-    kept = tail_share = None
-    if q_tail is not None:
-        # The tail bucket: every id outside the kept set. Counting (not scattering booleans) keeps repeated
-        # padding indices harmless.
-        kept = torch.zeros_like(z).scatter_add_(1, ids, valid.to(z.dtype)) > 0
-        lse_rest = torch.logsumexp(zt.masked_fill(kept, float("-inf")), dim=-1)
-        has_tail = (q_tail > 0) & torch.isfinite(lse_rest)
-        q_tail = torch.where(has_tail, q_tail, zero)
-        log_tail = torch.where(has_tail, lse_rest - lse_t, zero)
-        fuse = fuse - q_tail * log_tail
-        q_total = q_total + q_tail
-        # d/dz_j of -q_tail log P_tail is -q_tail p_j / P_tail for j in the tail
-        tail_share = w * q_tail * torch.exp(-log_tail)
-    if p is None:
-        return clm, fuse, None
-    # d/dz of -sum q log softmax(z/T) is (p_T * sum(q) - q) / T, sum(q) including the tail bucket's mass.
-    # The tail term has to use p_T before p is overwritten when the two are one tensor (temperature 1).
-    if p_t is p:
-        a = (lam + w * q_total)[:, None]
-        grad = p.mul_(a if tail_share is None else torch.where(kept, a, a - tail_share[:, None]))
-    else:
-        grad = p.mul_(lam).add_(p_t * (w * q_total)[:, None])
-        if tail_share is not None:
-            grad.sub_((p_t * tail_share[:, None]).masked_fill_(kept, 0.0))
-    if lam > 0:
-        grad[rows, labels] -= lam
-    grad.scatter_add_(1, ids, -w * q)
-    return clm, fuse, grad
-
-
 class _ChunkedFusionLoss(torch.autograd.Function):
     """Forward computes the loss and, chunk by chunk, its gradients; backward only scales them."""
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, labels, ids, valid, q, q_tail, cfg):
-        lam, temperature, scale, softcap, normalizer, chunk = cfg
-        need = any(t is not None and t.requires_grad for t in (hidden, weight, bias))
-        n = hidden.shape[0]
-        grad_h = torch.zeros_like(hidden) if hidden.requires_grad else None
-        dt = compute_dtype(hidden)
-        grad_w = torch.zeros_like(weight, dtype=dt) if weight.requires_grad else None
-        grad_b = torch.zeros_like(bias, dtype=dt) if bias is not None and bias.requires_grad else None
-        clm_sum = torch.zeros((), dtype=dt, device=hidden.device)
-        fuse_sum = torch.zeros((), dtype=dt, device=hidden.device)
-        with torch.no_grad():
-            for s in range(0, n, chunk):
-                h = hidden[s : s + chunk]
-                u = torch.nn.functional.linear(h, weight, bias).to(dt)
-                if scale != 1.0:
-                    u = u * scale
-                z = torch.tanh(u / softcap) * softcap if softcap is not None else u
-                clm, fuse, g = _chunk_loss_and_grad(
-                    z,
-                    labels[s : s + chunk],
-                    None if ids is None else ids[s : s + chunk],
-                    None if valid is None else valid[s : s + chunk],
-                    None if q is None else q[s : s + chunk],
-                    None if q_tail is None else q_tail[s : s + chunk],
-                    lam,
-                    temperature,
-                    need,
-                )
-                clm_sum += clm.sum()
-                fuse_sum += fuse.sum()
-                if g is None:
-                    continue
-                if softcap is not None:
-                    g.mul_(1.0 - (z / softcap) ** 2)
-                if scale != 1.0:
-                    g.mul_(scale)
-                g.div_(normalizer)
-                if grad_h is not None:
-                    grad_h[s : s + chunk] = (g.to(weight.dtype) @ weight).to(hidden.dtype)
-                if grad_w is not None:
-                    grad_w.addmm_(g.t(), h.to(dt))
-                if grad_b is not None:
-                    grad_b += g.sum(dim=0)
+        lam, normalizer = cfg[0], cfg[4]
+        with torch.autocast(hidden.device.type, enabled=False):  # the dtypes below are chosen, not cast
+            out = _chunks(hidden, weight, bias, labels, ids, valid, q, q_tail, cfg)
+        grad_h, grad_w, grad_b, clm_sum, fuse_sum = out
         ctx.save_for_backward(grad_h, grad_w, grad_b)
         ctx.dtypes = (weight.dtype, None if bias is None else bias.dtype)
         loss = (lam * clm_sum + (1.0 - lam) * fuse_sum) / normalizer
@@ -231,6 +132,61 @@ class _ChunkedFusionLoss(torch.autograd.Function):
         return (*out, None, None, None, None, None, None)
 
 
+def _chunks(hidden, weight, bias, labels, ids, valid, q, q_tail, cfg):
+    """The loss sums and the three gradients, chunk by chunk (chunked.py: a chunk and its pieces)."""
+    lam, temperature, scale, softcap, normalizer, chunk, piece, mm_dtype = cfg
+    n, vocab = hidden.shape[0], weight.shape[0]
+    need = any(t is not None and t.requires_grad for t in (hidden, weight, bias))
+    stats = compute_dtype(hidden)
+    w = weight.to(mm_dtype)  # a copy only when autocast asks for another dtype than the weight's
+    w_logits = weight_for_logits(w)
+    grad_h = torch.zeros_like(hidden) if hidden.requires_grad else None
+    # Accumulated over chunks in the matmul dtype: one rounding per chunk (the GEMM adds in fp32).
+    grad_w = torch.zeros_like(weight, dtype=mm_dtype) if weight.requires_grad else None
+    grad_b = torch.zeros_like(bias, dtype=stats) if bias is not None and bias.requires_grad else None
+    bias = None if bias is None else bias.to(stats)
+    clm_sum = torch.zeros((), dtype=stats, device=hidden.device)
+    fuse_sum = torch.zeros((), dtype=stats, device=hidden.device)
+    piece_cfg = (lam, temperature, scale, softcap, scale / normalizer)
+    with torch.no_grad():
+        for s in range(0, n, chunk):
+            e = min(n, s + chunk)
+            h = hidden[s:e].to(mm_dtype)
+            g = torch.empty(e - s, vocab, dtype=mm_dtype, device=hidden.device) if need else None
+            for a in range(0, e - s, piece):
+                b = min(e - s, a + piece)
+                # In full precision the piece's logits are computed straight into its slice of the gradient.
+                z = logits_fp32(h[a:b], w_logits, out=g[a:b] if g is not None and g.dtype == stats else None)
+                if bias is not None:
+                    z.add_(bias)
+                rows = slice(s + a, s + b)
+                clm, fuse = piece_loss_and_grad(
+                    z,
+                    labels[rows],
+                    None if ids is None else ids[rows],
+                    None if valid is None else valid[rows],
+                    None if q is None else q[rows],
+                    None if q_tail is None else q_tail[rows],
+                    piece_cfg,
+                    None if g is None else (z if g.dtype == stats else g[a:b]),
+                )
+                clm_sum += clm.sum()
+                fuse_sum += fuse.sum()
+                del z
+            if g is None:
+                continue
+            if grad_h is not None:
+                if grad_h.dtype == mm_dtype:
+                    torch.mm(g, w, out=grad_h[s:e])
+                else:
+                    grad_h[s:e] = torch.mm(g, w)
+            if grad_w is not None:
+                grad_w.addmm_(g.t(), h)
+            if grad_b is not None:
+                grad_b += g.sum(dim=0, dtype=stats)
+    return grad_h, grad_w, grad_b, clm_sum, fuse_sum
+
+
 def fusion_loss(
     hidden: torch.Tensor,
     head: Head,
@@ -242,6 +198,7 @@ def fusion_loss(
     tail: bool = False,
     normalizer: float | torch.Tensor | None = None,
     chunk_size: int | None = None,
+    chunk_memory: int | None = None,
 ) -> LossParts:
     """lam * CLM + (1 - lam) * fusion loss over supervised positions, summed and divided by `normalizer`.
 
@@ -249,9 +206,10 @@ def fusion_loss(
     unsupervised positions never reach the head); `labels` (N,) the gold next tokens; `target_ids` (N, k) int
     with id < 0 for padding, `target_logprobs` (N, k), both None when lam == 1. `normalizer` defaults to N (a
     mean); a trainer passes the number of supervised positions of the whole accumulated, multi-process batch
-    instead. `chunk_size` positions per chunk of logits (default: about 2**23 logits). The fusion term uses
-    softmax(z / T); it is not multiplied by T**2. Returns the loss (a scalar with gradients for hidden,
-    head.weight, head.bias).
+    instead. `chunk_memory` bytes for one chunk's buffers (default: 32 MiB on CPU; on CUDA a quarter of the
+    head's size, within a quarter of the free device memory); `chunk_size` positions per chunk overrides it.
+    The fusion term uses softmax(z / T); it is not multiplied by T**2. Returns the loss (a scalar with
+    gradients for hidden, head.weight, head.bias).
     """
     if not 0.0 <= lam <= 1.0:
         raise ValueError(f"lam must be in [0, 1], got {lam}")
@@ -259,25 +217,43 @@ def fusion_loss(
         raise ValueError(f"temperature must be positive, got {temperature}")
     if tail and temperature != 1.0:
         raise ValueError("the tail bucket needs temperature 1: a top-k target's tempered tail mass is unknown")
-    n, vocab = hidden.shape[0], head.weight.shape[0]
+    n, (vocab, width) = hidden.shape[0], head.weight.shape
     ids = valid = q = q_tail = None
     if lam < 1.0:
         if target_ids is None or target_logprobs is None:
             raise ValueError("target_ids and target_logprobs are required when lam < 1")
         if target_ids.shape[0] != n or target_logprobs.shape != target_ids.shape:
             raise ValueError(f"targets {tuple(target_ids.shape)} do not match {n} positions")
-        dt = compute_dtype(hidden)
-        q, tail_mass = target_distribution(target_ids, target_logprobs, temperature, tail, dt)
+        q, tail_mass = target_distribution(target_ids, target_logprobs, temperature, tail, compute_dtype(hidden))
         q_tail = tail_mass if tail else None
         valid = target_ids >= 0
-        ids = target_ids.long().clamp(0, vocab - 1)
+        ids = _point_padding_at_kept_ids(target_ids.long().clamp(0, vocab - 1), valid)
     if normalizer is None:
         normalizer = max(n, 1)
     normalizer = float(normalizer)
-    if chunk_size is None:
-        chunk_size = max(1, DEFAULT_CHUNK_ELEMENTS // vocab)
-    cfg = (float(lam), float(temperature), float(head.scale), head.softcap, normalizer, int(chunk_size))
+    mm_dtype = matmul_dtype(hidden, head.weight)
+    if chunk_memory is None:
+        chunk_memory = chunk_memory_for(hidden.device, vocab, width, mm_dtype.itemsize)
+    chunk, piece = chunk_rows(int(chunk_memory), vocab, mm_dtype)
+    if chunk_size is not None:
+        chunk, piece = int(chunk_size), min(piece, int(chunk_size))
+    cfg = (float(lam), float(temperature), float(head.scale), head.softcap, normalizer, chunk, piece, mm_dtype)
     loss, clm_sum, fuse_sum = _ChunkedFusionLoss.apply(
         hidden, head.weight, head.bias, labels.long(), ids, valid, q, q_tail, cfg
     )
     return LossParts(loss=loss, clm_sum=clm_sum, fuse_sum=fuse_sum, positions=n)
+
+
+def matmul_dtype(hidden: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
+    """The dtype of the loss's matmuls: autocast's where it is on for the device, else the inputs' own."""
+    device = hidden.device.type
+    if torch.is_autocast_enabled(device):
+        return torch.get_autocast_dtype(device)
+    return torch.promote_types(hidden.dtype, weight.dtype)
+
+
+def _point_padding_at_kept_ids(ids: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Padding entries (q = 0) pointed at their row's first kept id, so every entry of a row with kept ids
+    names a kept position (the per-chunk code writes and zeroes at entries without masks)."""
+    first = ids.gather(1, valid.to(torch.uint8).argmax(dim=1, keepdim=True))
+    return torch.where(valid, ids, first)

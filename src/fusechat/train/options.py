@@ -46,7 +46,11 @@ class TrainCommandOptions(TrainOptions):
     tail_bucket: bool = option(False, "keep the targets' tail mass as one extra bucket (temperature 1 only)")
     max_length: int = option(2048, "truncate conversations to N tokens (the paper's)", ge=2)
     pack: bool = option(False, "pack several conversations per row of --max-length")
-    chunk_size: int | None = option(None, "supervised positions per chunk of logits (none: about 2^23 logits)", ge=1)
+    chunk_size: int | None = option(None, "supervised positions per chunk of logits (overrides --chunk-memory)", ge=1)
+    chunk_memory: int | None = option(
+        None, "MiB for one chunk of the loss's logits (none: from the device: 32 on CPU, more on GPUs)", ge=1
+    )
+    fsdp: bool = option(False, "shard the pivot with FSDP2 (GPUs; under torchrun / accelerate launch)")
     gradient_checkpointing: bool = option(False, "recompute activations in backward", trainer="gradient_checkpointing")
     bf16: Literal["auto", "on", "off"] = option("auto", "bf16 mixed precision (auto: where CUDA supports it)")
     lora_rank: int | None = option(None, "train LoRA adapters of this rank (needs peft), merged at the end", ge=1)

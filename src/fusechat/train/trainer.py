@@ -17,20 +17,49 @@ from typing import Any
 import torch
 from transformers import Trainer
 
-from fusechat.train.head import final_hidden, head_of
-from fusechat.train.loss import fusion_loss
+from fusechat.train.head import final_hidden, head_loss
+from fusechat.train.loss import LossParts, fusion_loss
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class LossConfig:
-    """Settings of the fusion loss: weight of the CLM term, temperature, tail bucket, logits per chunk."""
+    """Settings of the fusion loss: weight of the CLM term, temperature, tail bucket, chunk size or memory."""
 
     lam: float = 0.9
     temperature: float = 1.0
     tail: bool = False
     chunk_size: int | None = None
+    chunk_memory: int | None = None
+
+
+def step_loss(model: Any, inputs: dict[str, torch.Tensor], cfg: LossConfig, normalizer: Any) -> LossParts:
+    """The fusion loss of one batch from `FusionCollator`: final hidden states at supervised positions, then
+    the chunked loss run inside the head module's call (FSDP2 gathers the head's full weight for it)."""
+    labels = inputs["labels"]
+    supervised = labels[:, 1:] != -100  # (B, L-1): position t predicts labels[t + 1]
+    hidden = final_hidden(model, inputs)[:, :-1][supervised]  # (N, H), (row, position) order
+    gold = labels[:, 1:][supervised]
+    lam = 1.0 if "target_ids" not in inputs else cfg.lam
+
+    def compute(h: torch.Tensor, head: Any) -> tuple:
+        p = fusion_loss(
+            h,
+            head,
+            gold,
+            inputs.get("target_ids"),
+            inputs.get("target_logprobs"),
+            lam=lam,
+            temperature=cfg.temperature,
+            tail=cfg.tail,
+            normalizer=normalizer,
+            chunk_size=cfg.chunk_size,
+            chunk_memory=cfg.chunk_memory,
+        )
+        return p.loss, p.clm_sum, p.fuse_sum
+
+    return LossParts(*head_loss(model, hidden, compute), positions=int(gold.numel()))
 
 
 class FusionTrainer(Trainer):
@@ -60,28 +89,13 @@ class FusionTrainer(Trainer):
         return_outputs: bool = False,
         num_items_in_batch: torch.Tensor | int | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, Any]:
-        cfg = self.loss_config
-        labels = inputs["labels"]
-        supervised = labels[:, 1:] != -100  # (B, L-1): position t predicts labels[t + 1]
-        hidden = final_hidden(model, inputs)[:, :-1][supervised]  # (N, H), (row, position) order
-        gold = labels[:, 1:][supervised]
-        lam = 1.0 if "target_ids" not in inputs else cfg.lam
-        normalizer = num_items_in_batch if num_items_in_batch is not None else max(int(gold.numel()), 1)
-        parts = fusion_loss(
-            hidden,
-            head_of(model),
-            gold,
-            inputs.get("target_ids"),
-            inputs.get("target_logprobs"),
-            lam=lam,
-            temperature=cfg.temperature,
-            tail=cfg.tail,
-            normalizer=normalizer,
-            chunk_size=cfg.chunk_size,
-        )
+        gold = int((inputs["labels"][:, 1:] != -100).sum())
+        normalizer = num_items_in_batch if num_items_in_batch is not None else max(gold, 1)
+        parts = step_loss(model, inputs, self.loss_config, normalizer)
+        lam = 1.0 if "target_ids" not in inputs else self.loss_config.lam
         loss = parts.loss
         if model.training:
-            self._count_terms(parts, int(gold.numel()), "target_ids" in inputs, lam > 0)
+            self._count_terms(parts, gold, "target_ids" in inputs, lam > 0)
         if num_items_in_batch is not None and self.args.average_tokens_across_devices:
             # DDP averages gradients over processes while the normaliser already counts every process.
             loss = loss * self.accelerator.num_processes

@@ -1,0 +1,198 @@
+"""The loss head alone: time and peak memory of one forward + backward, fusion vs CLM-only vs dense (vs Liger).
+
+Variants on the same (N, H) hidden states and (V, H) head (bf16 on a GPU, fp32 on CPU unless --dtype):
+  fusion  - fusechat's chunked loss, lam 0.9, top-10 sparse targets
+  clm     - the same loss with lam 1 (CLM only, no targets)
+  dense   - fusechat's dense reference: full fp32 logits, dense targets, autograd (what reference scripts do)
+  liger   - Liger-Kernel's fused linear cross-entropy (CLM only), where `liger_kernel` is importable
+  fusion@REV, clm@REV - the same with `fusechat.train` as it was at git revision REV (`--against REV`), for an
+            old-vs-new comparison in one run; the old tree is extracted to a temporary directory, never committed
+Steps of all variants alternate within each round (so a loaded machine slows all alike); the first round warms
+up; medians are printed, then ratios. Peak memory is the CUDA allocator's peak beyond the inputs (GPU only); on
+CPU the process's CPU time is printed beside wall time (far less sensitive to other jobs on the machine).
+
+    python benchmarks/bench_loss.py --small                   # CPU: N 1024, V 32,000 x H 256
+    python benchmarks/bench_loss.py --small --against HEAD~1  # the same, old loss beside the new one
+    python benchmarks/bench_loss.py                           # GPU: N 16,384 at the issue's four shapes
+    python benchmarks/bench_loss.py --shapes 262144x4096 --variants fusion,clm --chunk-memory 256,1024
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+GPU_SHAPES = "49152x2048,128256x2048,151936x4096,262144x4096"
+K = 10
+
+
+def load_fusechat(rev: str | None, tmp: Path):
+    """(fusion_loss, Head, dense_fusion_loss) from this checkout or from git revision `rev`."""
+    if rev is None:
+        sys.path.insert(0, str(ROOT / "src"))
+        importlib.invalidate_caches()
+        loss, dense = importlib.import_module("fusechat.train.loss"), importlib.import_module("fusechat.train.dense")
+        return loss.fusion_loss, loss.Head, dense.dense_fusion_loss
+    tree = tmp / "old"
+    tree.mkdir()
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "src/fusechat/train"], capture_output=True)
+    if archive.returncode:
+        raise SystemExit(f"--against {rev}: {archive.stderr.decode().strip()}")
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive.stdout, check=True)
+    # Loaded under another package name, so the old and the new loss live in one process side by side.
+    pkg = tree / "fusechat_old"
+    (tree / "src" / "fusechat" / "train").rename(pkg)
+    for f in pkg.glob("*.py"):
+        f.write_text(f.read_text().replace("fusechat.train.", "fusechat_old."))
+    sys.path.insert(0, str(tree))
+    loss = importlib.import_module("fusechat_old.loss")
+    return loss.fusion_loss, loss.Head, None
+
+
+def make_inputs(v: int, h: int, n: int, dtype, device):
+    g = torch.Generator(device=device).manual_seed(0)
+    hidden = (torch.randn(n, h, device=device, generator=g) * 0.5).to(dtype).requires_grad_(True)
+    weight = (torch.randn(v, h, device=device, generator=g) * h**-0.5).to(dtype).requires_grad_(True)
+    labels = torch.randint(0, v, (n,), device=device, generator=g)
+    tid = torch.randint(0, v, (n, K), device=device, generator=g)
+    tlp = torch.log_softmax(torch.randn(n, K, device=device, generator=g), -1).to(torch.float16)
+    return hidden, weight, labels, tid, tlp
+
+
+def make_step(variant: str, impls: dict, inputs, chunk_memory: int | None):
+    hidden, weight, labels, tid, tlp = inputs
+    name, _, rev = variant.partition("@")
+    fusion_loss, head_cls, dense = impls[rev or None]
+    kw = {} if chunk_memory is None or rev else {"chunk_memory": chunk_memory}
+    liger = None
+    if name == "liger":
+        from liger_kernel.transformers.fused_linear_cross_entropy import LigerFusedLinearCrossEntropyLoss
+
+        liger = LigerFusedLinearCrossEntropyLoss()
+
+    def step() -> float:
+        head = head_cls(weight=weight)
+        if name == "fusion":
+            loss = fusion_loss(hidden, head, labels, tid, tlp, lam=0.9, **kw).loss
+        elif name == "clm":
+            loss = fusion_loss(hidden, head, labels, lam=1.0, **kw).loss
+        elif name == "dense":
+            loss = dense(hidden, head, labels, tid, tlp, lam=0.9)
+        else:
+            loss = liger(weight, hidden, labels)
+        loss.backward()
+        hidden.grad = weight.grad = None
+        return float(loss.detach())
+
+    return step
+
+
+def measure(steps: dict, rounds: int, device) -> dict:
+    """Median seconds and (CUDA) peak extra bytes of each variant's step, steps alternating within rounds."""
+    cuda = device.type == "cuda"
+    times: dict[str, list[float]] = {v: [] for v in steps}
+    cpu: dict[str, list[float]] = {v: [] for v in steps}
+    peaks: dict[str, int] = {}
+    losses: dict[str, float] = {}
+    for r in range(rounds + 1):
+        order = list(steps) if r % 2 == 0 else list(reversed(steps))
+        for v in order:
+            if cuda:
+                torch.cuda.synchronize()
+                torch.cuda.empty_cache()
+                base = torch.cuda.memory_allocated()
+                torch.cuda.reset_peak_memory_stats()
+            t, c = time.perf_counter(), time.process_time()
+            losses[v] = steps[v]()
+            if cuda:
+                torch.cuda.synchronize()
+                peaks[v] = max(peaks.get(v, 0), torch.cuda.max_memory_allocated() - base)
+            if r:  # round 0 warms up
+                times[v].append(time.perf_counter() - t)
+                cpu[v].append(time.process_time() - c)
+
+    def median(xs: list[float]) -> float:
+        return sorted(xs)[len(xs) // 2]
+
+    return {
+        v: {"s": median(ts), "cpu_s": median(cpu[v]), "peak": peaks.get(v), "loss": losses[v], "all_s": ts}
+        for v, ts in times.items()
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--small", action="store_true", help="a CPU-sized shape: N 1024, 32000x256")
+    p.add_argument("--shapes", help="VxH,... (default: the issue's four on a GPU)")
+    p.add_argument("--n", type=int, help="supervised positions (default 16384; 1024 with --small)")
+    p.add_argument("--variants", default="fusion,clm,dense,liger")
+    p.add_argument("--against", help="git revision whose loss runs beside this one (fusion@REV, clm@REV)")
+    p.add_argument("--chunk-memory", default="", help="MiB per chunk, comma-separated to sweep (default: auto)")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), help="default bf16 on GPU, fp32 on CPU")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--json", help="also write the figures here")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[
+        args.dtype or ("bf16" if device.type == "cuda" else "fp32")
+    ]
+    shapes = args.shapes or ("32000x256" if args.small or device.type != "cuda" else GPU_SHAPES)
+    n = args.n or (1024 if args.small or device.type != "cuda" else 16384)
+    variants = args.variants.split(",")
+    if args.against:
+        variants += [f"{v}@{args.against}" for v in ("fusion", "clm") if v in variants]
+    budgets = [int(x) << 20 for x in args.chunk_memory.split(",") if x] or [None]
+    with tempfile.TemporaryDirectory() as tmp:
+        impls = {None: load_fusechat(None, Path(tmp))}
+        if args.against:
+            impls[args.against] = load_fusechat(args.against, Path(tmp))
+        if "liger" in variants and importlib.util.find_spec("liger_kernel") is None:
+            print("liger: liger_kernel not importable; left out")
+            variants.remove("liger")
+        rows = []
+        for shape in shapes.split(","):
+            v, h = (int(x) for x in shape.split("x"))
+            inputs = make_inputs(v, h, n, dtype, device)
+            for budget in budgets:
+                names = [x for x in variants if budget is None or x.split("@")[0] in ("fusion", "clm")]
+                steps = {x: make_step(x, impls, inputs, budget) for x in names}
+                res = measure(steps, args.rounds, device)
+                label = "auto" if budget is None else f"{budget >> 20} MiB"
+                print(f"V {v} x H {h}, N {n}, {dtype}, {device.type}, chunk memory {label}:")
+                for x, r in res.items():
+                    mem = "" if r["peak"] is None else f", peak extra {r['peak'] / 2**30:.3f} GiB"
+                    mem += "" if device.type == "cuda" else f", CPU time {1000 * r['cpu_s']:9.1f} ms"
+                    print(f"  {x:16s} {1000 * r['s']:9.1f} ms{mem}  loss {r['loss']:.4f}")
+                ratios = [("fusion", "clm"), ("fusion", "liger"), ("fusion", "dense"), ("clm", "liger")]
+                if args.against:
+                    ratios += [(f"fusion@{args.against}", "fusion"), (f"clm@{args.against}", "clm")]
+                for a, b in ratios:
+                    if a in res and b in res:
+                        line = f"  time {a}/{b}: {res[a]['s'] / res[b]['s']:.3f}"
+                        if device.type != "cuda":
+                            line += f" (CPU time {res[a]['cpu_s'] / res[b]['cpu_s']:.3f})"
+                        if res[a]["peak"] is not None and res[b]["peak"]:
+                            line += f", peak memory {a}/{b}: {res[a]['peak'] / res[b]['peak']:.3f}"
+                        print(line, flush=True)
+                rows.append({"V": v, "H": h, "N": n, "dtype": str(dtype), "chunk_memory": budget, "results": res})
+            del inputs
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
