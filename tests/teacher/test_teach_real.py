@@ -19,7 +19,7 @@ pytestmark = pytest.mark.real
 def test_smollm2_store_matches_its_forward_pass(tmp_path):
     model_dir = install("smollm2-135m-instruct")
     conv_dir = prepare(["sharegpt"], str(model_dir), tmp_path / "conv", skip_invalid=True, limit=3, max_length=256)
-    store = TopKStore(teach(str(model_dir), conv_dir, tmp_path / "store", top_k=10, progress=False))
+    store = TopKStore(teach(str(model_dir), conv_dir, tmp_path / "store", top_k=10, dtype="float32", progress=False))
     conv = Conversations(conv_dir)
     model = load_model(model_dir).eval()
     assert len(store) == 3

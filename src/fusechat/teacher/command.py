@@ -13,9 +13,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--top-k", type=int, default=10, help="next tokens kept per position (default 10)")
     p.add_argument("--shard", help="I/N: this process takes shards I, I+N, ... (default: torchrun's RANK/WORLD_SIZE)")
     p.add_argument("--shard-rows", type=int, default=256, help="conversations per shard (default 256)")
-    p.add_argument("--batch-tokens", type=int, default=4096, help="batch size x longest length (default 4096)")
+    p.add_argument(
+        "--batch-tokens",
+        type=int,
+        help="batch size x longest length (default: sized from the GPU's free memory; 4096 on a CPU)",
+    )
     p.add_argument("--dtype", default="auto", help="auto (bf16 on GPUs that have it, else fp32), float32, bfloat16")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda:LOCAL_RANK if present, else cpu)")
+    p.add_argument(
+        "--device-map",
+        help="spread a teacher larger than one GPU with accelerate: auto, balanced, sequential, or a JSON file "
+        'mapping module names to devices (0, 1, "cpu", "disk"); under torchrun each process takes its own GPUs',
+    )
+    p.add_argument("--max-memory", help="with --device-map: a cap per device, for example 0=70GiB,1=70GiB,cpu=200GiB")
+    p.add_argument("--offload-folder", help="with --device-map: where layers that fit nowhere else are offloaded")
     p.add_argument("--trust-remote-code", action="store_true", help="run the model repository's own code")
     p.add_argument("--allow-pickle", action="store_true", help="accept pickled .bin weights (runs their code)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -23,7 +34,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from fusechat.errors import FusechatError
+    from fusechat.teacher.placement import parse_device_map, parse_max_memory
     from fusechat.teacher.teach import teach
+
+    if args.device_map is None and (args.max_memory or args.offload_folder):
+        raise FusechatError("--max-memory and --offload-folder go with --device-map")
 
     out = teach(
         args.model,
@@ -35,6 +51,9 @@ def _run(args: argparse.Namespace) -> int:
         batch_tokens=args.batch_tokens,
         dtype=args.dtype,
         device=args.device,
+        device_map=parse_device_map(args.device_map),
+        max_memory=parse_max_memory(args.max_memory),
+        offload_folder=args.offload_folder,
         trust_remote_code=args.trust_remote_code,
         allow_pickle=args.allow_pickle,
         progress=not args.no_progress,
