@@ -243,6 +243,7 @@ def _run_shards(
         ).eval()  # fmt: skip
         device = input_device(lm)
         devices = model_devices(lm, device)
+        log.info("teach: placed by accelerate: %s", getattr(lm, "hf_device_map", None))
     else:
         device = pick_device(opts.device)
         lm = load_model(
