@@ -189,8 +189,11 @@ def main() -> None:
     torch.set_num_threads(2)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        conv = prepared(args.model, args.n, 1024, work)
-        result = speed_and_accuracy(args.model, conv, work, args.rounds) if args.n else {}
+        result = (
+            speed_and_accuracy(args.model, prepared(args.model, args.n, 1024, work), work, args.rounds)
+            if args.n
+            else {}
+        )
         if args.fidelity_n:
             fid_conv = prepared(args.model, args.fidelity_n, 512, work)
             result["bf16_vs_float32"] = bf16_fidelity(args.model, fid_conv, work / "fidelity")
