@@ -136,5 +136,6 @@ def test_batch_budget_from_free_memory():
 
 def test_max_memory_parsing():
     assert parse_max_memory("0=70GiB, 1=60GiB,cpu=200GiB") == {0: "70GiB", 1: "60GiB", "cpu": "200GiB"}
+    assert parse_max_memory("cpu=20000") == {"cpu": 20000}
     with pytest.raises(FusechatError, match="DEVICE=SIZE"):
         parse_max_memory("70GiB")

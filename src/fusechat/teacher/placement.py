@@ -64,16 +64,16 @@ def auto_batch_tokens(model: Any, dtype: torch.dtype, devices: list[torch.device
     return batch_budget(free, model.config, dtype, vocab)
 
 
-def parse_max_memory(value: str | None) -> dict[int | str, str] | None:
+def parse_max_memory(value: str | None) -> dict[int | str, str | int] | None:
     """`0=70GiB,1=70GiB,cpu=200GiB` from the command line as accelerate's max_memory (GPU indices as ints)."""
     if not value:
         return None
-    out: dict[int | str, str] = {}
+    out: dict[int | str, str | int] = {}
     for part in value.split(","):
         key, sep, amount = part.strip().partition("=")
         if not sep or not key or not amount:
             raise FusechatError(f"--max-memory {value!r}: expected DEVICE=SIZE pairs, for example 0=70GiB,cpu=200GiB")
-        out[int(key) if key.isdigit() else key] = amount
+        out[int(key) if key.isdigit() else key] = int(amount) if amount.isdigit() else amount  # bare: bytes
     return out
 
 
@@ -124,6 +124,8 @@ def load_placed(
         if gpus and len(gpus) < torch.cuda.device_count():  # torchrun: keep to this process's group
             max_memory = {g: torch.cuda.mem_get_info(g)[0] for g in gpus}
             max_memory["cpu"] = _cpu_memory()
+    if offload_folder and int(os.environ.get("WORLD_SIZE", 1)) > 1:  # torchrun: one folder per process
+        offload_folder = Path(offload_folder) / f"rank-{os.environ.get('RANK', 0)}"
     try:
         model = AutoModelForCausalLM.from_pretrained(
             model_dir,
