@@ -30,3 +30,25 @@ def test_main_builds_the_parser_of_the_named_command(monkeypatch, tmp_path, caps
     monkeypatch.setattr(cli, "build_parser", lambda command=None: seen.append(command) or build(command))
     assert cli.main(["-v", "verify", str(tmp_path)]) == 2  # an empty directory: one clear error
     assert seen == ["verify"] and "fusechat verify: error" in capsys.readouterr().err
+
+
+def _parsers(parser: argparse.ArgumentParser, path: str = "fusechat"):
+    """Every (sub)command's parser, with its command line, the top-level one aside."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield f"{path} {name}", sub
+                yield from _parsers(sub, f"{path} {name}")
+
+
+def test_every_command_has_a_description_and_an_example():
+    top = cli.build_parser()
+    assert top.description and "\nexample:\n" in top.format_help()
+    seen = list(_parsers(top))
+    assert len(seen) >= 13  # ten modules' commands, and `models install` / `models list`
+    for command, parser in seen:
+        text = parser.format_help()
+        assert parser.description and len(parser.description) > 40, command
+        assert "\nexample:\n" in text, command
+        example = text.split("\nexample:\n", 1)[1]
+        assert command.removeprefix("fusechat ").split()[0] in example, (command, example)

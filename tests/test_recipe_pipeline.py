@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.resources
 import json
 from pathlib import Path
@@ -96,21 +97,21 @@ def test_pipeline_refuses_outputs_outside_workdir(tmp_path):
 
 
 def test_unknown_model_is_refused_before_any_stage(tmp_path):
-    from fusechat.run.command import _pipeline
+    from fusechat.run.api import load_pipeline
 
     path = tmp_path / "r.yaml"
     path.write_text(
         yaml.safe_dump({**BASE, "pivot": "smollm2-135m-instruct", "sources": [{"name": "a", "model": "nope"}]})
     )
-    with pytest.raises(FusechatError, match=r"sources\[0\]\.model: 'nope' is no directory and no known model"):
-        _pipeline(path)
+    with pytest.raises(FusechatError, match=r"sources\[0\]\.model: nope: no such model directory, not a known model"):
+        load_pipeline(path)
 
 
 def test_pivot_without_chat_template_is_refused_at_load(tmp_path):
     from tiny_models import CHATML, byte_bpe_tokenizer, save_llama
 
     from fusechat.models.load import has_chat_template
-    from fusechat.run.command import _pipeline
+    from fusechat.run.api import load_pipeline
 
     pivot = save_llama(tmp_path / "pivot", byte_bpe_tokenizer(300), seed=0)
     assert has_chat_template(pivot)
@@ -123,15 +124,16 @@ def test_pivot_without_chat_template_is_refused_at_load(tmp_path):
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump(recipe))
     with pytest.raises(FusechatError, match=r"pivot: pivot has no chat template; name a Jinja template file"):
-        _pipeline(path)
+        load_pipeline(path)
     recipe["data"] = {**recipe["data"], "chat_template": "chatml.jinja"}
     path.write_text(yaml.safe_dump(recipe))
     with pytest.raises(FusechatError, match=r"data\.chat_template: .*chatml\.jinja is not a file"):
-        _pipeline(path)
+        load_pipeline(path)
     (tmp_path / "chatml.jinja").write_text(CHATML)
-    _, _, pipe, _ = _pipeline(path)
+    _, _, pipe, _ = load_pipeline(path)
     prepare = next(s for s in pipe.steps if s.name == "prepare/train")
-    assert prepare.settings["chat_template"][0] == str(tmp_path / "chatml.jinja")
+    body = CHATML.encode()
+    assert prepare.settings["chat_template"] == [len(body), hashlib.sha256(body).hexdigest()]  # by content
 
 
 def test_adding_a_seed_keeps_the_trained_runs(tmp_path):

@@ -142,3 +142,26 @@ def sample_chats(n: int = 12) -> list[list[dict]]:
             chat.append({"role": "assistant", "content": " ".join(CORPUS[(i + t + k) % 6] for k in range(1 + i % 3))})
         chats.append(chat)
     return chats
+
+
+def hub_cache_layout(
+    model_dir: Path, cache: Path, repo_id: str, commit: str = "0123456789abcdef" * 2 + "01234567"
+) -> Path:
+    """Lay `model_dir` out in a Hugging Face hub cache as `hf download` leaves it: content-addressed blobs,
+    `snapshots/<commit>/` of symlinks to them, and `refs/main` naming the commit. Returns the snapshot."""
+    import hashlib
+    import os
+
+    repo = Path(cache) / f"models--{repo_id.replace('/', '--')}"
+    snapshot = repo / "snapshots" / commit
+    (repo / "blobs").mkdir(parents=True, exist_ok=True)
+    snapshot.mkdir(parents=True, exist_ok=True)
+    for f in sorted(Path(model_dir).iterdir()):
+        if f.is_file():
+            data = f.read_bytes()
+            blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
+            blob.write_bytes(data)
+            os.symlink(os.path.relpath(blob, snapshot), snapshot / f.name)
+    (repo / "refs").mkdir(exist_ok=True)
+    (repo / "refs" / "main").write_text(commit)
+    return snapshot

@@ -8,11 +8,12 @@ directory that looks whole and is not. A lock file keeps two runs out of one out
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
 import os
-import tempfile
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,12 +24,23 @@ MANIFEST = "manifest.json"
 LOCK = ".lock"
 
 
+@contextlib.contextmanager
+def naming(path: Path) -> Iterator[None]:
+    """Give a full disk's error, which names no file (`write()` reports none), the name of the file written."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is None and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from e
+        raise
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write `data` to `path` through a temporary file in the same directory, fsync, then rename."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = _create_temporary(path)
     try:
-        with os.fdopen(fd, "wb") as f:
+        with naming(path), os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
@@ -37,6 +49,19 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def _create_temporary(path: Path) -> tuple[int, Path]:
+    """A new file `.NAME.XXXXXXXX.tmp` beside `path`, opened for writing, with the mode any new file gets
+    (0666 less the umask). `tempfile.mkstemp` would make it 0600, and the rename would carry that mode onto
+    the output: another user, or a serving container under another UID, could not read a merged config.json.
+    """
+    while True:
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666), tmp
+        except FileExistsError:
+            continue
 
 
 def remove_temporaries(directory: str | os.PathLike, name: str = "*") -> int:
@@ -66,7 +91,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        yield tmp
+        with naming(path):
+            yield tmp
         if tmp.is_file():
             with open(tmp, "rb") as f:
                 os.fsync(f.fileno())
@@ -110,10 +136,9 @@ def check_files(
     path = directory / MANIFEST
     if not path.is_file():
         return {}
-    try:
-        files = json.loads(path.read_text()).get("files") or {}
-    except (json.JSONDecodeError, AttributeError):
-        raise FusechatError(f"{path}: not valid JSON; rerun the stage that wrote {directory}") from None
+    files = load_manifest(path, f"rerun the stage that wrote {directory}").get("files") or {}
+    if not isinstance(files, dict):
+        raise FusechatError(f"{path}: `files` is not a mapping; rerun the stage that wrote {directory}")
     deferred = {}
     for name, info in files.items():
         if not name.endswith(suffixes):
@@ -146,6 +171,14 @@ def mark_verified(f: Path, digest: str) -> None:
     _VERIFIED[_identity(f)] = digest
 
 
+def file_digest(f: Path) -> str:
+    """sha256 of `f`, hashed at most once per process while its size and modification time stay the same."""
+    key = _identity(f)
+    if key not in _VERIFIED:
+        _VERIFIED[key] = sha256_file(f)
+    return _VERIFIED[key]
+
+
 def _identity(f: Path) -> tuple[str, int, int]:
     """A file as `_VERIFIED` knows it: path, size, modification time."""
     st = f.stat()
@@ -158,16 +191,24 @@ def fingerprint(obj: Any) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
+def load_manifest(path: Path, fix: str = "rerun the stage that wrote it") -> dict:
+    """The JSON object in manifest file `path`; one clear error when it is damaged or not a manifest at all."""
+    try:
+        manifest = json.loads(path.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise FusechatError(f"{path}: not valid JSON ({e}); {fix}") from None
+    if not isinstance(manifest, dict):
+        raise FusechatError(f"{path}: not a fusechat manifest (a JSON {type(manifest).__name__}); {fix}")
+    return manifest
+
+
 def read_manifest(directory: str | os.PathLike, stage: str | None = None, require_complete: bool = True) -> dict:
     """Read a stage directory's manifest, checking its stage name and that it is complete."""
     directory = Path(directory)
     path = directory / MANIFEST
     if not path.is_file():
         raise FusechatError(f"{directory}: no {MANIFEST}; is this the output of a fusechat stage?")
-    try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise FusechatError(f"{path}: not valid JSON ({e}); rerun the stage that wrote it") from None
+    manifest = load_manifest(path)
     if stage is not None and manifest.get("stage") != stage:
         raise FusechatError(
             f"{directory}: holds a '{manifest.get('stage')}' output, expected '{stage}'; check the path"
@@ -184,25 +225,90 @@ def write_manifest(directory: str | os.PathLike, manifest: dict, complete: bool)
     atomic_write_json(Path(directory) / MANIFEST, body)
 
 
-def prepare_output_dir(directory: str | os.PathLike, stage: str) -> Path:
-    """Create `directory` for `stage`, refusing a non-empty directory that another stage (or no stage) owns."""
+def _housekeeping(name: str) -> bool:
+    """A file fusechat itself leaves beside an output: a lock file or a killed writer's temporary."""
+    return name == LOCK or (name.startswith(".") and name.endswith((".lock", ".tmp")))
+
+
+def output_owner(directory: str | os.PathLike) -> str | None:
+    """The stage whose output `directory` holds (from its manifest), or None when it holds no manifest."""
+    path = Path(directory) / MANIFEST
+    if not path.is_file():
+        return None
+    fix = "if this directory is yours choose another --out, else remove it"
+    return str(load_manifest(path, fix).get("stage"))
+
+
+def check_output_dir(directory: str | os.PathLike, stage: str, option: str = "--out") -> None:
+    """The one rule for an existing output directory, checked before any work: it is `stage`'s own (its manifest
+    says so), or empty but for fusechat's lock and temporary files; anything else is refused, so a user's files
+    (dotfiles such as `.git` and `.env` included) are never written into or removed. Creates nothing."""
     directory = Path(directory)
-    if directory.exists():
-        if not directory.is_dir():
-            raise FusechatError(f"{directory}: exists and is not a directory; choose another --out")
-        manifest_path = directory / MANIFEST
-        others = [p for p in directory.iterdir() if p.name != MANIFEST and not p.name.startswith(".")]
-        if manifest_path.is_file():
-            owner = json.loads(manifest_path.read_text()).get("stage")
-            if owner != stage:
-                raise FusechatError(f"{directory}: holds a '{owner}' output, not '{stage}'; choose another --out")
-        elif others:
-            raise FusechatError(
-                f"{directory}: exists, is not empty and is not a fusechat '{stage}' output; "
-                "choose another --out or remove it"
-            )
+    if not directory.exists():
+        return
+    if not directory.is_dir():
+        raise FusechatError(f"{directory}: exists and is not a directory; choose another {option}")
+    owner = output_owner(directory)
+    if owner is not None and owner != stage:
+        raise FusechatError(f"{directory}: holds a '{owner}' output, not '{stage}'; choose another {option}")
+    if owner is None and any(not _housekeeping(p.name) for p in directory.iterdir()):
+        raise FusechatError(
+            f"{directory}: exists, is not empty and is not a fusechat '{stage}' output; "
+            f"choose another {option} or remove it"
+        )
+
+
+def prepare_output_dir(directory: str | os.PathLike, stage: str) -> Path:
+    """Create `directory` for `stage` after `check_output_dir`'s rule (refusing what is not `stage`'s own)."""
+    check_output_dir(directory, stage)
+    directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     return directory
+
+
+def holds_work(directory: str | os.PathLike) -> bool:
+    """Whether an output directory holds anything besides its manifest and fusechat's housekeeping files."""
+    return any(p.name != MANIFEST and not _housekeeping(p.name) for p in Path(directory).iterdir())
+
+
+def settings_check(
+    directory: str | os.PathLike,
+    stage: str,
+    fp: str,
+    overwrite: bool = False,
+    key: str = "fingerprint",
+    what: str = "",
+) -> str:
+    """What to do with `stage`'s own output in `directory` for a run whose settings have fingerprint `fp`:
+    'new' (nothing there yet), 'resume' (made with the same settings: continue or keep it), or 'replace'
+    (other settings and `overwrite`, or other settings but no work in it yet: a run refused before it started).
+    Other settings without `overwrite` are refused, so that no stage silently replaces an output. Call it
+    under the directory's lock, after `prepare_output_dir`; `what` names the settings that differ."""
+    directory = Path(directory)
+    if not (directory / MANIFEST).is_file():
+        return "new"
+    old = read_manifest(directory, stage=stage, require_complete=False)
+    if old.get(key) == fp:
+        return "resume"
+    if overwrite or not holds_work(directory):
+        return "replace"
+    raise FusechatError(
+        f"{directory}: holds a '{stage}' output made with other inputs or settings{f' ({what})' if what else ''}; "
+        "pass --overwrite to replace it, or choose another --out"
+    )
+
+
+def clear_output(directory: str | os.PathLike) -> None:
+    """Empty an output directory that `settings_check` said to replace (its lock and temporaries stay)."""
+    import shutil
+
+    for p in Path(directory).iterdir():
+        if _housekeeping(p.name):
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
 
 
 @contextlib.contextmanager

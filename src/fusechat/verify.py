@@ -14,7 +14,7 @@ import struct
 from pathlib import Path
 
 from fusechat.errors import FusechatError
-from fusechat.manifest import MANIFEST, sha256_file
+from fusechat.manifest import MANIFEST, load_manifest, sha256_file
 
 
 def safetensors_problem(path: Path) -> str | None:
@@ -49,16 +49,18 @@ def verify(directory: str | os.PathLike) -> list[str]:
             raise FusechatError(f"{directory}: no {MANIFEST} and no safetensors; not a fusechat output or a model")
         return [p for f in tensors if (p := safetensors_problem(f)) is not None]
     try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError:
-        return [f"{path}: not valid JSON"]
+        manifest = load_manifest(path)
+    except FusechatError as e:
+        return [str(e)]
     problems = [] if manifest.get("complete") is True else [f"{directory}: not complete (the stage did not finish)"]
     shards = manifest.get("shards")
-    for info in shards if isinstance(shards, list) else []:  # a merge's `shards` is a count, not a list
-        f = directory / info["file"]
-        problems += _check(f, info.get("bytes"), info.get("sha256"))
-    files = manifest.get("files", {}) or {}
-    for name, info in files.items():
+    entries = [(i.get("file") if isinstance(i, dict) else None, i) for i in shards] if isinstance(shards, list) else []
+    files = manifest.get("files") or {}  # a merge's `shards` is a count, not a list
+    entries += list(files.items()) if isinstance(files, dict) else [(None, None)]
+    for name, info in entries:
+        if not isinstance(name, str) or not isinstance(info, dict):
+            problems.append(f"{path}: a file entry is malformed ({name!r}: {info!r})")
+            continue
         problems += _check(directory / name, info.get("bytes"), info.get("sha256"))
     for f in sorted(directory.glob("*.safetensors")):
         if (p := safetensors_problem(f)) is not None:
@@ -77,8 +79,18 @@ def _check(path: Path, size: int | None, digest: str | None) -> list[str]:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("verify", help="check a stage output against its manifest's checksums")
-    p.add_argument("dirs", nargs="+", metavar="DIR")
+    from fusechat.flags import HelpFormatter
+
+    p = sub.add_parser(
+        "verify",
+        help="check a stage output against its manifest's checksums",
+        description="Check each stage output directory against its manifest.json: every listed file present, "
+        "of its recorded size and sha256, and the manifest complete. Prints each problem, then ok or a count; "
+        "exit code 1 if any directory has a problem.",
+        epilog="example:\n  fusechat verify runs/demo/train/pair-qwen-s0 runs/demo/merge/varm-s0\n",
+        formatter_class=HelpFormatter,
+    )
+    p.add_argument("dirs", nargs="+", metavar="DIR", help="stage output directories (each holds manifest.json)")
     p.set_defaults(func=_run)
 
 

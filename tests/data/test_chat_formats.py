@@ -1,4 +1,4 @@
-"""Normalising OpenAI, ShareGPT and Alpaca records, and one clear error per kind of bad record."""
+"""Normalising OpenAI, TRL prompt/completion, ShareGPT and Alpaca records, and one clear error per bad record."""
 
 from __future__ import annotations
 
@@ -36,6 +36,28 @@ def test_openai_with_content_parts_and_system():
         {"role": "user", "content": "Hi\nthere"},
         {"role": "assistant", "content": "Hello."},
     ]
+
+
+def test_trl_conversational_prompt_completion():
+    """TRL's conversational prompt-completion: the prompt's messages (a system one too), then the completion's."""
+    data = {
+        "prompt": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"}],
+        "completion": [{"role": "assistant", "content": "4"}],
+    }
+    conv = normalise(raw(data), None)
+    assert conv.messages == [*data["prompt"], *data["completion"]]
+    multi = {"prompt": [U, A, U], "completion": [A]}
+    assert [m["role"] for m in normalise(raw(multi), "prompt_completion").messages] == ["user", "assistant"] * 2
+
+
+def test_trl_standard_prompt_completion():
+    conv = normalise(raw({"prompt": "The sky is", "completion": " blue."}), None)
+    assert conv.messages == [{"role": "user", "content": "The sky is"}, {"role": "assistant", "content": " blue."}]
+
+
+def test_trl_messages_is_the_openai_format():
+    data = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]}
+    assert normalise(raw(data), None).messages == data["messages"]
 
 
 @pytest.mark.parametrize("assistant", ["gpt", "GPT", "chatgpt", "bing", "bard", "assistant", "model"])
@@ -119,10 +141,15 @@ S = {"role": "system", "content": "s"}
         ({"messages": [S, U, A, S, U, A]}, "not_alternating", "message 3 is a system message"),
         ({"messages": "hello"}, "not_a_conversation", "has no 'messages' list"),
         (
-            {"prompt": "x", "completion": "y"},
+            {"text": "x", "label": "y"},
             "not_a_conversation",
-            "no known chat format (keys: 'completion', 'prompt')",
+            "no known chat format (keys: 'label', 'text'); expected 'messages' (OpenAI/TRL), 'prompt' and "
+            "'completion' (TRL)",
         ),
+        ({"prompt": "x", "chosen": "y", "rejected": "z"}, "not_a_conversation", "is a preference pair"),
+        ({"prompt": [U], "completion": "y"}, "not_a_conversation", "as a list and a str; expected two message"),
+        ({"prompt": [U], "completion": [A, U]}, "not_alternating", "the completion ends with a user message"),
+        ({"prompt": [U], "completion": [U, A]}, "not_alternating", "message 1 is user where assistant is due"),
         ([1, 2], "not_a_conversation", "is a JSON list, not an object"),
         ({"instruction": "x", "output": 3}, "non_string_content", "'output' has content of type int"),
         ({"instruction": " ", "input": "", "output": "y"}, "empty_message", "'instruction' is empty"),
@@ -147,6 +174,7 @@ def test_detect_format():
     assert detect_format({"messages": []}) == "openai"
     assert detect_format({"conversations": []}) == "sharegpt"
     assert detect_format({"instruction": "", "output": ""}) == "alpaca"
+    assert detect_format({"prompt": [], "completion": []}) == "prompt_completion"
     assert detect_format({"instruction": ""}) is None
     assert detect_format([]) is None
 

@@ -170,13 +170,16 @@ def test_several_inputs_limit_and_manifest(tmp_path, bpe_pivot, sp_pivot):
     assert sp.fingerprint != conv.fingerprint and sp.manifest["tokenizer_fingerprint"] != m["tokenizer_fingerprint"]
 
 
-def test_rerun_is_skipped_and_new_settings_redo(tmp_path, bpe_pivot):
+def test_rerun_is_skipped_and_new_settings_are_refused_unless_overwrite(tmp_path, bpe_pivot):
     data = write(tmp_path, "openai")
     out = prepare([data], str(bpe_pivot), tmp_path / "out")
     stamp = (out / "conversations.parquet").stat().st_mtime_ns
     prepare([data], str(bpe_pivot), out)
     assert (out / "conversations.parquet").stat().st_mtime_ns == stamp
-    prepare([data], str(bpe_pivot), out, limit=1)
+    with pytest.raises(FusechatError, match="other inputs or settings.*--overwrite"):
+        prepare([data], str(bpe_pivot), out, limit=1)
+    assert (out / "conversations.parquet").stat().st_mtime_ns == stamp
+    prepare([data], str(bpe_pivot), out, limit=1, overwrite=True)
     assert len(Conversations(out)) == 1
 
 
@@ -219,7 +222,7 @@ def test_bad_settings(tmp_path, bpe_pivot, kwargs, words):
 
 
 def test_missing_input_and_unknown_name(tmp_path, bpe_pivot):
-    with pytest.raises(FusechatError, match="nothere.jsonl: no such file, and not a named data set"):
+    with pytest.raises(FusechatError, match="nothere.jsonl: no such file or directory, and not a named data set"):
         prepare([tmp_path / "nothere.jsonl"], str(bpe_pivot), tmp_path / "out")
 
 
@@ -320,3 +323,29 @@ def test_json_or_json_lines_from_the_text(tmp_path, text, kind):
     path = tmp_path / "x.json"
     path.write_text(text)
     assert file_kind(path) == kind
+
+
+@pytest.mark.parametrize("on_long", ["truncate", "drop"])
+@pytest.mark.parametrize("chars_per_token", [1, 4])
+def test_length_rule_on_a_prefix_equals_the_whole_text_rule(tmp_path, bpe_pivot, monkeypatch, on_long, chars_per_token):
+    """Texts over max_length x CHARS_PER_TOKEN characters are measured on a prefix (growing fourfold when it
+    proves nothing, up to the whole text): with the bound made tiny, so that every path is taken, the stored
+    conversations are exactly those of the whole-text rule (a bound no text reaches)."""
+    import fusechat.data.prepare as stage
+
+    word = "lorem ipsum dolor sit amet " * 4
+    chats = [
+        [{"role": "user", "content": "hi"}, {"role": "assistant", "content": word * n}] * turns
+        for n, turns in ((1, 1), (3, 2), (12, 3), (40, 2), (1, 5))
+    ]
+    chats.append([{"role": "user", "content": "a" * 3000}, {"role": "assistant", "content": "ok"}])  # few tokens
+    data = write(tmp_path, "openai", chats=chats)
+    kept = {}
+    for bound in (10**9, chars_per_token):
+        monkeypatch.setattr(stage, "CHARS_PER_TOKEN", bound)
+        monkeypatch.setattr(stage, "MARGIN", 8)
+        out = prepare([data], str(bpe_pivot), tmp_path / f"out-{bound}", max_length=300, on_long=on_long)
+        conv = Conversations(out)
+        kept[bound] = (conv.ids, conv.texts, [s.tolist() for s in conv.spans], conv.manifest["counts"])
+    assert kept[chars_per_token] == kept[10**9]
+    assert kept[10**9][3]["dropped_too_long"] + kept[10**9][3]["truncated"] >= 3  # the long ones were long

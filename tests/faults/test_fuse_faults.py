@@ -70,7 +70,7 @@ def test_full_disk(setup, tmp_path):
         "fuse", setup["cmd"], tmp_path / "mnt", "80k", [world["pivot_store"], world["aligned"]],
         lambda out: shard_hashes(out) == shard_hashes(setup["ref"]) or pytest.fail("resumed store differs"),
     )  # fmt: skip
-    assert "finished parts are kept" in line
+    assert "finished parts are kept" in line and str(tmp_path / "mnt") in line, line
 
 
 @pytest.mark.parametrize("damage", ["truncated", "bit-flipped"])
@@ -87,3 +87,40 @@ def test_second_run_on_the_same_output_refuses(setup, tmp_path):
     out = tmp_path / "out"
     second_run_refused("fuse", setup["cmd"](out), lambda: (out / "manifest.json").exists())
     assert shard_hashes(out) == shard_hashes(setup["ref"])
+
+
+def test_rerun_over_a_bit_flipped_shard_rebuilds_it(setup, tmp_path):
+    """The shared shard protocol (store/output.py) finds a flipped bit in its own output by the sidecar's sha256
+    and rebuilds that shard only (align uses the same protocol)."""
+    import shutil
+
+    from faults.common import flip_bit, run
+
+    out = tmp_path / "out"
+    shutil.copytree(setup["ref"], out)
+    victim = out / manifest(out)["shards"][1]["file"]
+    flip_bit(victim)
+    done = run(setup["cmd"](out))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert shard_hashes(out) == shard_hashes(setup["ref"])
+    from fusechat.verify import verify
+
+    assert verify(out) == []
+
+
+def test_other_settings_are_refused_unless_overwrite(setup, tmp_path):
+    """`fuse --method avgce` into a MinCE store used to replace it silently; now one line and nothing touched,
+    and `--overwrite` replaces it."""
+    import shutil
+
+    from faults.common import assert_one_clear_error, run, snapshot
+
+    out = tmp_path / "out"
+    shutil.copytree(setup["ref"], out)
+    before = snapshot(out)
+    cmd = [*setup["cmd"](out), "--method", "avgce"]
+    assert_one_clear_error(run(cmd), str(out), "other inputs or settings", "--overwrite")
+    assert snapshot(out) == before
+    done = run([*cmd, "--overwrite"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert manifest(out)["method"] == "avgce" and claims_complete(out)

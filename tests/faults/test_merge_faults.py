@@ -83,10 +83,13 @@ def test_kill_9_sweep(setup):
 
 
 def test_full_disk(setup, tmp_path):
-    full_disk_case(
+    line = full_disk_case(
         "merge", setup["cmd"], tmp_path / "mnt", "6m", list(setup["world"]["merge_inputs"]),
         same_as_reference(setup), leftovers=partials,
     )  # fmt: skip
+    # A merge starts over (its partial directory is removed): the line must not promise to resume, and names
+    # where it was writing.
+    assert "starts over" in line and "resume" not in line and str(tmp_path / "mnt") in line, line
 
 
 @pytest.mark.parametrize("damage", ["truncated", "bit-flipped"])

@@ -113,3 +113,62 @@ def verify_shard(store: Path, sidecar: str) -> bool:
 
     info = json.loads((store / sidecar).read_text())
     return sha256_file(store / info["file"]) == info["sha256"]
+
+
+@pytest.mark.parametrize("damage", ["truncated", "bit-flipped"])
+def test_rerun_over_a_damaged_shard_rebuilds_it(inputs, damage):
+    """A rerun over a complete store whose shard was damaged afterwards finds it (size, then sha256 against its
+    sidecar), rebuilds that shard alone, and ends byte-identical to the uninterrupted run."""
+    model, conv, root = inputs
+    ref = root / "reference-for-repair"
+    subprocess.run(teach_cmd(model, conv, ref), env=ENV, check=True, capture_output=True)
+    out = root / f"repair-{damage}"
+    import shutil
+
+    shutil.copytree(ref, out)
+    shards = json.loads((out / "manifest.json").read_text())["shards"]
+    victim = out / shards[1]["file"]
+    data = bytearray(victim.read_bytes())
+    if damage == "truncated":
+        del data[len(data) // 2 :]
+    else:
+        data[len(data) // 2] ^= 0x10
+    victim.write_bytes(bytes(data))
+    untouched = {s["file"]: (out / s["file"]).stat().st_mtime_ns for s in shards if s["file"] != victim.name}
+    done = subprocess.run(teach_cmd(model, conv, out), env=ENV, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert verify(out) == [], "the rerun must repair the damaged shard, not report the store complete"
+    assert shard_hashes(out) == shard_hashes(ref)
+    assert {f: (out / f).stat().st_mtime_ns for f in untouched} == untouched, "only the damaged shard is redone"
+
+
+def test_a_refused_run_leaves_nothing_that_blocks_the_next(inputs, tmp_path):
+    """teach refused after it claimed --out (pickled weights without --allow-pickle) used to leave an incomplete
+    manifest that made the next run, with the right model, refuse "other settings". An output that holds no
+    work is not protected; one that holds shards is (test_resume_refuses_other_settings)."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    model, conv, root = inputs
+    pickled = tmp_path / "pickled"
+    shutil.copytree(model, pickled)
+    torch.save(load_file(pickled / "model.safetensors"), pickled / "pytorch_model.bin")
+    (pickled / "model.safetensors").unlink()
+    out = tmp_path / "store"
+    refused = subprocess.run(teach_cmd(pickled, conv, out), env=ENV, capture_output=True, text=True)
+    assert refused.returncode == 2 and "--allow-pickle" in refused.stderr, refused.stderr[-2000:]
+    done = subprocess.run(teach_cmd(model, conv, out), env=ENV, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert verify(out) == []
+
+
+def test_an_out_holding_only_dotfiles_is_refused(inputs, tmp_path):
+    model, conv, root = inputs
+    out = tmp_path / "mine"
+    (out / ".git").mkdir(parents=True)
+    (out / ".env").write_text("TOKEN=x\n")
+    done = subprocess.run(teach_cmd(model, conv, out), env=ENV, capture_output=True, text=True)
+    assert done.returncode == 2 and "not a fusechat 'teach' output" in done.stderr, done.stderr[-2000:]
+    assert sorted(p.name for p in out.iterdir()) == [".env", ".git"]

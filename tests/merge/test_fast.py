@@ -14,12 +14,13 @@ import numpy as np
 import pytest
 import torch
 
-from fusechat.merge import merge, simple_config
+from fusechat.merge import merge, simple_config, torch_path
 from fusechat.merge.dtypes import from_torch, to_torch
 from fusechat.merge.fast import _prims, _select, run
 from fusechat.merge.fast._select import CHUNK
+from fusechat.merge.job import TensorJob
 from fusechat.merge.methods.sparsify import element_hash, keep_limit, tensor_key
-from fusechat.merge.registry import METHODS, TensorJob
+from fusechat.merge.registry import METHODS
 from tests.merge.checkpoints import make_family
 from tests.merge.test_engine import load
 
@@ -71,7 +72,7 @@ def reference(method, base, inputs, shared, per_model, out_dtype):
         per_model,
         seed=3,
     )
-    result, weights = spec.merge(job)
+    result, weights = torch_path.run(spec, job)
     return result.to(out_dtype), weights
 
 
@@ -80,18 +81,16 @@ def fast(method, base, inputs, shared, per_model, out_dtype):
     spec = METHODS[method]
     tensors = ([base] if spec.base_required else []) + list(inputs)
     arrays = [from_torch(t) for t in tensors]
-    got = run.merge_tensor(
-        method,
+    job = TensorJob(
         "model.layers.0.mlp.w",
         arrays[0][0] if spec.base_required else None,
         [a for a, _ in arrays[1:]] if spec.base_required else [a for a, _ in arrays],
-        [c for _, c in arrays],
         shared,
         per_model,
-        3,
-        None,
-        from_torch(torch.empty(0, dtype=out_dtype))[1],
+        seed=3,
+        codes=[c for _, c in arrays],
     )
+    got = run.merge_tensor(spec, job, None, from_torch(torch.empty(0, dtype=out_dtype))[1])
     assert got is not None
     out, weights = got
     return to_torch(out, from_torch(torch.empty(0, dtype=out_dtype))[1]), weights

@@ -48,8 +48,18 @@ def test_float32_round_trip_and_nan():
     assert back[0] == 1.0 and np.isnan(back[1]) and back[2] == -np.inf
 
 
-def test_every_method_has_its_torch_function():
-    assert set(torch_path.FUNCTIONS) == set(registry.METHODS)
+def test_every_method_names_functions_that_exist():
+    """The registry is the one list: each entry's reference (and kernel, when it has one) resolves, and the
+    kernel drivers and torch adapters are exactly those the registry names."""
+    from fusechat.merge.fast import run as fast_run
+
+    references = {spec.reference.partition(":")[2] for spec in registry.METHODS.values()}
+    kernels = {spec.kernel.partition(":")[2] for spec in registry.METHODS.values() if spec.kernel}
+    for spec in registry.METHODS.values():
+        assert callable(spec.torch_function()) and (spec.kernel is None or callable(spec.kernel_function()))
+    assert all(getattr(torch_path, name).__module__ == torch_path.__name__ for name in references)
+    assert all(getattr(fast_run, name).__module__ == fast_run.__name__ for name in kernels)
+    assert registry.WEIGHTED == ("linear", "task_arithmetic", "ties", "dare_linear", "dare_ties")
 
 
 @pytest.mark.parametrize("method", ["ties", "linear", "varm"])
@@ -66,3 +76,24 @@ def test_a_merge_does_not_import_torch(tmp_path, method):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "False"
+
+
+def test_without_numba_the_torch_path_merges_the_same_bytes(tmp_path):
+    """numba is what makes merges fast, not what makes them right: where it cannot be imported, every tensor
+    takes the torch path and the checkpoint is identical."""
+    base, a, b = make_family(tmp_path, seed=2, dtype=torch.bfloat16)
+    outs = {}
+    for label, block in (("kernels", ""), ("torch", "sys.modules['numba'] = None; ")):
+        out = tmp_path / label
+        code = (
+            f"import sys; {block}from fusechat.merge import merge, simple_config; "
+            f"cfg = simple_config('ties', {str(base)!r}, [{str(a)!r}, {str(b)!r}], weights=[1, 1], "
+            f"densities=[0.5, 0.5]); merge(cfg, {str(out)!r}); print('numba' in sys.modules and "
+            "sys.modules['numba'] is not None)"
+        )
+        env = {**os.environ, "PYTHONPATH": str(SRC)}
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert done.stdout.strip() == str(label == "kernels")
+        outs[label] = {p.name: p.read_bytes() for p in out.glob("*.safetensors")}
+    assert outs["kernels"] and outs["kernels"] == outs["torch"]

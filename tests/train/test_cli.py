@@ -140,6 +140,38 @@ def test_bad_input_fails_before_compute(tiny, tmp_path):
     assert sorted(p.name for p in foreign.iterdir()) == ["weights.safetensors"]
 
 
+def test_flag_values_and_missing_engines_are_refused_in_one_line(tiny, tmp_path):
+    """The declared rules (train/options.py) hold for every spelling; an engine that is not installed is named
+    with its install line, before the model is loaded."""
+    import importlib.util
+
+    base = ["--pivot", str(tiny["pivot"]), "--targets", str(tiny["targets"]), "--out", str(tmp_path / "a")]
+    one_line_error(run_cli(*base, "--per_device_train_batch_size", "0"), "--batch-size 0", "greater than or equal to 1")
+    one_line_error(run_cli(*base, "--epochs", "0"), "--epochs 0", "greater than 0")
+    if importlib.util.find_spec("deepspeed") is None:
+        one_line_error(run_cli(*base, "--trainer-arg", "deepspeed=ds.json"), "pip install deepspeed")
+        one_line_error(run_cli(*base, "--deepspeed", "ds.json"), "pip install deepspeed")
+    assert not (tmp_path / "a").exists()
+
+
+def test_a_pivot_that_needs_remote_code_is_refused_in_one_line(tiny, tmp_path):
+    """As teach and evaluate refuse it: the model's own code is not run, and the line says how to allow it."""
+    pivot = tmp_path / "remote"
+    shutil.copytree(tiny["pivot"], pivot)
+    config = read_json(pivot / "config.json")
+    config.update(model_type="not-in-transformers", auto_map={"AutoConfig": "custom.Config"})
+    (pivot / "config.json").write_text(json.dumps(config))
+    marker = tmp_path / "ran"
+    (pivot / "custom.py").write_text(f"from pathlib import Path\nPath({str(marker)!r}).touch()\n")
+    r = run_cli("--pivot", str(pivot), "--targets", str(tiny["targets"]), "--out", str(tmp_path / "out"))
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    errors = [line for line in r.stderr.splitlines() if line.startswith("fusechat train: error:")]
+    assert len(errors) == 1 and errors[0] == r.stderr.strip().splitlines()[-1], r.stderr[-2000:]
+    for word in (str(pivot), "custom code", "--trust-remote-code"):  # (transformers logs a warning before it)
+        assert word in errors[0], errors[0]
+    assert not marker.exists() and not (tmp_path / "out").exists()
+
+
 def test_targets_for_another_tokenizer_and_unknown_options_are_refused(tiny, tmp_path):
     other = tmp_path / "other"
     make_tokenizer(other, vocab_size=280)

@@ -5,3 +5,8 @@ from __future__ import annotations
 from fusechat.align.stage import align
 
 __all__ = ["align"]
+
+# `fusechat.align(...)` calls fusechat.align.stage.align: the package is callable (fusechat/_stage_package.py).
+from fusechat._stage_package import make_callable  # noqa: E402
+
+make_callable(__name__, "fusechat.align.stage", "align")

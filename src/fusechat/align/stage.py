@@ -35,6 +35,7 @@ from fusechat.align.sequence import (
 from fusechat.align.vocab import Vocab, vocab_bytes
 from fusechat.errors import FusechatError
 from fusechat.manifest import atomic_write_bytes, atomic_write_json, fingerprint
+from fusechat.progress import progress_bar
 from fusechat.store.format import TopKRecord, TopKStore, shard_name
 from fusechat.store.output import ShardedOutput
 from fusechat.store.pairs import check_pair, check_row_ids, open_teacher_store
@@ -182,8 +183,11 @@ def align(
     out: str | os.PathLike,
     alignment: str = "offsets",
     vocab_map: str = "exact",
+    overwrite: bool = False,
 ) -> Path:
-    """Write the source's distributions in the pivot's positions and vocabulary to `out`; return `out`."""
+    """Write the source's distributions in the pivot's positions and vocabulary to `out`; return `out`.
+
+    An `out` aligned from other inputs or settings is refused unless `overwrite`."""
     if alignment not in ALIGNMENTS:
         raise FusechatError(f"unknown alignment '{alignment}'; choose one of {', '.join(ALIGNMENTS)}")
     if vocab_map not in maps.MAPS:
@@ -202,7 +206,7 @@ def align(
     fp = fingerprint(inputs)
     n = piv.n_shards
     covered_column = pa.schema([("covered", pa.list_(pa.bool_()))])
-    output = ShardedOutput(out, STAGE, fp, n, piv.k, "fusechat align", extra=covered_column, sidecars=(MAP_FILE,))
+    output = ShardedOutput(out, STAGE, fp, n, piv.k, "fusechat align", extra=covered_column, overwrite=overwrite)
     out = output.dir
     with output:
         if output.up_to_date:
@@ -249,8 +253,10 @@ def align(
         v_src = max(len(src_vocab), int(sm.get("vocab_size") or 0))
         if len(vmap) < v_src:
             vmap = np.concatenate([vmap, np.full(v_src - len(vmap), -1, dtype=vmap.dtype)])
+        bar = progress_bar(len(piv), f"align {Path(str(sm.get('model') or src.dir)).name}", unit=" conv")
         for i in range(n):
             if output.done(i) and _stats_path(out, i, n).is_file():
+                bar.update(piv.manifest["shards"][i]["rows"])
                 continue
             totals = {"positions": 0, "covered": 0, "mass_topk": 0.0, "mass_kept": 0.0}
             with output.shard(i) as writer:
@@ -274,10 +280,12 @@ def align(
                     match = next_token_match(alignment, a, b, ctx, text)
                     rec, counts = align_record(a, b, match, vmap, piv.k)
                     writer.write(rec)
+                    bar.update()
                     for key, v in counts.items():
                         totals[key] += v
             atomic_write_json(_stats_path(out, i, n), totals)
             log.info("%s: shard %d/%d aligned", out, i + 1, n)
+        bar.close()
         totals = {"positions": 0, "covered": 0, "mass_topk": 0.0, "mass_kept": 0.0}
         for i in range(n):
             for key, v in json.loads(_stats_path(out, i, n).read_text()).items():

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from fusechat.errors import FusechatError
-from fusechat.manifest import read_manifest
+from fusechat.manifest import check_files, read_manifest
 
 STAGE = "prepare"
 FORMAT = "fusechat.conversations"
@@ -80,6 +80,9 @@ class Conversations:
         if self.manifest.get("format_version", 0) > FORMAT_VERSION:
             raise FusechatError(f"{self.dir}: conversations format is newer than this fusechat reads; upgrade")
         path = self.dir / FILE
+        # A bit flipped in the text can still decode, to other text; the sha256 the manifest recorded decides
+        # (hashed once per process; outputs of an older fusechat without `files` are read unchecked).
+        check_files(self.dir, suffixes=(FILE,))
         try:
             table = pq.read_table(path)
         except (OSError, pa.ArrowException) as e:

@@ -1,4 +1,8 @@
-"""Chat formats in, one normalised conversation out: OpenAI `messages`, ShareGPT `conversations`, Alpaca.
+"""Chat formats in, one normalised conversation out: OpenAI/TRL `messages`, TRL `prompt`/`completion`, ShareGPT
+`conversations`, Alpaca.
+
+TRL's prompt-completion records come in two forms, both read: conversational (`prompt` and `completion` are
+lists of messages, joined into one conversation) and standard (two strings: a user turn and its reply).
 
 Every format becomes a list of `{"role", "content"}` messages with role `system`, `user` or `assistant`,
 checked against one shape: an optional system message first, then user and assistant turns alternating, at
@@ -29,7 +33,11 @@ from typing import Any
 from fusechat.data.readers import RawRecord
 from fusechat.errors import InvalidRecordError
 
-FORMATS = ("openai", "sharegpt", "alpaca")
+FORMATS = ("openai", "prompt_completion", "sharegpt", "alpaca")
+EXPECTED = (
+    "expected 'messages' (OpenAI/TRL), 'prompt' and 'completion' (TRL), 'conversations' (ShareGPT) "
+    "or 'instruction' and 'output' (Alpaca)"
+)
 
 ROLE_ALIASES = {
     "system": "system",
@@ -89,6 +97,8 @@ def detect_format(data: Any) -> str | None:
         return None
     if "messages" in data:
         return "openai"
+    if "prompt" in data and "completion" in data:
+        return "prompt_completion"
     if "conversations" in data:
         return "sharegpt"
     if "instruction" in data and "output" in data:
@@ -113,12 +123,16 @@ def normalise(raw: RawRecord, fmt: str | None) -> Conversation:
     fmt = fmt or detect_format(data)
     if fmt is None:
         keys = ", ".join(repr(k) for k in sorted(map(str, data))[:8])
-        raise bad(
-            "not_a_conversation",
-            f"is in no known chat format (keys: {keys}); expected 'messages' (OpenAI), 'conversations' "
-            "(ShareGPT) or 'instruction' and 'output' (Alpaca)",
-        )
-    if fmt == "alpaca":
+        if "chosen" in data and "rejected" in data:
+            raise bad(
+                "not_a_conversation",
+                f"is a preference pair (keys: {keys}; TRL's DPO format), not a conversation to learn from; " + EXPECTED,
+                "keep the prompt and its chosen reply as 'prompt' and 'completion', or pass --skip-invalid",
+            )
+        raise bad("not_a_conversation", f"is in no known chat format (keys: {keys}); {EXPECTED}")
+    if fmt == "prompt_completion":
+        messages = _prompt_completion(data, bad)
+    elif fmt == "alpaca":
         if "instruction" not in data or "output" not in data:
             found = ", ".join(repr(k) for k in sorted(map(str, data))[:8])
             raise bad(
@@ -204,6 +218,34 @@ def _is_unicode(text: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+def _prompt_completion(data: dict, bad) -> list[dict]:
+    """TRL's prompt-completion record: two message lists (conversational) or two strings (standard)."""
+    prompt, completion = data.get("prompt"), data.get("completion")
+    if prompt is None or completion is None:
+        found = ", ".join(repr(k) for k in sorted(map(str, data))[:8])
+        raise bad(
+            "not_a_conversation",
+            f"has no 'prompt' and 'completion' (keys: {found}); the file was read as prompt_completion",
+            "give each file in one format, or pass --format",
+        )
+    if isinstance(prompt, str) and isinstance(completion, str):
+        return [
+            {"role": "user", "content": _text(prompt, "'prompt'", bad)},
+            {"role": "assistant", "content": _text(completion, "'completion'", bad)},
+        ]
+    if isinstance(prompt, list) and isinstance(completion, list):
+        messages = [_message(m, i, bad) for i, m in enumerate(prompt)]
+        messages += [_message(m, len(prompt) + i, bad) for i, m in enumerate(completion)]
+        if completion and messages[-1]["role"] != "assistant":
+            raise bad("not_alternating", f"the completion ends with a {messages[-1]['role']} message, not the reply")
+        return messages
+    kinds = f"a {type(prompt).__name__} and a {type(completion).__name__}"
+    raise bad(
+        "not_a_conversation",
+        f"has 'prompt' and 'completion' as {kinds}; expected two message lists (conversational) or two strings",
+    )
 
 
 def _alpaca(data: dict, bad) -> list[dict]:

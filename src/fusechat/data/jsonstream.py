@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+from fusechat.data.compression import open_text
 from fusechat.errors import FusechatError, InvalidRecordError
 
 CHUNK_CHARS = 1 << 20
@@ -50,9 +51,10 @@ class JsonRecords:
     has been yielded. A syntax error that is not at the end raises `FusechatError` naming the line and column.
     """
 
-    def __init__(self, path: str | os.PathLike, chunk_chars: int = CHUNK_CHARS):
+    def __init__(self, path: str | os.PathLike, chunk_chars: int = CHUNK_CHARS, compression: str | None = None):
         self.path = Path(path)
         self.chunk_chars = chunk_chars
+        self.compression = compression  # of the file's bytes (compression.detect), None for plain text
         self.cut: Cut | None = None
         self.key: str | None = None  # the wrapper object's key holding the records, if any
         self._f: TextIO | None = None
@@ -151,7 +153,7 @@ class JsonRecords:
     def __iter__(self) -> Iterator[tuple[int, int, Any]]:
         # Bytes that are not UTF-8 become lone surrogates: inside a string they make that one record invalid
         # (formats.normalise names it), elsewhere they are a syntax error at their line; never a whole-file stop.
-        with open(self.path, encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
+        with open_text(self.path, self.compression) as f:
             self._f = f
             try:
                 first = self._peek()

@@ -10,6 +10,7 @@ writes.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import hashlib
 import json
 import logging
@@ -25,15 +26,18 @@ from tqdm import tqdm
 
 from fusechat.data.conversations import FILE, FORMAT, FORMAT_VERSION, STAGE, conversations_schema
 from fusechat.data.formats import FORMATS, BadRecord, Conversation, detect_format, normalise
-from fusechat.data.readers import Source, open_source
+from fusechat.data.readers import Source
 from fusechat.data.render import ChatRenderer, Rendered, TemplateRefused, read_template
+from fusechat.data.sources import open_source
 from fusechat.errors import FusechatError
 from fusechat.manifest import (
-    atomic_path,
     fingerprint,
     locked,
     prepare_output_dir,
     read_manifest,
+    remove_temporaries,
+    settings_check,
+    sha256_file,
     write_manifest,
 )
 from fusechat.models.load import load_tokenizer, resolve_model_dir, tokenizer_fingerprint
@@ -42,6 +46,10 @@ log = logging.getLogger(__name__)
 
 ON_LONG = ("truncate", "drop")
 BATCH = 64  # conversations tokenized together
+# Texts longer than max_length x CHARS_PER_TOKEN characters are measured on a prefix first (`_Job._measure`);
+# MARGIN characters before a prefix's end are not trusted to tokenise as in the whole text.
+CHARS_PER_TOKEN = 16
+MARGIN = 256
 ROW_GROUP = 1024
 
 
@@ -81,12 +89,14 @@ def prepare(
     chat_template: str | os.PathLike | None = None,
     fmt: str = "auto",
     limit: int | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Prepare conversations from `inputs` for `pivot`; returns the output directory.
 
     `on_long`: 'truncate' keeps whole user+assistant turns from the start, ending on an assistant turn, within
     `max_length` pivot tokens; 'drop' drops the conversation. `limit` stops after that many conversations are
-    kept. A complete output made from the same inputs and settings is left as it is.
+    kept. A complete output made from the same inputs and settings is left as it is; one made from others is
+    refused unless `overwrite`, and is replaced only once the new one is complete.
     """
     if max_length < 1:
         raise FusechatError(f"--max-length must be at least 1, not {max_length}")
@@ -117,35 +127,49 @@ def prepare(
     settings_fp = fingerprint(settings)
     out = prepare_output_dir(out, STAGE)
     with locked(out):
-        if _already_done(out, settings_fp):
+        state = settings_check(out, STAGE, settings_fp, overwrite, key="settings_fingerprint")
+        if state == "resume" and _already_done(out):
             log.info("%s: already prepared from the same inputs and settings; nothing to do", out)
             return out
+        remove_temporaries(out)  # a killed run's file; this process is now the only writer
         head = {
             "stage": STAGE,
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
             "settings_fingerprint": settings_fp,
         }
-        write_manifest(out, head, complete=False)
         job = _Job(tokenizer, renderer, max_length, on_long, skip_invalid, fmt, limit)
-        with atomic_path(out / FILE) as tmp:
+        # The new file is built aside: an earlier output stays whole and valid until the new one is complete,
+        # so a run that fails on its input (or a full disk) costs nothing that was there before.
+        tmp = out / f".{FILE}.{os.getpid()}.tmp"
+        try:
             job.run(sources, tmp)
-        manifest = {
-            **head,
-            "fingerprint": job.fingerprint.hexdigest()[:16],
-            "pivot": str(pivot),
-            "pivot_dir": str(resolve_model_dir(pivot)),
-            "tokenizer_fingerprint": settings["pivot_tokenizer"],
-            "chat_template": {"origin": renderer.origin, "sha256": renderer.sha256},
-            "max_length": max_length,
-            "length_unit": "pivot tokens of the rendered text, add_special_tokens=False",
-            "on_long": on_long,
-            "skip_invalid": skip_invalid,
-            "limit": limit,
-            "counts": job.counts.as_dict(),
-            "inputs": [dict(s.describe(), format=job.formats.get(s.name)) for s in sources],
-        }
-        write_manifest(out, manifest, complete=True)
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            manifest = {
+                **head,
+                "fingerprint": job.fingerprint.hexdigest()[:16],
+                "pivot": str(pivot),
+                "pivot_dir": str(resolve_model_dir(pivot)),
+                "tokenizer_fingerprint": settings["pivot_tokenizer"],
+                "chat_template": {"origin": renderer.origin, "sha256": renderer.sha256},
+                "max_length": max_length,
+                "length_unit": "pivot tokens of the rendered text, add_special_tokens=False",
+                "on_long": on_long,
+                "skip_invalid": skip_invalid,
+                "limit": limit,
+                "counts": job.counts.as_dict(),
+                "inputs": [dict(s.describe(), format=job.formats.get(s.name)) for s in sources],
+                # Every reader checks the file against this (a flipped bit in its text can still decode).
+                "files": {FILE: {"bytes": tmp.stat().st_size, "sha256": sha256_file(tmp)}},
+            }
+            # Only now is the old output given up: incomplete while the file is swapped, complete right after.
+            write_manifest(out, head, complete=False)
+            os.replace(tmp, out / FILE)
+            write_manifest(out, manifest, complete=True)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
     c = job.counts
     log.info(
         "prepared %d conversations from %d records: %d truncated, %d dropped as too long (> %d tokens), "
@@ -161,12 +185,12 @@ def prepare(
     return out
 
 
-def _already_done(out: Path, settings_fp: str) -> bool:
+def _already_done(out: Path) -> bool:
     try:
-        manifest = read_manifest(out, stage=STAGE)
+        read_manifest(out, stage=STAGE)
     except FusechatError:
         return False
-    return manifest.get("settings_fingerprint") == settings_fp and (out / FILE).is_file()
+    return (out / FILE).is_file()
 
 
 class _Job:
@@ -242,10 +266,14 @@ class _Job:
         """Apply the length rule to a batch, then add the kept ones as rows."""
         if not items:
             return
-        encodings = self.tok.encode_batch([it.rendered.text for it in items], add_special_tokens=False)
+        first = self.max_length * CHARS_PER_TOKEN
+        encodings = self.tok.encode_batch([it.rendered.text[:first] for it in items], add_special_tokens=False)
         for it, enc in zip(items, encodings, strict=True):
-            if len(enc) > self.max_length:
-                if self.on_long == "drop" or (turns := self._turns_within(it.rendered, enc)) == 0:
+            seen = len(it.rendered.text)
+            if seen > first:
+                seen, enc = self._measure(it.rendered.text, enc)
+            if seen < len(it.rendered.text) or len(enc) > self.max_length:
+                if self.on_long == "drop" or (turns := self._turns_within(it.rendered, enc, seen)) == 0:
                     self.counts.dropped_too_long += 1
                     continue
                 it.rendered = it.rendered.truncated(turns)
@@ -254,15 +282,36 @@ class _Job:
             self._add(it)
         self._write(writer)
 
-    def _turns_within(self, rendered: Rendered, enc) -> int:
-        """How many leading assistant turns fit in max_length tokens (0 if not even the first)."""
+    def _measure(self, text: str, enc) -> tuple[int, Any]:
+        """How much of a text longer than `max_length * CHARS_PER_TOKEN` characters must be tokenised to know
+        whether it fits: the length of a prefix that already holds more than `max_length` tokens, or the whole
+        text, with that prefix's encoding. `enc` encodes the first prefix tried.
+
+        Tokenising costs about 160 bytes of memory per character, so a 20 MB message tokenised whole took
+        3.6 GB. A prefix is enough: the tokens that end `MARGIN` characters or more before the cut are the
+        whole text's tokens too (pre-tokenizers and merges act within a few characters), so a prefix holding
+        more than `max_length` of them proves the text too long. The prefix grows fourfold while it proves
+        nothing (text of very few tokens per character), up to the whole text."""
+        n = self.max_length * CHARS_PER_TOKEN
+        while n < len(text):
+            if enc is None:
+                enc = self.tok.encode(text[:n], add_special_tokens=False)
+            if sum(1 for _, end in enc.offsets if end <= n - MARGIN) > self.max_length:
+                return n, enc
+            n, enc = n * 4, None
+        return len(text), self.tok.encode(text, add_special_tokens=False)
+
+    def _turns_within(self, rendered: Rendered, enc, seen: int) -> int:
+        """How many leading assistant turns fit in max_length tokens (0 if not even the first). `enc` encodes
+        `rendered.text[:seen]`; a cut at or past `seen` cannot fit (that prefix already holds too many)."""
         starts = [s for s, _ in enc.offsets]
         ids = enc.ids
         turns = len(rendered.cuts) - 1
         while turns > 0:
             end = rendered.cuts[turns - 1]
-            if prefix_tokens(self.tok, rendered.text, end, starts, ids, self.added) <= self.max_length:
-                return turns
+            if end < seen or seen == len(rendered.text):
+                if prefix_tokens(self.tok, rendered.text, end, starts, ids, self.added) <= self.max_length:
+                    return turns
             turns -= 1
         return 0
 

@@ -2,21 +2,23 @@
 
 A reader knows files, not chat formats: it yields dictionaries with their record number (and line, where the
 file has lines) so that every later complaint can name the file and the record. The kind of file is taken from
-its suffix and, for `.json`, from its first characters (many `.json` files are really JSON Lines). A `Source`
-is anything that yields such records; files are one kind, and generated data sets can be another.
+its suffix and, for `.json`, from its first characters (many `.json` files are really JSON Lines); JSON and
+JSON Lines may be compressed (gzip, zstd, bzip2, xz: see compression.py). A `Source` is anything that yields
+such records; files are one kind, `datasets` data sets (saved to disk or in memory, hf_datasets.py) another,
+and generated data sets a third.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from fusechat.data import compression as compressed
 from fusechat.data.jsonstream import Cut, JsonRecords, may_be_incomplete
 from fusechat.errors import FusechatError
 from fusechat.manifest import sha256_file
@@ -25,6 +27,10 @@ log = logging.getLogger(__name__)
 
 PARQUET_BATCH_ROWS = 256
 SNIFF_CHARS = 1 << 24  # how much of a .json file's first line is read to tell JSON Lines from JSON
+EXPECTED = (
+    "expected JSON Lines, a JSON list, or Parquet (JSON optionally compressed: .gz, .zst, .bz2, .xz), "
+    "or a `datasets` save_to_disk directory"
+)
 
 
 @dataclass(frozen=True)
@@ -55,6 +61,7 @@ class FileSource:
 
     path: Path
     kind: str | None = None
+    compression: str | None = field(default=None, init=False)
     cut: Cut | None = field(default=None, init=False)
     read: int = field(default=0, init=False)
     _sha256: str | None = field(default=None, init=False, repr=False)
@@ -62,9 +69,12 @@ class FileSource:
     def __post_init__(self) -> None:
         self.path = Path(self.path)
         if not self.path.is_file():
-            raise FusechatError(f"{self.path}: no such file; give a JSONL, JSON or Parquet file of chats")
+            raise FusechatError(f"{self.path}: {not_a_file(self.path)}; {EXPECTED}")
+        self.compression = compressed.detect(self.path)
         if self.kind is None:
-            self.kind = file_kind(self.path)
+            self.kind = file_kind(self.path, self.compression)
+        elif self.kind == "parquet" and self.compression is not None:
+            raise FusechatError(f"{self.path}: Parquet inside {self.compression}; decompress it first")
 
     @property
     def name(self) -> str:
@@ -77,7 +87,7 @@ class FileSource:
             yield rec
 
     def _json(self, path: Path) -> Iterator[RawRecord]:
-        reader = JsonRecords(path)
+        reader = JsonRecords(path, compression=self.compression)
         for number, line, obj in reader:
             yield RawRecord(self.name, number, line, obj)
         self.cut = reader.cut
@@ -94,7 +104,7 @@ class FileSource:
         """One JSON object a line, blank lines skipped. A last line cut short (no newline, text ending early)
         means the file was cut: the lines before it are kept and the cut is reported."""
         number = char = 0
-        with open(path, "rb") as f:
+        with compressed.open_binary(path, self.compression) as f:
             for lineno, raw in enumerate(f, start=1):
                 if lineno == 1:
                     raw = raw.removeprefix(b"\xef\xbb\xbf")  # a byte-order mark
@@ -117,7 +127,7 @@ class FileSource:
                         self.cut = Cut(line=lineno, char=char - len(line), complete_records=number)
                         log.warning("%s: last line %d is cut off; kept %d records", path, lineno, number)
                         return
-                    problem = f"line {lineno} is not valid JSON ({e.msg} at column {e.colno})"
+                    problem = f"line {lineno} is not valid JSON ({e.msg}: column {e.colno})"
                     yield RawRecord(self.name, number, lineno, None, error=problem)
                 except RecursionError:
                     problem = f"line {lineno} is JSON nested too deeply to read (over {sys.getrecursionlimit()} levels)"
@@ -128,6 +138,8 @@ class FileSource:
         if self._sha256 is None:
             self._sha256 = sha256_file(self.path)
         out: dict[str, Any] = {"path": str(self.path), "kind": self.kind, "sha256": self._sha256}
+        if self.compression is not None:
+            out["compression"] = self.compression
         out["records"] = self.read
         if self.cut is not None:
             out["cut_off"] = {"line": self.cut.line, "char": self.cut.char}
@@ -151,19 +163,26 @@ class GeneratedSource:
         return {"name": self.name, **self.description}
 
 
-def file_kind(path: Path) -> str:
-    """'jsonl', 'json' or 'parquet', from the suffix, and for JSON from the text (a first line that is a whole
-    object followed by more lines means JSON Lines)."""
-    suffix = path.suffix.lower()
+def file_kind(path: Path, compression: str | None = None) -> str:
+    """'jsonl', 'json' or 'parquet', from the suffix (the one under a compression suffix), and for JSON from
+    the text (a first line that is a whole object followed by more lines means JSON Lines)."""
+    suffix = compressed.inner_suffix(path, compression)
     if suffix in (".parquet", ".pq"):
+        if compression is not None:
+            raise FusechatError(f"{path}: Parquet inside {compression}; decompress it (Parquet compresses itself)")
         return "parquet"
+    with compressed.open_binary(path, compression) as f:
+        head = f.read(4096)
+    if head.startswith(b"PAR1"):
+        if compression is not None:
+            raise FusechatError(f"{path}: Parquet inside {compression}; decompress it (Parquet compresses itself)")
+        return "parquet"
+    if b"\0" in head:
+        start = head.lstrip()[:8]
+        raise FusechatError(f"{path}: binary data (starts with {start!r}), not UTF-8 text; {EXPECTED}")
     if suffix in (".jsonl", ".ndjson"):
         return "jsonl"
-    with open(path, "rb") as f:
-        head = f.read(4)
-    if head.startswith(b"PAR1"):
-        return "parquet"
-    with open(path, encoding="utf-8-sig", errors="surrogateescape") as f:  # bad bytes: found per record later
+    with compressed.open_text(path, compression) as f:  # bad bytes: found per record later
         text: list[str] = []  # the first two non-blank lines, each read only up to SNIFF_CHARS
         for _ in range(100):
             line = f.readline(SNIFF_CHARS)
@@ -194,17 +213,12 @@ def _parquet(path: Path) -> Iterator[RawRecord]:
         raise FusechatError(f"{path}: not a readable Parquet file ({e})") from None
 
 
-def open_source(spec: str | os.PathLike | Source, kind: str | None = None) -> Source:
-    """A Source for a file path, a named data set (`data.assets.NAMED_SOURCES`), or an existing Source.
-
-    An existing path wins over a name, as for models."""
-    if not isinstance(spec, str | os.PathLike):
-        return spec
-    if not Path(spec).exists():
-        from fusechat.data.assets import NAMED_SOURCES
-
-        if str(spec) in NAMED_SOURCES:
-            return FileSource(NAMED_SOURCES[str(spec)](), kind)
-        names = ", ".join(sorted(NAMED_SOURCES))
-        raise FusechatError(f"{spec}: no such file, and not a named data set ({names})")
-    return FileSource(Path(spec), kind)
+def not_a_file(path: Path) -> str:
+    """Why `path` cannot be read as a data file, in a few words: what it is instead of a file."""
+    if path.is_symlink() and not path.exists():
+        return "is a symbolic link that leads to no file (its target is missing, or the links form a loop)"
+    if path.is_dir():
+        return "is a directory, not a file"
+    if path.exists():
+        return "is not a regular file"
+    return "no such file"

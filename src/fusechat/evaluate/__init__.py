@@ -15,3 +15,9 @@ def evaluate(models: dict[str, str | os.PathLike], suite: list[str] | str, out: 
     from fusechat.evaluate.suite import evaluate as run
 
     return run(models, suite, out, **opts)
+
+
+# `fusechat.evaluate(...)` calls fusechat.evaluate.suite.evaluate: the package is callable (fusechat/_stage_package.py).
+from fusechat._stage_package import make_callable  # noqa: E402
+
+make_callable(__name__, "fusechat.evaluate.suite", "evaluate")

@@ -6,38 +6,36 @@ import argparse
 from pathlib import Path
 
 from fusechat.errors import FusechatError
+from fusechat.evaluate.options import EvaluateCommandOptions
+from fusechat.flags import HelpFormatter, add_flags, from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("evaluate", help="evaluate models: bits per byte, exact match, multiple choice, MT-Bench")
+    p = sub.add_parser(
+        "evaluate",
+        help="evaluate models: bits per byte, exact match, multiple choice, MT-Bench",
+        description="Score one or more models on a suite of tasks (held-out bits per byte, GSM exact match, "
+        "multiple choice, MT-Bench answers) and print the table; scores.json and per-item JSONL go to --out. "
+        "Results are cached per model and task, so adding a model scores only that model.",
+        epilog="example:\n  fusechat evaluate pivot=smollm2-135m-instruct fused=runs/demo/merge/varm-s0 \\\n"
+        "      --suite bpb,gsm_bpb --conversations runs/demo/conversations/heldout --out eval/\n",
+        formatter_class=HelpFormatter,
+    )
     p.add_argument("models", nargs="+", metavar="MODEL", help="model directory or installed name, or NAME=MODEL")
     p.add_argument(
         "--suite", default="bpb,gsm,hhh", help="comma-separated: bpb,gsm,gsm_bpb,asdiv,hhh,boolq,csqa,mtbench"
     )
     p.add_argument("--out", required=True, help="output directory (scores.json, per-item JSONL, MT-Bench answers)")
+    p.add_argument("--overwrite", action="store_true", help="replace an --out scored with other models or settings")
     p.add_argument("--conversations", help="held-out conversations (a `fusechat prepare` output) for bpb")
-    p.add_argument(
-        "--bpb-scope",
-        choices=("turn", "content"),
-        default="turn",
-        help="bpb over each assistant turn as trained (content + end-of-turn text), or its content only",
-    )
     p.add_argument("--limit", help="items per task: N for every task, or TASK=N,... (default: each task's own)")
-    p.add_argument("--gsm-seed", type=int, help="GSM-Symbolic draw (default: the evaluation seed, not the demo's)")
-    p.add_argument("--max-new-tokens", type=int, default=256, help="exact-match answer length (default 256)")
-    p.add_argument("--mtbench-max-new-tokens", type=int, default=512, help="MT-Bench answer length (default 512)")
-    p.add_argument("--batch-size", type=int, default=8, help="prompts per generation batch (default 8)")
-    p.add_argument("--batch-tokens", type=int, default=4096, help="scoring batch size x longest length")
-    p.add_argument("--max-tokens", type=int, default=4096, help="longest sequence read (default 4096)")
+    add_flags(p, EvaluateCommandOptions)
     p.add_argument("--dtype", default="auto", help="auto (bf16 on GPUs that have it, else fp32), float32, bfloat16")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if present, else cpu)")
     p.add_argument("--cache-dir", help="result cache (default $FUSECHAT_CACHE/eval)")
-    p.add_argument("--hash-weights", action="store_true", help="fingerprint checkpoints by the weights' sha256")
     p.add_argument("--judge-url", help="OpenAI-compatible base URL for MT-Bench judging (or FUSECHAT_JUDGE_BASE_URL)")
     p.add_argument("--judge-model", help="judge model name (or FUSECHAT_JUDGE_MODEL); key: FUSECHAT_JUDGE_API_KEY")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument("--trust-remote-code", action="store_true", help="run the model repositories' own code")
-    p.add_argument("--allow-pickle", action="store_true", help="accept pickled .bin weights (runs their code)")
     p.set_defaults(func=_run)
 
 
@@ -80,29 +78,23 @@ def _run(args: argparse.Namespace) -> int:
     from fusechat.evaluate.tasks import EvalOptions, parse_suite
 
     suite = parse_suite(args.suite)
+    flags = from_args(EvaluateCommandOptions, args).model_dump()
+    gsm_seed = flags.pop("gsm_seed")
     opts = {
+        **flags,
         "conversations": args.conversations,
-        "bpb_scope": args.bpb_scope,
         "limits": parse_limits(args.limit, suite),
-        "max_new_tokens": args.max_new_tokens,
-        "mtbench_max_new_tokens": args.mtbench_max_new_tokens,
-        "batch_size": args.batch_size,
-        "batch_tokens": args.batch_tokens,
-        "max_tokens": args.max_tokens,
         "dtype": args.dtype,
         "device": args.device,
         "cache_dir": args.cache_dir,
-        "hash_weights": args.hash_weights,
         "judge_url": args.judge_url,
         "judge_model": args.judge_model,
         "progress": not args.no_progress,
-        "trust_remote_code": args.trust_remote_code,
-        "allow_pickle": args.allow_pickle,
     }
-    if args.gsm_seed is not None:
-        opts["gsm_seed"] = args.gsm_seed
+    if gsm_seed is not None:
+        opts["gsm_seed"] = gsm_seed
     EvalOptions(**opts)  # validate names early
-    scores = evaluate(parse_models(args.models), suite, Path(args.out), **opts)
+    scores = evaluate(parse_models(args.models), suite, Path(args.out), overwrite=args.overwrite, **opts)
     print(format_scores(scores))
     print(f"scores: {Path(args.out) / 'scores.json'}")
     return 0

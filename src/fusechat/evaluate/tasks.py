@@ -20,9 +20,11 @@ from fusechat.evaluate.base import Loaded, TaskResult
 from fusechat.evaluate.choice import run_choice
 from fusechat.evaluate.exact_match import run_exact_match
 from fusechat.evaluate.likelihood import bits_per_byte, span_logprobs
+from fusechat.evaluate.options import EvaluateCommandOptions
 from fusechat.evaluate.prompts import MATH_INSTRUCTION, prompt_format
 from fusechat.manifest import fingerprint
 
+_FLAGS = EvaluateCommandOptions()  # the defaults, declared with the command's flags (evaluate/options.py)
 PROMPT_VERSION = 2  # bump when a prompt or a grading rule changes: cached results then recompute
 
 
@@ -31,19 +33,21 @@ class EvalOptions:
     """Everything `evaluate` accepts besides the models, the suite and the output directory."""
 
     conversations: str | Path | None = None  # a prepared conversations dir, for bpb
-    bpb_scope: str = "turn"  # "turn": the supervised spans (content + end-of-turn text); "content": content only
+    bpb_scope: str = (
+        _FLAGS.bpb_scope
+    )  # "turn": the supervised spans (content + end-of-turn text); "content": its content
     limits: dict[str, int] = field(default_factory=dict)  # items per task (default: each task's DEFAULT_LIMIT)
     gsm_seed: int = datasets.GSM_EVAL_SEED
-    max_new_tokens: int = 256  # exact-match answers
-    mtbench_max_new_tokens: int = 512
-    batch_size: int = 8  # prompts per generation batch
-    batch_tokens: int = 4096  # tokens per scoring batch (batch x longest length)
+    max_new_tokens: int = _FLAGS.max_new_tokens  # exact-match answers
+    mtbench_max_new_tokens: int = _FLAGS.mtbench_max_new_tokens
+    batch_size: int = _FLAGS.batch_size  # prompts per generation batch
+    batch_tokens: int = _FLAGS.batch_tokens  # tokens per scoring batch (batch x longest length)
     max_batch: int = 32
-    max_tokens: int = 4096  # longest sequence read, also capped by the model's own limit
+    max_tokens: int = _FLAGS.max_tokens  # longest sequence read, also capped by the model's own limit
     dtype: str = "auto"
     device: str | None = None
     cache_dir: str | Path | None = None  # default: $FUSECHAT_CACHE/eval
-    hash_weights: bool = False
+    hash_weights: bool = _FLAGS.hash_weights
     judge_url: str | None = None
     judge_model: str | None = None
     progress: bool = True

@@ -6,3 +6,8 @@ from fusechat.fuse.methods import METHODS
 from fusechat.fuse.stage import fuse
 
 __all__ = ["METHODS", "fuse"]
+
+# `fusechat.fuse(...)` calls fusechat.fuse.stage.fuse: the package is callable (fusechat/_stage_package.py).
+from fusechat._stage_package import make_callable  # noqa: E402
+
+make_callable(__name__, "fusechat.fuse.stage", "fuse")

@@ -20,6 +20,7 @@ import pyarrow as pa
 from fusechat.errors import FusechatError
 from fusechat.fuse import methods
 from fusechat.manifest import fingerprint
+from fusechat.progress import progress_bar
 from fusechat.store.format import TopKRecord, TopKStore
 from fusechat.store.output import ShardedOutput
 from fusechat.store.pairs import check_pair, check_row_ids, open_teacher_store
@@ -101,6 +102,7 @@ def fuse(
     aligned: list[str | os.PathLike],
     out: str | os.PathLike,
     method: str = "mince",
+    overwrite: bool = False,
 ) -> Path:
     """Write the training targets of one target (pivot + the aligned sources as candidates) to `out`."""
     if method not in methods.METHODS:
@@ -140,7 +142,7 @@ def fuse(
     }
     n = piv.n_shards
     teacher_column = pa.schema([("teacher", pa.int32())])
-    with ShardedOutput(out, STAGE, fp, n, piv.k, "fusechat fuse", extra=teacher_column) as output:
+    with ShardedOutput(out, STAGE, fp, n, piv.k, "fusechat fuse", extra=teacher_column, overwrite=overwrite) as output:
         if output.up_to_date:
             return output.dir
         output.start(manifest)
@@ -150,6 +152,7 @@ def fuse(
         # Cross-entropy of the supervised text per candidate and of the fused target (MinCE's premise: the fused
         # target is below every single teacher), summed over conversations as nats and bytes.
         nll_sums, fused_nll, n_bytes = np.zeros(len(names), dtype=np.float64), 0.0, 0
+        bar = progress_bar(len(piv), f"fuse {method}", unit=" conv")
         for i in range(n):
             a_rows = piv.read_shard(i)
             b_rows = [s.read_shard(i) for s in stores]
@@ -172,6 +175,7 @@ def fuse(
                     n_bytes += a.n_bytes
                     if writer is not None:
                         writer.write(rec)
+                    bar.update()
             for info in infos:
                 if info["teacher"] >= 0:
                     selection["conversations"][names[info["teacher"]]] += 1
@@ -180,6 +184,7 @@ def fuse(
                 chosen_positions += info["chosen_positions"]
                 fallback += info["fallback_positions"]
             log.info("%s: shard %d/%d fused", output.dir, i + 1, n)
+        bar.close()
         if method == "token-mince":
             selection["positions"] = dict(zip(names, chosen_positions.tolist(), strict=True))
         selection["fallback_positions"] = fallback

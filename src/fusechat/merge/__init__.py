@@ -26,3 +26,9 @@ def __getattr__(name: str) -> Any:  # lazy: importing the package costs nothing 
 
         return getattr(config, name)
     raise AttributeError(name)
+
+
+# `fusechat.merge(...)` calls fusechat.merge.engine.merge: the package is callable (fusechat/_stage_package.py).
+from fusechat._stage_package import make_callable  # noqa: E402
+
+make_callable(__name__, "fusechat.merge.engine", "merge")

@@ -59,7 +59,7 @@ class BufferPool:
 
         Called before reads that run in parallel: a fresh buffer is an mmap, which waits for the memory map's
         lock while another thread's read is faulting in its own fresh pages, so three first reads allocating
-        their own buffers ran one after another here (0.30 s for the first tensor instead of 0.09 s).
+        their own buffers ran one after another.
         """
         with self._lock:
             free = [b.size for b in self._free if self._ready(b)]

@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from fusechat import __version__
+from fusechat._version import __version__
 from fusechat.manifest import atomic_write_bytes
 from fusechat.merge.config import MergeConfig
 

@@ -160,10 +160,10 @@ class Checkpoint:
     def _read_direct(self, name: str, info: TensorInfo, pool: BufferPool) -> np.ndarray | None:
         """The tensor read with O_DIRECT into a pooled buffer (the disk writes straight into it), or None.
 
-        A buffered read lands in the page cache and is then copied out; on this VM that copy ran at under
-        1 GB/s from freshly read pages and was the largest single cost of a merge (42% of a task-arithmetic
-        merge's CPU). O_DIRECT needs block-aligned offsets, lengths and memory, so the aligned range around the
-        tensor is read and the tensor is a view into it. Unsupported filesystems (tmpfs) fall back, once.
+        A buffered read lands in the page cache and is then copied out; from freshly read pages that copy was the
+        largest single cost of a merge (docs/benchmarks.md). O_DIRECT needs block-aligned offsets, lengths and memory,
+        so the aligned range around the tensor is read and the tensor is a view into it. Unsupported filesystems (tmpfs)
+        fall back, once.
         """
         fds = self._direct_fds
         if fds is None:
@@ -211,8 +211,8 @@ class Checkpoint:
 
         Bytes are hashed as `read` returns them while reads go forward through a file without gaps (a merge
         reading in file order); what was skipped is then read here (the tail, or the whole file if the reads
-        jumped). A model's bytes are thus read once instead of twice: hashing them before the merge read each
-        input twice, 3 GB more IO and about 6 s serial hashing for three 500M models here.
+        jumped). A model's bytes are thus read once instead of twice, and hashed beside the reads rather than in a
+        serial pass of their own before the merge.
         """
         for running in self._hashing.values():
             running.finish()

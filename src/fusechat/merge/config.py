@@ -177,9 +177,10 @@ def _check_against_method(cfg: MergeConfig, spec: MethodSpec) -> None:
 
 def _unknown(spec: MethodSpec, key: str) -> str:
     known = [p.name for p in spec.shared + spec.per_model]
+    takers = [name for name, other in METHODS.items() if other.param(key) is not None]
     hint = ""
-    if key == "density" and spec.name in ("task_arithmetic", "linear"):
-        hint = " (mergekit ignores it silently: it does nothing here; use ties or dare_* to sparsify)"
+    if takers:  # a parameter of another method: mergekit would accept it and silently do nothing with it
+        hint = f" (mergekit ignores it silently: it does nothing here; {', '.join(takers)} take it)"
     return f"{spec.name} has no parameter '{key}'{hint}; it takes {', '.join(known) or 'none'}"
 
 

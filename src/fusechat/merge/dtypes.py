@@ -1,7 +1,7 @@
 """Tensor dtypes of the merge engine as safetensors codes over numpy arrays, so a merge need not import torch.
 
-`fusechat merge` spent 1.2-1.4 s importing torch before reading a byte, against a disk floor of 1.2-1.7 s for
-three 500M models here. The engine's fast path (reading, the compiled kernels, writing) runs on numpy arrays:
+Importing torch took about as long as reading the inputs of a 500M merge (docs/benchmarks.md), before a byte
+was read. The engine's fast path (reading, the compiled kernels, writing) runs on numpy arrays:
 a tensor is an array plus its safetensors dtype code, bf16 held as its raw uint16 bits. Conversions between
 float dtypes round to nearest even as torch does; anything involving float64 goes through torch (imported
 then), so the rare float64 checkpoint gives torch's exact result. `to_torch`/`from_torch` bridge to the torch

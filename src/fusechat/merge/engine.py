@@ -31,10 +31,12 @@ from fusechat.merge import card, dtypes, explain
 from fusechat.merge.buffers import BufferPool
 from fusechat.merge.checkpoint import ShardedWriter, plan_shards
 from fusechat.merge.config import MergeConfig, load_config
+from fusechat.merge.job import TensorJob
 from fusechat.merge.methods.rules import Granularity, Variation, weights_from_variations
 from fusechat.merge.params import layer_index, layer_t, resolve
 from fusechat.merge.plan import MergePlan, TensorPlan, plan_merge
 from fusechat.merge.registry import REQUIRED
+from fusechat.progress import progress_bar
 from fusechat.verify import weight_files
 
 log = logging.getLogger(__name__)
@@ -73,6 +75,10 @@ def merge(
     """
     cfg = load_config(config)
     out = Path(out)
+    if not out.name:  # `.` or `/`: the lock and the partial directory are siblings named after OUT
+        out = Path(os.path.abspath(out))
+        if not out.name:
+            raise FusechatError(f"{out}: the filesystem root; give the path of a new directory for the merged model")
     if explain_weights and cfg.merge_method != "varm":
         raise FusechatError(f"--explain shows VaRM's weights; {cfg.merge_method} has none to show")
     out_dtype = cfg.out_dtype or cfg.dtype  # a dtype name (bfloat16) or None: as stored
@@ -287,19 +293,17 @@ class _Merger:
     low_precision: bool  # --mergekit-arithmetic for a method mergekit computes in `dtype:`
     threads: int  # torch's, for the torch path
 
-    def tensor(self, job: tuple, out_code: str, group: list[float] | None) -> tuple[np.ndarray, list[float] | None]:
-        """`job`: (name, base, inputs, codes, shared, per_model, seed) → (the merged array, VaRM's weights)."""
+    def tensor(self, job: TensorJob, out_code: str) -> tuple[np.ndarray, list[float] | None]:
+        """The merged array of one tensor's job, and VaRM's weights."""
         try:
             if self.fast is not None:
-                merged = self.fast.merge_tensor(
-                    self.cfg.merge_method, *job, self.input_code, out_code, group, self.pool.take
-                )
+                merged = self.fast.merge_tensor(self.cfg.method, job, self.input_code, out_code, self.pool.take)
                 if merged is not None:
                     return merged
             from fusechat.merge import torch_path  # what the kernels do not cover (imports torch)
 
             compute = self.input_code if self.low_precision else None
-            return torch_path.run_job(self.cfg.method, *job, group, self.input_code, compute, out_code, self.threads)
+            return torch_path.run_job(self.cfg.method, job, self.input_code, compute, out_code, self.threads)
         except ValueError as e:
             raise FusechatError(str(e)) from None
 
@@ -346,16 +350,27 @@ def _run(
         sizes = [_raw_bytes(plan, tp, spec.base_required) for tp in plan.tensors]
         ahead = _ReadAhead(reader, inputs.load, plan.tensors, sizes)  # starts reading while the kernels load
         written: Future | None = None
+        bar = progress_bar(sum(sizes), f"merge {cfg.merge_method}", unit="B", unit_scale=True, unit_divisor=1024)
         try:
             merger = _Merger(cfg, kernels.result() if kernels else None, pool, input_code, low_precision, threads)
-            for tp in plan.tensors:
+            for tp, size in zip(plan.tensors, sizes, strict=True):
                 base_raw, raws = ahead.next()
                 if not tp.mergeable:
                     result = base_raw
                 else:
                     shared, per_model = settings.job(tp.out.name)
-                    job = (tp.out.name, base_raw, raws, inputs.codes(tp), shared, per_model, seed)
-                    result, weights = merger.tensor(job, tp.out.dtype, group_weights.get(tp.out.name))
+                    job = TensorJob(
+                        tp.out.name,
+                        base_raw,
+                        raws,
+                        shared,
+                        per_model,
+                        seed,
+                        group_weights.get(tp.out.name),
+                        inputs.codes(tp),
+                    )
+                    result, weights = merger.tensor(job, tp.out.dtype)
+                    del job
                     for raw in [base_raw, *raws] if base_raw is not None else raws:
                         pool.give(raw)  # read into by `load`, used by nothing else now
                     del base_raw, raws
@@ -365,6 +380,7 @@ def _run(
                     written.result()
                 written = wpool.submit(write, tp.out.name, result)
                 del result
+                bar.update(size)  # input bytes merged
             if written is not None:
                 written.result()
             plan.verify_checksums()  # before anything is published: a corrupted input fails the merge
@@ -373,6 +389,8 @@ def _run(
             ahead.cancel()
             writer.abort()
             raise
+        finally:
+            bar.close()
     elapsed = time.perf_counter() - start
     if explain_weights:
         names = [str(m.model) for m in cfg.merged_models()]
@@ -388,8 +406,14 @@ def _run(
 
 
 def _load_kernels(settings: _Settings, inputs: _Inputs, first: TensorPlan | None, input_code: str | None) -> Any:
-    """The kernels' module (imports numba: only when a merge runs), with the kernels that `first` needs loaded."""
-    from fusechat.merge.fast import run as fast
+    """The kernels' module (imports numba: only when a merge runs), with the kernels that `first` needs loaded;
+    None where numba cannot be imported (a platform without its wheels): every tensor then takes the torch path,
+    with the same results, only slower."""
+    try:
+        from fusechat.merge.fast import run as fast
+    except ImportError as e:
+        log.info("compiled merge kernels unavailable (%s): merging with torch", e)
+        return None
 
     fast.configure_threads()
     if first is not None:
@@ -397,9 +421,9 @@ def _load_kernels(settings: _Settings, inputs: _Inputs, first: TensorPlan | None
             shared, per_model = settings.job(first.out.name)
         except FusechatError:
             return fast  # the tensor loop raises it
-        name, method = first.out.name, settings.cfg.merge_method
-        codes = inputs.codes(first)
-        fast.warm_up(method, name, inputs.base_required, codes, shared, per_model, input_code, first.out.dtype)
+        base = np.empty(0) if inputs.base_required else None  # the stand-in's shape comes from warm_up
+        job = TensorJob(first.out.name, base, [], shared, per_model, codes=inputs.codes(first))
+        fast.warm_up(settings.cfg.method, job, input_code, first.out.dtype)
     return fast
 
 

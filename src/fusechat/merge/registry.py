@@ -1,20 +1,22 @@
-"""The one list of merge methods: their parameters (defaults, valid ranges) and how the engine calls them.
+"""The one list of merge methods: each method's parameters (defaults, valid ranges), its reference torch
+function, its compiled kernel, and the fixed options it passes them; everything else is derived from it.
 
-Adding a method means writing its pure tensor function in `methods/`, its adapter in `torch_path.py` (and,
-for speed, a kernel in `fast/`), and one entry in `METHODS` below; the config loader validates parameters
-against these specs, so a typo or an out-of-range value fails at load time. Nothing here imports torch.
+The config loader validates against these specs (a typo or an out-of-range value fails at load time), the
+engine dispatches through them (`reference` and `kernel` name functions as "module:attribute", resolved on
+first use, so listing and validating methods never imports torch or numba), and the recipe's choices, the
+weighted-method set and the command's help are read from `METHODS`. Adding a method is one entry here, plus
+its pure tensor function in `methods/` and, when it is a new family, its adapter in `torch_path.py` and
+(optionally, for speed) its kernel driver in `fast/run.py`.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from fusechat.merge.methods.rules import Granularity, Variation
-
-if TYPE_CHECKING:
-    import torch
+from fusechat.merge.methods.rules import Granularity, Sparsify, Variation
 
 REQUIRED = object()
 
@@ -30,23 +32,19 @@ class Param:
     help: str = ""
 
 
-@dataclass
-class TensorJob:
-    """What a method sees for one output tensor: tensors and resolved parameters, no files."""
-
-    name: str
-    base: torch.Tensor | None
-    inputs: list[torch.Tensor]  # the merged inputs in config order (the base too, for methods without a base)
-    shared: dict[str, Any]
-    per_model: list[dict[str, Any]]
-    seed: int = 0
-    group_weights: list[float] | None = None  # coarse VaRM: the weights of this tensor's group
-    consume: bool = False  # the engine gives up `inputs`: methods may reuse their buffers
+def _resolve(ref: str) -> Callable[..., Any]:
+    module, _, attr = ref.partition(":")
+    return getattr(importlib.import_module(module), attr)
 
 
 @dataclass(frozen=True)
 class MethodSpec:
+    """One merge method: what a config may say to it, and the functions that compute it."""
+
     name: str
+    reference: str  # "module:function": the torch function, fn(job, **options) -> (tensor, weights | None)
+    kernel: str | None = None  # "module:function": the compiled path, fn(job, flat_out, **options) -> weights
+    options: Mapping[str, Any] = field(default_factory=dict)  # fixed per method: how a family's member differs
     shared: tuple[Param, ...] = ()
     per_model: tuple[Param, ...] = ()
     base_required: bool = True
@@ -54,13 +52,17 @@ class MethodSpec:
     max_models: int | None = None
     fp32_like_mergekit: bool = True  # mergekit computes this one in fp32 whatever `dtype:` says
     summary: str = ""
-    notes: dict[str, str] = field(default_factory=dict)
 
-    def merge(self, job: TensorJob) -> tuple[torch.Tensor, list[float] | None]:
-        """Run the method's torch function (`merge/torch_path.py`; imports torch) on one tensor's job."""
-        from fusechat.merge.torch_path import FUNCTIONS
+    @property
+    def weighted(self) -> bool:
+        """Whether each merged model takes a weight (a recipe gives equal weights unless told otherwise)."""
+        return any(p.name == "weight" for p in self.per_model)
 
-        return FUNCTIONS[self.name](job)
+    def torch_function(self) -> Callable[..., Any]:
+        return _resolve(self.reference)
+
+    def kernel_function(self) -> Callable[..., Any] | None:
+        return _resolve(self.kernel) if self.kernel else None
 
     def param(self, name: str) -> Param | None:
         for p in self.shared + self.per_model:
@@ -94,10 +96,21 @@ def _rescale(default: bool) -> Param:
 
 
 _GTA_SHARED = (INT8_MASK, LAMBDA)
+_TORCH = "fusechat.merge.torch_path:"
+_FAST = "fusechat.merge.fast.run:"
+
+
+def _gta(name: str, sparsify: Sparsify, sign_election: bool, **spec: Any) -> MethodSpec:
+    """A member of the task-vector family (task arithmetic, TIES, DARE): one function, two options."""
+    options = {"sparsify": sparsify, "sign_election": sign_election}
+    return MethodSpec(name, _TORCH + "gta", _FAST + "gta", options, fp32_like_mergekit=False, **spec)
+
 
 METHODS: Mapping[str, MethodSpec] = {
     "linear": MethodSpec(
         "linear",
+        _TORCH + "linear",
+        _FAST + "linear",
         shared=(NORMALIZE_ON,),
         per_model=(WEIGHT,),
         base_required=False,
@@ -105,47 +118,57 @@ METHODS: Mapping[str, MethodSpec] = {
     ),
     "slerp": MethodSpec(
         "slerp",
+        _TORCH + "slerp",
+        _FAST + "slerp",
         shared=(Param("t", float, REQUIRED, _in_unit_closed, "0 gives the base, 1 the other model"),),
         min_models=1,
         max_models=1,
         summary="spherical interpolation between the base and one other model",
     ),
-    "task_arithmetic": MethodSpec(
+    "task_arithmetic": _gta(
         "task_arithmetic",
+        Sparsify.NONE,
+        False,
         shared=(*_GTA_SHARED, NORMALIZE_OFF, _rescale(False)),
         per_model=(WEIGHT,),
-        fp32_like_mergekit=False,
         summary="base + Σ wᵢ(xᵢ − base)",
     ),
-    "ties": MethodSpec(
+    "ties": _gta(
         "ties",
+        Sparsify.MAGNITUDE,
+        True,
         shared=(*_GTA_SHARED, NORMALIZE_ON, _rescale(False)),
         per_model=(WEIGHT, DENSITY),
-        fp32_like_mergekit=False,
         summary="task vectors pruned by magnitude, majority sign elected",
     ),
-    "dare_linear": MethodSpec(
+    "dare_linear": _gta(
         "dare_linear",
+        Sparsify.RANDOM,
+        False,
         shared=(*_GTA_SHARED, NORMALIZE_OFF, _rescale(True)),
         per_model=(WEIGHT, DENSITY),
-        fp32_like_mergekit=False,
         summary="task vectors pruned at random and rescaled",
     ),
-    "dare_ties": MethodSpec(
+    "dare_ties": _gta(
         "dare_ties",
+        Sparsify.RANDOM,
+        True,
         shared=(*_GTA_SHARED, NORMALIZE_OFF, _rescale(True)),
         per_model=(WEIGHT, DENSITY),
-        fp32_like_mergekit=False,
         summary="task vectors pruned at random and rescaled, majority sign elected",
     ),
     "sce": MethodSpec(
         "sce",
+        _TORCH + "sce",
+        _FAST + "sce",
         shared=(INT8_MASK, Param("select_topk", float, 1.0, _in_unit_closed, "fraction of entries selected")),
         fp32_like_mergekit=False,
         summary="select by variance, weights from energy, erase minority signs",
     ),
     "varm": MethodSpec(
         "varm",
+        _TORCH + "varm",
+        _FAST + "varm",
         shared=(
             Param("granularity", str, "matrix", _choice(tuple(g.value for g in Granularity)), "weight groups"),
             Param("variation", str, "squared", _choice(tuple(v.value for v in Variation)), "mean Δ² or |Δ|"),
@@ -153,6 +176,10 @@ METHODS: Mapping[str, MethodSpec] = {
         summary="FuseChat's variation-ratio merge of targets fine-tuned from the base (the pivot)",
     ),
 }
+
+
+NAMES: tuple[str, ...] = tuple(METHODS)
+WEIGHTED: tuple[str, ...] = tuple(name for name, spec in METHODS.items() if spec.weighted)
 
 
 def get_method(name: str) -> MethodSpec:

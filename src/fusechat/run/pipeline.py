@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from fusechat.errors import FusechatError
-from fusechat.manifest import atomic_write_json, fingerprint, locked
+from fusechat.manifest import atomic_write_json, check_output_dir, fingerprint, locked
 from fusechat.run.status import STATE, StepStatus, classify, read_state, step_statuses
 
 log = logging.getLogger(__name__)
@@ -34,6 +34,11 @@ class Step:
     settings: dict
     needs: list[str] = field(default_factory=list)
     run: Callable[[], object] | None = None
+
+    @property
+    def stage(self) -> str:
+        """The stage whose manifest this step's output holds (the first part of its name)."""
+        return self.name.split("/", 1)[0]
 
 
 def _inside(path: Path, root: Path) -> bool:
@@ -69,6 +74,10 @@ class Pipeline:
     def run(self, echo: Callable[[str], None] = print) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         with locked(self.workdir):
+            # Before the first step: every folder the plan will write must be its step's own output or empty, so a
+            # user's folder in the way stops the run now, not after the teacher passes and the training.
+            for s in self.steps:
+                check_output_dir(s.out, s.stage, option="workdir in the recipe (or move that folder away)")
             record = read_state(self.workdir)
             done: dict[str, dict] = record["done"]
             fps = self.fingerprints()
@@ -89,8 +98,10 @@ class Pipeline:
                     continue
                 if state == "stale":
                     echo(f"{head}: inputs changed, redoing")
-                    shutil.rmtree(s.out)
-                done.pop(s.name, None)
+                    _remove_own(s)
+                # Recorded before the step runs: if this run is killed and the recipe then changes, the partial
+                # output is known to be this pipeline's, made with other settings (stale), and is redone.
+                done[s.name] = {"fingerprint": fp}
                 atomic_write_json(self.workdir / STATE, record)
                 t0 = time.monotonic()
                 echo(f"{head}: running (elapsed {_clock(t0 - started)})")
@@ -100,6 +111,13 @@ class Pipeline:
                 done[s.name] = {"fingerprint": fp, "finished": _now(), "seconds": round(seconds, 3)}
                 atomic_write_json(self.workdir / STATE, record)
                 echo(f"{head}: done in {_clock(seconds)} -> {s.out}")
+
+
+def _remove_own(step: Step) -> None:
+    """Delete a stale step's output, only if it is that step's own (its manifest) or holds nothing else."""
+    check_output_dir(step.out, step.stage, option="workdir in the recipe (or move that folder away)")
+    if step.out.exists():
+        shutil.rmtree(step.out)
 
 
 def _relative(path: Path, root: Path) -> str:

@@ -20,15 +20,10 @@ from pathlib import Path
 
 from fusechat.errors import FusechatError
 from fusechat.run import stages
+from fusechat.run.content import ContentHashes, model_identity, relative
 from fusechat.run.pipeline import Step
 from fusechat.run.recipe import Recipe
 from fusechat.run.report import ReportInputs
-
-
-def _file_state(path: Path) -> list:
-    """Size and modification time of an input file: an edited corpus makes its step stale."""
-    st = path.stat() if path.is_file() else None
-    return [str(path), st.st_size, st.st_mtime_ns] if st else [str(path), None, None]
 
 
 def target_names(recipe: Recipe) -> list[str]:
@@ -90,8 +85,13 @@ def _report_inputs(recipe: Recipe, work: Path, steps: list[Step]) -> ReportInput
     )
 
 
-def plan(recipe: Recipe, base: Path) -> list[Step]:
-    """The steps of `recipe`, in order; `base` resolves the recipe's relative paths."""
+def plan(recipe: Recipe, base: Path, hashes: ContentHashes | None = None) -> list[Step]:
+    """The steps of `recipe`, in order; `base` resolves the recipe's relative paths.
+
+    Step settings name inputs by content (run/content.py), never by absolute path or modification time, and the
+    run's own outputs by their path inside the workdir: touching, moving or copying a project redoes nothing.
+    """
+    hashes = hashes or ContentHashes()
     work = (base / recipe.workdir).resolve()
 
     def model(spec: str) -> str:  # a directory relative to the recipe, or an installed model's name
@@ -99,6 +99,8 @@ def plan(recipe: Recipe, base: Path) -> list[Step]:
 
     pivot = model(recipe.pivot)
     models = {"pivot": pivot, **{s.name: model(s.model) for s in recipe.sources}}
+    specs = {"pivot": recipe.pivot, **{s.name: s.model for s in recipe.sources}}
+    ident = {name: model_identity(spec, base, hashes) for name, spec in specs.items()}
     steps: list[Step] = []
 
     def add(name: str, out: Path, settings: dict, needs: list[str], run) -> None:
@@ -110,14 +112,14 @@ def plan(recipe: Recipe, base: Path) -> list[Step]:
         if not sources:
             continue
         settings = {
-            "pivot": pivot,
+            "pivot": ident["pivot"],
             "sources": [s.model_dump() for s in sources],
-            "files": [_file_state(base / s.path) for s in sources if s.kind == "file"],
+            "files": [hashes.file(base / s.path) for s in sources if s.kind == "file"],
             "max_length": recipe.data.max_length,
             "on_long": recipe.data.on_long,
         }
         if template:
-            settings["chat_template"] = _file_state(template)
+            settings["chat_template"] = hashes.file(template)
         conv = work / "conversations" / part
         add(
             f"prepare/{part}",
@@ -132,7 +134,7 @@ def plan(recipe: Recipe, base: Path) -> list[Step]:
         add(
             f"teach/{name}",
             out,
-            {**recipe.teach.model_dump(), "model": model_spec},
+            {**recipe.teach.model_dump(), "model": ident[name]},
             ["prepare/train"],
             stages.teacher(model_spec, conv_train, out, recipe.teach),
         )
@@ -169,7 +171,7 @@ def plan(recipe: Recipe, base: Path) -> list[Step]:
             add(
                 f"train/{label}-s{seed}",
                 out,
-                {**train_settings, "seed": seed, "clm_only": clm_only, "pivot": pivot},
+                {**train_settings, "seed": seed, "clm_only": clm_only, "pivot": ident["pivot"]},
                 [f"fuse/{target}"],
                 stages.trainer(pivot, work / "fuse" / target, out, recipe.train, seed, clm_only),
             )
@@ -179,18 +181,20 @@ def plan(recipe: Recipe, base: Path) -> list[Step]:
             add(
                 f"merge/{m.method}-s{seed}",
                 out,
-                {**m.model_dump(), "inputs": merge_inputs, "pivot": pivot},
+                {**m.model_dump(), "inputs": merge_inputs, "pivot": ident["pivot"]},
                 [f"train/{t}-s{seed}" for t in merge_inputs],
                 stages.merger(pivot, [work / "train" / f"{t}-s{seed}" for t in merge_inputs], out, m),
             )
     evaluated = {
         step.name.split("/", 1)[1]: step.out for step in steps if step.name.split("/")[0] in ("train", "merge")
     }
+    named = {**ident, **{k: relative(v, work) for k, v in evaluated.items()}}
     evaluated = {**models, **evaluated}
+    hashes.save()
     add(
         "evaluate",
         work / "eval",
-        {**recipe.evaluate.model_dump(), "models": {k: str(v) for k, v in evaluated.items()}},
+        {**recipe.evaluate.model_dump(), "models": named},
         [s.name for s in steps if s.name.split("/")[0] in ("train", "merge", "prepare")],
         stages.evaluator(evaluated, work / "conversations" / "heldout", work / "eval", recipe.evaluate),
     )

@@ -1,7 +1,9 @@
 """The recipe: one YAML file that describes a whole fusion, validated into typed data before anything runs.
 
 A wrong key or value fails at load time with its path in the message (`train.lambda: ...`), never deep inside
-a stage. Paths in a recipe are relative to the recipe file, and every output stays inside `workdir`.
+a stage. The stages' sections are their options models (`<stage>/options.py`), the ones their commands' flags
+come from, so a recipe and a command line have the same keys, defaults and rules.
+Paths in a recipe are relative to the recipe file, and every output stays inside `workdir`.
 """
 
 from __future__ import annotations
@@ -12,20 +14,26 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
+from fusechat.align.options import AlignOptions
+from fusechat.data.options import PrepareOptions
 from fusechat.errors import FusechatError, yaml_error
+from fusechat.flags import Options
+from fusechat.fuse.options import FuseOptions
+from fusechat.teacher.options import TeachOptions
+from fusechat.train.options import TrainOptions
 
 Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+class _Strict(Options):
+    """A recipe key's value: unknown keys refused, as in every stage's options."""
 
 
 class Source(_Strict):
     name: Name = Field(description="short name used for output directories and report rows")
-    model: str = Field(description="Hugging Face directory or installed model name")
+    model: str = Field(description="Hugging Face directory, installed model name, or hub id (org/name) in the HF cache")
 
 
 class DataSource(_Strict):
@@ -44,41 +52,27 @@ class DataSource(_Strict):
         return self
 
 
-class Data(_Strict):
-    train: list[DataSource] = Field(min_length=1)
+class Data(PrepareOptions):
+    train: list[DataSource] = Field(
+        min_length=1, description="the corpus: sources of kind file, sharegpt, gsm_symbolic"
+    )
     heldout: list[DataSource] = Field(default_factory=list, description="for bits-per-byte evaluation")
-    max_length: int = Field(1024, ge=16, le=1_000_000, description="pivot tokens per conversation")
-    on_long: Literal["truncate", "drop"] = "truncate"
     chat_template: str | None = Field(
         None, description="a Jinja chat template file (relative to the recipe) for a pivot whose tokenizer has none"
     )
 
 
-class Teach(_Strict):
-    top_k: int = Field(10, ge=1, le=1024)
-    batch_tokens: int = Field(4096, ge=16)
+Teach = TeachOptions
+Align = AlignOptions
 
 
-class Align(_Strict):
-    alignment: Literal["offsets", "dtw"] = "offsets"
-    vocab_map: Literal["exact", "mined", "stats", "prefix"] = "exact"
-
-
-class Fuse(_Strict):
-    method: Literal["mince", "avgce", "token-mince"] = "mince"
+class Fuse(FuseOptions):
     pairwise: bool = Field(True, description="one target per source (pivot + that source)")
     multi: bool = Field(True, description="one target from the pivot and every source at once")
 
 
-class Train(_Strict):
-    lam: float = Field(0.9, alias="lambda", ge=0.0, le=1.0, description="weight of the CLM loss")
-    epochs: float = Field(1.0, gt=0)
-    max_steps: int | None = Field(None, ge=1)
-    learning_rate: float = Field(1e-5, gt=0, lt=1)
-    batch_size: int = Field(4, ge=1)
-    grad_accum: int = Field(1, ge=1)
-    warmup_ratio: float = Field(0.03, ge=0, lt=1)
-    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+class Train(TrainOptions):
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1, description="one run per seed: train/T-sSEED")
     clm_baseline: bool = Field(True, description="train the CLM-only baseline the targets must beat")
 
     @field_validator("seeds")
@@ -189,5 +183,5 @@ def check_data_files(recipe: Recipe, base: Path, recipe_path: str | os.PathLike)
     """Refuse a data file that does not exist, naming its key, before any stage runs (a dry run included)."""
     for part in ("train", "heldout"):
         for i, spec in enumerate(getattr(recipe.data, part)):
-            if spec.kind == "file" and not (base / str(spec.path)).is_file():
+            if spec.kind == "file" and not (base / str(spec.path)).exists():  # a file or a saved `datasets` dir
                 raise FusechatError(f"{recipe_path}: data.{part}[{i}].path: {base / str(spec.path)} is not a file")

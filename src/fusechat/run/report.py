@@ -8,7 +8,16 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from fusechat.manifest import fingerprint, write_manifest
+from fusechat.manifest import (
+    clear_output,
+    fingerprint,
+    locked,
+    prepare_output_dir,
+    settings_check,
+    write_manifest,
+)
+
+STAGE = "report"
 
 
 @dataclass
@@ -65,6 +74,13 @@ def write_run_report(inputs: ReportInputs, out: Path) -> Path:
         data = json.loads(weights.read_text())
         extras["varm_weights"] = data["weights"]
         extras["varm_models"] = [Path(m).name for m in data["models"]]
-    report = write_report(scores, rows, out, extras)
-    write_manifest(out, {"stage": "report", "fingerprint": fingerprint(scores)}, complete=True)
+    fp = fingerprint(scores)
+    out = prepare_output_dir(out, STAGE)  # never into a folder of the user's own
+    with locked(out):
+        # The page is cheap and only the run writes it: an older page of this run is replaced, not refused.
+        if settings_check(out, STAGE, fp, overwrite=True) == "replace":
+            clear_output(out)
+        write_manifest(out, {"stage": STAGE, "fingerprint": fp}, complete=False)
+        report = write_report(scores, rows, out, extras)
+        write_manifest(out, {"stage": STAGE, "fingerprint": fp}, complete=True)
     return Path(report).parent

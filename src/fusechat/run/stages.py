@@ -1,7 +1,8 @@
 """Adapters from recipe sections to the stage functions, as zero-argument callables for the pipeline.
 
 Each adapter only translates settings; the stage functions do the work and their own checking, exactly as
-when they are called from their commands.
+when they are called from their commands. A step's output is the pipeline's own (checked before the first step,
+and its settings recorded in pipeline.json), so the adapters let a stage replace an output of other settings.
 """
 
 from __future__ import annotations
@@ -10,8 +11,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from fusechat.data.readers import RawRecord, open_source
+from fusechat.data.readers import RawRecord
+from fusechat.data.sources import open_source
 from fusechat.errors import FusechatError
+from fusechat.merge.registry import WEIGHTED
 from fusechat.run.recipe import Align, DataSource, Evaluate, MergeMethod, Teach, Train
 from fusechat.run.report import ReportInputs
 
@@ -79,6 +82,7 @@ def preparer(
             max_length=max_length,
             on_long=on_long,
             skip_invalid=True,
+            overwrite=True,
         )
 
     return run
@@ -88,7 +92,7 @@ def teacher(model: str, conversations: Path, out: Path, cfg: Teach) -> Callable[
     def run() -> Path:
         from fusechat.teacher.teach import teach
 
-        return teach(model, conversations, out, top_k=cfg.top_k, batch_tokens=cfg.batch_tokens)
+        return teach(model, conversations, out, top_k=cfg.top_k, batch_tokens=cfg.batch_tokens, overwrite=True)
 
     return run
 
@@ -97,7 +101,7 @@ def aligner(pivot_store: Path, source_store: Path, out: Path, cfg: Align) -> Cal
     def run() -> Path:
         from fusechat.align.stage import align
 
-        return align(pivot_store, source_store, out, alignment=cfg.alignment, vocab_map=cfg.vocab_map)
+        return align(pivot_store, source_store, out, alignment=cfg.alignment, vocab_map=cfg.vocab_map, overwrite=True)
 
     return run
 
@@ -106,7 +110,7 @@ def fuser(pivot_store: Path, aligned: list[Path], out: Path, method: str) -> Cal
     def run() -> Path:
         from fusechat.fuse.stage import fuse
 
-        return fuse(pivot_store, aligned, out, method=method)
+        return fuse(pivot_store, aligned, out, method=method, overwrite=True)
 
     return run
 
@@ -114,25 +118,12 @@ def fuser(pivot_store: Path, aligned: list[Path], out: Path, method: str) -> Cal
 def trainer(pivot: str, targets: Path, out: Path, cfg: Train, seed: int, clm_only: bool) -> Callable[[], Path]:
     def run() -> Path:
         from fusechat.train.api import train
+        from fusechat.train.options import trainer_options
 
-        options = dict(
-            num_train_epochs=cfg.epochs,
-            learning_rate=cfg.learning_rate,
-            per_device_train_batch_size=cfg.batch_size,
-            gradient_accumulation_steps=cfg.grad_accum,
-            warmup_ratio=cfg.warmup_ratio,
-            lr_scheduler_type="cosine",
-            seed=seed,
-            logging_steps=1,
-        )
-        if cfg.max_steps:
-            options["max_steps"] = cfg.max_steps
+        options = {**trainer_options(cfg), "lr_scheduler_type": "cosine", "seed": seed, "logging_steps": 1}
         return train(pivot, targets, out, lam=cfg.lam, clm_only=clm_only, **options)
 
     return run
-
-
-WEIGHTED = ("linear", "task_arithmetic", "ties", "dare_ties", "dare_linear")
 
 
 def merge_config(cfg: MergeMethod, base: str | None, checkpoints: list[str]) -> object:
@@ -177,7 +168,12 @@ def evaluator(models: dict[str, object], heldout: Path, out: Path, cfg: Evaluate
         limits = {task: cfg.limit for task in cfg.suite} if cfg.limit else {}
         conversations = heldout if (heldout / "manifest.json").is_file() else None
         evaluate(
-            {k: str(v) for k, v in models.items()}, list(cfg.suite), out, conversations=conversations, limits=limits
+            {k: str(v) for k, v in models.items()},
+            list(cfg.suite),
+            out,
+            overwrite=True,
+            conversations=conversations,
+            limits=limits,
         )
         return out
 

@@ -11,6 +11,7 @@ half-written shard never looks whole.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -24,11 +25,15 @@ from fusechat.errors import FusechatError
 from fusechat.manifest import (
     atomic_path,
     atomic_write_json,
+    file_digest,
+    mark_verified,
     read_manifest,
     remove_temporaries,
     sha256_file,
     write_manifest,
 )
+
+log = logging.getLogger(__name__)
 
 FORMAT = "fusechat.topk-store"
 FORMAT_VERSION = 1
@@ -195,6 +200,7 @@ class ShardWriter:
             "bytes": self.path.stat().st_size,
             "sha256": sha256_file(self.path),
         }
+        mark_verified(self.path, info["sha256"])
         atomic_write_json(self.path.with_suffix(".json"), info)
         return info
 
@@ -207,7 +213,9 @@ class ShardWriter:
 
 
 def shard_done(store_dir: str | os.PathLike, index: int, n_shards: int) -> dict | None:
-    """The sidecar of a finished shard, or None if the shard is missing, partial, or of another size."""
+    """The sidecar of a finished shard, or None if the shard is missing, partial, of another size, or its bytes
+    differ from the sha256 its sidecar recorded (bit rot, a bad copy): a rerun then rebuilds it. Each shard is
+    hashed once per process (cached by size and modification time)."""
     path = Path(store_dir) / shard_name(index, n_shards)
     side = path.with_suffix(".json")
     if not (path.is_file() and side.is_file()):
@@ -218,7 +226,15 @@ def shard_done(store_dir: str | os.PathLike, index: int, n_shards: int) -> dict 
         return None
     if info.get("bytes") != path.stat().st_size:
         return None
+    if file_digest(path) != info.get("sha256"):
+        if path not in _REPORTED:
+            _REPORTED.add(path)
+            log.warning("%s: does not match the checksum in its sidecar (corrupted); rebuilding it", path)
+        return None
     return info
+
+
+_REPORTED: set[Path] = set()
 
 
 def finalize(store_dir: str | os.PathLike, manifest: dict, n_shards: int) -> bool:

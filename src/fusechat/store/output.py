@@ -1,10 +1,10 @@
 """The resumable protocol by which a sharded stage (align, fuse) writes its top-k store.
 
 Every such stage does the same dance around its own per-row work: claim the output directory (refusing one that
-another stage or the user owns), hold its lock, decide whether the output is already up to date (or belongs to
-other inputs and must be cleared), drop what a killed writer left, mark the manifest incomplete, write each
-missing shard under a temporary name, and write the complete manifest only once every shard is in place. Written
-once here, so a stage only says what goes into its rows.
+another stage or the user owns), hold its lock, decide whether the output is already up to date (or was made
+from other inputs: refused unless the user asks to overwrite it), drop what a killed writer left, mark the
+manifest incomplete, write each missing or damaged shard under a temporary name, and write the complete
+manifest only once every shard is in place. Written once here, so a stage only says what goes into its rows.
 """
 
 from __future__ import annotations
@@ -18,7 +18,15 @@ from pathlib import Path
 import pyarrow as pa
 
 from fusechat.errors import FusechatError
-from fusechat.manifest import MANIFEST, locked, prepare_output_dir, read_manifest, remove_temporaries, write_manifest
+from fusechat.manifest import (
+    clear_output,
+    locked,
+    prepare_output_dir,
+    read_manifest,
+    remove_temporaries,
+    settings_check,
+    write_manifest,
+)
 from fusechat.store.format import ShardWriter, finalize, shard_done
 
 log = logging.getLogger(__name__)
@@ -29,7 +37,7 @@ class ShardedOutput:
 
     Use as `with ShardedOutput(...) as output:`; then `output.up_to_date` says whether there is nothing to do,
     `start(manifest)` begins (or resumes) the run, `shard(i)` writes one shard, `finish(manifest)` completes it.
-    `sidecars` are per-shard files the stage keeps beside its shards (cleared with them).
+    `overwrite` replaces an output made with other inputs or settings (refused without it).
     """
 
     def __init__(
@@ -41,10 +49,10 @@ class ShardedOutput:
         k: int,
         command: str,
         extra: pa.Schema | None = None,
-        sidecars: tuple[str, ...] = (),
+        overwrite: bool = False,
     ):
         self.stage, self.fp, self.n_shards, self.k, self.command = stage, fp, n_shards, k, command
-        self.extra, self.sidecars = extra, sidecars
+        self.extra, self.overwrite = extra, overwrite
         self.dir = prepare_output_dir(out, stage)
         self._lock: contextlib.AbstractContextManager | None = None
         self.up_to_date = False
@@ -60,24 +68,21 @@ class ShardedOutput:
         self._lock.__exit__(*exc)
 
     def _check_up_to_date(self) -> bool:
-        """True if the directory holds a complete output of these inputs; if it holds another one, clear its
-        shards (the output of other inputs is replaced, shard by shard)."""
-        if not (self.dir / MANIFEST).is_file():
+        """True if the directory holds a complete output of these inputs. One made with other inputs is refused
+        unless `overwrite` (manifest.settings_check), and then cleared."""
+        state = settings_check(self.dir, self.stage, self.fp, self.overwrite)
+        if state == "replace":
+            log.info("%s: replacing an output made with other inputs or settings", self.dir)
+            clear_output(self.dir)
+        if state != "resume":
             return False
         old = read_manifest(self.dir, stage=self.stage, require_complete=False)
-        if old.get("fingerprint") == self.fp:
-            # A shard deleted after the fact (the recovery for a corrupted one) makes the output resumable again.
-            whole = all(
-                (self.dir / s["file"]).is_file() and (self.dir / s["file"]).stat().st_size == s.get("bytes")
-                for s in old.get("shards") or []
-            )
-            if old.get("complete") and whole:
-                log.info("%s: up to date", self.dir)
-            return bool(old.get("complete")) and whole
-        for f in self.dir.iterdir():
-            if f.name.startswith("shard-") or f.name in self.sidecars:
-                f.unlink()
-        return False
+        # A shard deleted or damaged after the fact (checked against its sidecar's sha256) makes the output
+        # resumable again: the rerun rebuilds that shard only.
+        whole = all(shard_done(self.dir, i, self.n_shards) is not None for i in range(self.n_shards))
+        if old.get("complete") and whole:
+            log.info("%s: up to date", self.dir)
+        return bool(old.get("complete")) and whole
 
     def start(self, manifest: dict) -> None:
         """Begin or resume: drop what a killed writer left (sole writer under the lock), mark incomplete."""

@@ -22,10 +22,20 @@ import torch
 from torch.profiler import record_function
 from tqdm import tqdm
 
-from fusechat import __version__
+from fusechat._version import __version__
 from fusechat.data.conversations import Conversations, supervised_positions
 from fusechat.errors import FusechatError
-from fusechat.manifest import MANIFEST, fingerprint, locked, prepare_output_dir, read_manifest, write_manifest
+from fusechat.manifest import (
+    MANIFEST,
+    clear_output,
+    fingerprint,
+    holds_work,
+    locked,
+    prepare_output_dir,
+    read_manifest,
+    settings_check,
+    write_manifest,
+)
 from fusechat.models.load import load_model, load_tokenizer, resolve_model_dir, tokenizer_fingerprint
 from fusechat.store.format import TopKRecord, finalize, shard_done, shard_name
 from fusechat.teacher.placement import auto_batch_tokens, input_device, load_placed, model_devices
@@ -142,11 +152,13 @@ def teach(
     trust_remote_code: bool = False,
     allow_pickle: bool = False,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> Path:
     """Write (or resume) the top-k store of `model` over `conversations`; return the store's directory.
 
     `device_map` ("auto", or a dict of module names to devices, "cpu" and "disk" included) spreads the model
-    with accelerate over this process's GPUs, the CPU and `offload_folder`; `max_memory` caps each device.
+    with accelerate over this process's GPUs, the CPU and `offload_folder`; `max_memory` caps each device. A store
+    made with other settings (or in another dtype) is refused unless `overwrite` (manifest.settings_check).
     """
     if not 1 <= top_k <= 1024:
         raise FusechatError(f"--top-k {top_k}: must be between 1 and 1024")
@@ -176,7 +188,7 @@ def teach(
     # Recorded, and checked on resume, outside the fingerprint: stores written before it was recorded still resume.
     header["dtype"] = str(torch_dtype).removeprefix("torch.")
     header["head_dtype"] = "float32" if float32_head(model_dir, torch_dtype) else header["dtype"]
-    _check_resumable(out, header)
+    _check_resumable(out, header, overwrite)
     if rank == 0 or not (out / MANIFEST).is_file():
         write_manifest(out, header, complete=False)
     opts = TeachOptions(
@@ -207,22 +219,22 @@ def _vocab_size(model_dir: Path, tokenizer) -> int:
     return int(text.get("vocab_size") or len(tokenizer))
 
 
-def _check_resumable(out: Path, header: dict) -> None:
-    if not (out / MANIFEST).is_file():
-        return
-    old = read_manifest(out, stage=STAGE, require_complete=False)
-    if old.get("fingerprint") != header["fingerprint"]:
-        changed = [k for k in header if k != "fusechat_version" and old.get(k) != header[k]]
-        raise FusechatError(
-            f"{out}: holds a teacher store made with other settings ({', '.join(changed) or 'fingerprint'}); "
-            "choose another --out, or remove it to start over"
-        )
+def _check_resumable(out: Path, header: dict, overwrite: bool) -> None:
+    changed, old = "", {}
+    if (out / MANIFEST).is_file():
+        old = read_manifest(out, stage=STAGE, require_complete=False)
+        changed = ", ".join(k for k in header if k != "fusechat_version" and old.get(k) != header[k])
+    decision = settings_check(out, STAGE, header["fingerprint"], overwrite, what=changed)
     for key in ("dtype", "head_dtype"):  # shards computed in another precision must not be mixed in
-        if old.get(key, header[key]) != header[key]:
-            raise FusechatError(
-                f"{out}: its finished shards were computed in {key} {old[key]}, this run would use {header[key]}; "
-                f"rerun with --dtype {old['dtype']}, or choose another --out"
-            )
+        if decision == "resume" and old.get(key, header[key]) != header[key]:
+            if not (overwrite or not holds_work(out)):
+                raise FusechatError(
+                    f"{out}: its finished shards were computed in {key} {old[key]}, this run would use "
+                    f"{header[key]}; rerun with --dtype {old['dtype']}, pass --overwrite, or choose another --out"
+                )
+            decision = "replace"
+    if decision == "replace":
+        clear_output(out)
 
 
 def _run_shards(

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from fusechat.errors import FusechatError
+from fusechat.flags import validate
 from fusechat.manifest import (
     atomic_write_bytes,
     file_entries,
@@ -32,20 +33,22 @@ from fusechat.manifest import (
     write_manifest,
 )
 from fusechat.train.card import model_card
+from fusechat.train.options import TrainCommandOptions, trainer_defaults, trainer_field_names
 from fusechat.verify import weight_files
 
 STAGE = "train"
 CHECKPOINTS = "checkpoints"
 TARGET_STAGES = ("fuse",)
 CLM_STAGES = ("fuse", "teach")
-# Defaults from the paper (Wan et al. 2024, training details; docs/training.md); every one can be overridden.
+# The declared options' defaults (train/options.py: the paper's where it gives one); every one can be overridden.
 PAPER_DEFAULTS: dict[str, Any] = {
-    "learning_rate": 5e-6,
-    "num_train_epochs": 3,
-    "lr_scheduler_type": "cosine",
-    "warmup_steps": 0.03,
-    "weight_decay": 0.0,
+    **trainer_defaults(),
     "ddp_find_unused_parameters": False,  # the loss uses every parameter; the extra graph walk is waste
+}
+# Optional engines a TrainingArguments field switches on: field -> (module, install line).
+ENGINES = {
+    "deepspeed": ("deepspeed", "pip install deepspeed"),
+    "use_liger_kernel": ("liger_kernel", "pip install liger-kernel"),
 }
 # Options that change how a run is watched or stored, not what it computes (left out of the fingerprint).
 NOT_FINGERPRINTED = {"logging_steps", "report_to", "save_steps", "save_total_limit", "save_strategy"}
@@ -69,19 +72,22 @@ class Settings:
     lora_alpha: float | None = None
 
     def check(self) -> None:
-        if not 0.0 <= self.lam <= 1.0:
-            raise FusechatError(f"--lambda must be between 0 and 1, got {self.lam}")
-        if self.temperature <= 0 or (self.tail and self.temperature != 1.0):
-            raise FusechatError(f"--temperature must be > 0, and 1 with --tail-bucket (got {self.temperature})")
-        if self.max_length is not None and self.max_length < 2:
-            raise FusechatError(f"--max-length must be at least 2, got {self.max_length}")
+        """The declared rules (train/options.py), for a call from Python as for the command line."""
+        values = {
+            "lam": self.lam,
+            "temperature": self.temperature,
+            "tail_bucket": self.tail,
+            "chunk_size": self.chunk_size,
+            "lora_rank": self.lora_rank,
+            "lora_alpha": self.lora_alpha,
+        }
+        if self.max_length is not None:  # None (no truncation) is the Python API's alone
+            values["max_length"] = self.max_length
+        validate(TrainCommandOptions, values)
         if self.pack and self.max_length is None:
             raise FusechatError("--pack needs --max-length (the length of a packed row)")
-        if self.lora_rank is not None:
-            if self.lora_rank < 1:
-                raise FusechatError(f"--lora-rank must be a positive integer, got {self.lora_rank}")
-            if importlib.util.find_spec("peft") is None:
-                raise FusechatError("--lora-rank needs peft: pip install 'fusechat[lora]' (peft==0.21.2)")
+        if self.lora_rank is not None and importlib.util.find_spec("peft") is None:
+            raise FusechatError("--lora-rank needs peft: pip install 'fusechat[lora]' (peft==0.21.2)")
 
 
 def _open_targets(targets: str | os.PathLike, clm_only: bool, pivot_fp: str) -> Any:
@@ -115,6 +121,8 @@ def _training_args(out: Path, options: dict[str, Any]) -> Any:
     import torch
     from transformers import TrainingArguments
 
+    owners = trainer_field_names()  # the fields our options own are checked by their declared rules
+    validate(TrainCommandOptions, {owners[k]: v for k, v in options.items() if k in owners and v is not None})
     fixed = {"output_dir", "remove_unused_columns", "label_names"}
     clash = fixed & set(options)
     if clash:
@@ -146,6 +154,9 @@ def _training_args(out: Path, options: dict[str, Any]) -> Any:
     unknown = sorted(set(opts) - {f.name for f in dataclasses.fields(TrainingArguments)})
     if unknown:
         raise FusechatError(f"unknown trainer options {unknown}; see transformers.TrainingArguments")
+    for key, (module, install) in ENGINES.items():
+        if opts.get(key) and importlib.util.find_spec(module) is None:
+            raise FusechatError(f"{key} needs {module}, which is not installed: {install}")
     try:
         return TrainingArguments(**opts)
     except (ValueError, TypeError) as e:
@@ -219,6 +230,7 @@ def train(
     keep_checkpoints: bool = False,
     lora_rank: int | None = None,
     lora_alpha: float | None = None,
+    save_dtype: str = "auto",
     callbacks: list | None = None,
     trust_remote_code: bool = False,
     allow_pickle: bool = False,
@@ -233,12 +245,15 @@ def train(
     `bf16="auto"` (the default) uses bf16 where CUDA supports it. An interrupted run resumes from its newest
     checkpoint when rerun with the same arguments; a finished one is not redone. `lora_rank` trains LoRA
     adapters (peft, on every linear layer but the head; alpha defaults to 2 x rank) and merges them into full
-    weights at the end. Returns `out`.
+    weights at the end. `save_dtype` is the dtype of the saved weights: "auto" (the pivot's, from its config or
+    weights; training itself runs in fp32, or the Trainer's mixed precision), "float32", "bfloat16" or
+    "float16". Returns `out`.
     """
     from transformers import AutoConfig
 
     from fusechat.models.load import check_model_dir, load_tokenizer, resolve_model_dir, tokenizer_fingerprint
     from fusechat.train.data import TargetsDataset
+    from fusechat.train.save import SAVE_DTYPES, pivot_dtype
 
     settings = Settings(
         lam,
@@ -253,6 +268,8 @@ def train(
         lora_alpha,
     )
     settings.check()
+    if save_dtype not in SAVE_DTYPES:
+        raise FusechatError(f"--save-dtype must be one of {', '.join(SAVE_DTYPES)}, not {save_dtype!r}")
     out = Path(out)
     pivot_dir = resolve_model_dir(pivot)
     check_model_dir(pivot_dir, allow_pickle)
@@ -260,7 +277,15 @@ def train(
     pivot_fp = tokenizer_fingerprint(tokenizer)
     store = _open_targets(targets, clm_only, pivot_fp)
     dataset = TargetsDataset(store, max_length=max_length, with_targets=not clm_only)
-    vocab = AutoConfig.from_pretrained(pivot_dir, trust_remote_code=trust_remote_code).get_text_config().vocab_size
+    try:
+        config = AutoConfig.from_pretrained(pivot_dir, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:  # remote code not trusted, or an unreadable config: as teach says it
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        hint = (
+            "" if trust_remote_code or "custom code" not in first else "; --trust-remote-code runs it, if you trust it"
+        )
+        raise FusechatError(f"{pivot_dir}: cannot load the model's config ({first}){hint}") from None
+    vocab = config.get_text_config().vocab_size
     top = dataset.max_target_id()
     if top >= vocab:
         raise FusechatError(f"{targets}: token id {top} is beyond the pivot's vocabulary ({vocab}); wrong pivot?")
@@ -279,6 +304,7 @@ def train(
         "max_length": max_length,
         "pack": pack,
         "lora": None if lora_rank is None else {"rank": lora_rank, "alpha": lora_alpha or 2 * lora_rank},
+        "save_dtype": pivot_dtype(pivot_dir) if save_dtype == "auto" else save_dtype,
         "trainer_options": dict(sorted(trainer_options.items())),
     }
     fp_inputs = dict(manifest)
@@ -379,8 +405,11 @@ class _Run:
 
     def _finish(self, staging: Path, trainer: Any, result: Any) -> None:
         """Move the saved model into place, write the model card, drop checkpoints, mark complete."""
+        from fusechat.train.save import cast_checkpoint
+
         out, args, store = self.out, self.args, self.dataset.store
         (staging / "training_args.bin").unlink(missing_ok=True)  # a pickle; the manifest holds the options
+        cast_checkpoint(staging, self.manifest["save_dtype"])
         for f in staging.iterdir():
             os.replace(f, out / f.name)
         staging.rmdir()

@@ -1,4 +1,9 @@
-"""`fusechat train`: the command line of the training stage (arguments only; the work is `api.train`)."""
+"""`fusechat train`: the command line of the training stage (arguments only; the work is `api.train`).
+
+The flags come from `train/options.py`. Any other `transformers.TrainingArguments` field is accepted the way
+HF and TRL users type it (`--lr_scheduler_kwargs '{...}'`, `--per_device_train_batch_size 4`), typed by
+transformers' own HfArgumentParser, or as `--trainer-arg KEY=VALUE` (value read as YAML).
+"""
 
 from __future__ import annotations
 
@@ -8,24 +13,14 @@ from typing import Any
 import yaml
 
 from fusechat.errors import FusechatError
+from fusechat.flags import HelpFormatter, add_flags, given, validate
+from fusechat.train.options import TrainCommandOptions, trainer_field_names, trainer_options
 
-# Common Trainer options with their own flags: flag -> (TrainingArguments field, type, help).
-OPTIONS: dict[str, tuple[str, type, str]] = {
-    "--epochs": ("num_train_epochs", float, "epochs (default 3, the paper's)"),
-    "--max-steps": ("max_steps", int, "stop after this many optimiser steps (overrides --epochs)"),
-    "--lr": ("learning_rate", float, "peak learning rate (default 5e-6, the paper's)"),
-    "--scheduler": ("lr_scheduler_type", str, "learning-rate schedule (default cosine)"),
-    "--warmup": ("warmup_steps", float, "warm-up: steps, or a fraction of all steps if < 1 (default 0.03)"),
-    "--weight-decay": ("weight_decay", float, "AdamW weight decay (default 0)"),
-    "--batch-size": ("per_device_train_batch_size", int, "conversations per process per step (default 8)"),
-    "--grad-accum": ("gradient_accumulation_steps", int, "gradient accumulation steps (default 1)"),
-    "--max-grad-norm": ("max_grad_norm", float, "gradient clipping norm (default 1.0)"),
-    "--seed": ("seed", int, "random seed of the Trainer (data order, dropout; default 42)"),
-    "--save-steps": ("save_steps", float, "checkpoint every N steps (default 500)"),
-    "--save-total-limit": ("save_total_limit", int, "keep at most N checkpoints"),
-    "--logging-steps": ("logging_steps", float, "log every N steps"),
-    "--report-to": ("report_to", str, "tensorboard / wandb / none (default: tensorboard if installed)"),
-}
+EXAMPLE = """example:
+  fusechat train --pivot smollm2-135m-instruct --targets run/fuse/pair-qwen --out run/train/pair-qwen \\
+      --epochs 3 --lr 5e-6 --batch-size 8 --grad-accum 16
+  torchrun --nproc_per_node 8 -m fusechat train ... --per_device_train_batch_size 4 --gradient_accumulation_steps 4
+"""
 
 
 def _trainer_arg(text: str) -> tuple[str, Any]:
@@ -44,28 +39,15 @@ def register(subparsers: Any) -> None:
         "train",
         help="fine-tune the pivot on fused training targets (or CLM only)",
         description="Fine-tune the pivot with lambda*CLM + (1-lambda)*fusion loss into a Hugging Face "
-        "checkpoint. Runs under torchrun / accelerate launch for several processes.",
+        "checkpoint. Runs under torchrun / accelerate launch for several processes. Any other "
+        "transformers.TrainingArguments field is accepted as --field_name VALUE.",
+        epilog=EXAMPLE,
+        formatter_class=HelpFormatter,
     )
-    add = p.add_argument
-    add("--pivot", required=True, help="pivot model: a Hugging Face directory or an installed name")
-    add("--targets", required=True, help="training targets directory (output of `fusechat fuse`)")
-    add("--out", required=True, help="output checkpoint directory")
-    add("--lambda", dest="lam", type=float, default=0.9, help="weight of the CLM term (default 0.9)")
-    add("--clm-only", action="store_true", help="train the CLM-only baseline on the same data")
-    add("--trust-remote-code", action="store_true", help="run the pivot repository's own code")
-    add("--allow-pickle", action="store_true", help="accept pickled .bin pivot weights (runs their code)")
-    add("--temperature", type=float, default=1.0, help="temperature of the fusion term (default 1)")
-    add("--tail-bucket", action="store_true", help="keep the targets' tail mass as one extra bucket")
-    add("--max-length", type=int, default=2048, help="truncate conversations to N tokens (2048)")
-    add("--pack", action="store_true", help="pack several conversations per row of --max-length")
-    add("--chunk-size", type=int, help="supervised positions per chunk of logits (default: auto)")
-    add("--gradient-checkpointing", action="store_true", help="recompute activations in backward")
-    add("--bf16", choices=("auto", "on", "off"), default="auto", help="bf16 mixed precision (auto: on GPUs)")
-    add("--lora-rank", type=int, help="train LoRA adapters of this rank (needs peft), merged at the end")
-    add("--lora-alpha", type=float, help="LoRA alpha (default 2 x rank)")
-    add("--keep-checkpoints", action="store_true", help="keep the Trainer checkpoints at the end")
-    for flag, (_, typ, text) in OPTIONS.items():
-        p.add_argument(flag, type=typ, help=text)
+    p.add_argument("--pivot", required=True, help="pivot model: a Hugging Face directory or an installed name")
+    p.add_argument("--targets", required=True, help="training targets directory (output of `fusechat fuse`)")
+    p.add_argument("--out", required=True, help="output checkpoint directory")
+    add_flags(p, TrainCommandOptions, bool_values=True)
     p.add_argument(
         "--trainer-arg",
         type=_trainer_arg,
@@ -74,40 +56,72 @@ def register(subparsers: Any) -> None:
         metavar="KEY=VALUE",
         help="any other transformers.TrainingArguments field, e.g. fsdp='full_shard auto_wrap' (repeatable)",
     )
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, extra_args=_trainer_flags)
+
+
+def _trainer_flags(extra: list[str]) -> dict[str, Any]:
+    """TrainingArguments fields typed as `--field_name VALUE`, parsed by transformers' own HfArgumentParser."""
+    from transformers import HfArgumentParser, TrainingArguments
+
+    parser = HfArgumentParser(TrainingArguments, add_help=False)
+    for action in parser._actions:  # only what was typed: the defaults are fusechat's, not the dataclass's
+        action.default = argparse.SUPPRESS
+
+    def refuse(message: str) -> None:
+        raise FusechatError(f"{message} (a transformers.TrainingArguments flag)")
+
+    parser.error = refuse  # type: ignore[method-assign]
+    values, unknown = parser.parse_known_args(extra)
+    if unknown:
+        raise FusechatError(
+            f"unrecognized arguments: {' '.join(unknown)}; "
+            "see `fusechat train --help` or transformers.TrainingArguments"
+        )
+    return vars(values)
+
+
+def options_from(args: argparse.Namespace) -> tuple[TrainCommandOptions, dict[str, Any]]:
+    """The validated options and the TrainingArguments to pass: flags, HF-style flags and --trainer-arg KEY=VALUE
+    together, each value given once, fusechat's own options checked by their declared rules."""
+    mine = given(TrainCommandOptions, args)
+    extra: dict[str, Any] = {}
+    owners = trainer_field_names()
+    typed = [(f"--{k}", k, v) for k, v in getattr(args, "trainer_flags", {}).items()]
+    for flag, key, value in [*typed, *((f"--trainer-arg {k}", k, v) for k, v in args.trainer_arg)]:
+        name = owners.get(key)
+        if (name or key) in mine or key in extra:
+            raise FusechatError(f"{flag} repeats an option already given")
+        if name is not None:
+            mine[name] = value  # checked below by the option's own rule
+        else:
+            extra[key] = value
+    opts = validate(TrainCommandOptions, mine)
+    options = {**trainer_options(opts, only_given=True), **extra}
+    options["bf16"] = {"auto": "auto", "on": True, "off": False}[opts.bf16]
+    return opts, options
 
 
 def run(args: argparse.Namespace) -> int:
     from fusechat.train.api import train
 
-    options: dict[str, Any] = {}
-    for flag, (field, _, _) in OPTIONS.items():
-        value = getattr(args, flag.lstrip("-").replace("-", "_"))
-        if value is not None:
-            options[field] = value
-    for key, value in args.trainer_arg:
-        if key in options:
-            raise FusechatError(f"--trainer-arg {key} repeats an option given by its own flag")
-        options[key] = value
-    if args.gradient_checkpointing:
-        options["gradient_checkpointing"] = True
-    options["bf16"] = {"auto": "auto", "on": True, "off": False}[args.bf16]
+    opts, options = options_from(args)
     out = train(
         args.pivot,
         args.targets,
         args.out,
-        lam=args.lam,
-        clm_only=args.clm_only,
-        temperature=args.temperature,
-        tail=args.tail_bucket,
-        max_length=args.max_length,
-        pack=args.pack,
-        chunk_size=args.chunk_size,
-        keep_checkpoints=args.keep_checkpoints,
-        lora_rank=args.lora_rank,
-        lora_alpha=args.lora_alpha,
-        trust_remote_code=args.trust_remote_code,
-        allow_pickle=args.allow_pickle,
+        lam=opts.lam,
+        clm_only=opts.clm_only,
+        temperature=opts.temperature,
+        tail=opts.tail_bucket,
+        max_length=opts.max_length,
+        pack=opts.pack,
+        chunk_size=opts.chunk_size,
+        keep_checkpoints=opts.keep_checkpoints,
+        lora_rank=opts.lora_rank,
+        lora_alpha=opts.lora_alpha,
+        save_dtype=opts.save_dtype,
+        trust_remote_code=opts.trust_remote_code,
+        allow_pickle=opts.allow_pickle,
         **options,
     )
     print(out)

@@ -2,7 +2,7 @@
 
 The torch functions of `merge/methods/` are the reference: short, readable, checked against mergekit. They
 make several whole passes per tensor (fp32 copies of every input, task vectors, masks, sign election), which
-made the merges CPU-bound at 4-5x the disk floor. The kernels here fuse each method into a few parallel
+made the merges CPU-bound, several times slower than the disk. The kernels here fuse each method into a few parallel
 sweeps over the raw (bf16) inputs. `run.merge_tensor` is the entry point; nothing here is imported until a
 merge runs, so importing fusechat never imports numba.
 """

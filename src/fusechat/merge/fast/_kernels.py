@@ -238,7 +238,7 @@ def sce_energies(base, xs, mode, thr, cut, sums):  # pragma: no cover - compiled
             _fill_variance(buf, var, base, xs, t0, t1, nf)
             _select_tile(buf, var, n, t0, t1 - t0, mode, thr, cut)
             m = t1 - t0
-            for i in range(n):  # four float64 accumulators: one serial chain of adds ran 4x slower
+            for i in range(n):  # four float64 accumulators: one serial chain of adds is latency-bound
                 s0, s1, s2, s3 = 0.0, 0.0, 0.0, 0.0
                 for r in range(0, m - 3, 4):
                     v0, v1 = np.float64(buf[i, r]), np.float64(buf[i, r + 1])

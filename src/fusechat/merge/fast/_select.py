@@ -8,12 +8,12 @@ them have all-zero low bits (bf16 is float32's top 16 bits), so unless the rank 
 entries with low bits, the k-th largest is the bucket's lowest value (its bits are bucket << 16) and the
 pass-one counts say how many equal it in each chunk. Otherwise pass two counts the low 16 bits of the entries
 in that bucket, which gives the exact threshold T, how many entries are above it, and how many equal it in
-each chunk. Skipping pass two took a 500M-parameter TIES merge's selection from two passes to one here.
+each chunk.
 Ties at T are kept first in memory order: entries equal to T are kept before a cut index, found by scanning
 the one chunk where the count of kept ties runs out, so the output pass decides each entry on its own. The
 passes run over fixed chunks in parallel and recompute the task vector δ = x − base from the inputs (cheaper
 than storing it), so selection costs one or two reads of the inputs and no tensor-sized buffer. Same rule as
-`methods/select.py`, which the tests hold these passes equal to.
+`methods/select.py` (plain torch), which the tests hold these passes equal to.
 """
 
 from __future__ import annotations
@@ -59,8 +59,8 @@ def magnitude_high(base, xs, active, want_sums, hist, abs_sums):  # pragma: no c
     abs_sums[c, i] = Σ |δᵢ| (float64), only when `want_sums` (a float64 sum is a serial chain of adds: it
     would double this pass's time).
 
-    The keys of a tile are computed first (vectorised), then counted: 20-35% faster than one fused loop
-    here, whose scalar histogram updates kept the subtraction from vectorising."""
+    The keys of a tile are computed first (vectorised), then counted: in one fused loop the scalar histogram
+    updates kept the subtraction from vectorising."""
     size = base.size
     for c in prange(hist.shape[0]):
         keys = np.empty(TILE, dtype=np.uint32)

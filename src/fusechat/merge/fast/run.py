@@ -7,15 +7,16 @@ low-precision arithmetic), and the engine then runs the torch function of `metho
 same values: the tests hold every kernel equal to its torch function, bit for bit on float32 and bf16 data.
 
 The kernels run on numba's `workqueue` threads unless NUMBA_THREADING_LAYER says otherwise: with the OpenMP
-layer (numba's default when libgomp is present) a TIES merge took 23.9 s instead of 9.5 s on this shared
-2-core machine, its idle threads spinning against torch's and the reader's and writer's.
+layer (numba's default when libgomp is present) idle threads spin against torch's and the reader's and
+writer's, which made a TIES merge more than twice as slow on a 2-core machine (docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -24,23 +25,24 @@ from fusechat.merge.dtypes import convert, to_float32
 from fusechat.merge.fast import _kernels as K
 from fusechat.merge.fast import _select as S
 from fusechat.merge.fast import _simple
+
+if TYPE_CHECKING:
+    from fusechat.merge.registry import MethodSpec
+from fusechat.merge.job import TensorJob
 from fusechat.merge.methods.rules import (
     RESCALE_EPS,
     UNIFORM_BELOW,
     Granularity,
+    Sparsify,
     Variation,
     keep_limit,
+    linear_weights,
     tensor_key,
     weights_from_variations,
 )
 
-_GTA = {  # method: (sparsify, sign election)
-    "task_arithmetic": (K.SPARSE_NONE, False),
-    "ties": (K.SPARSE_MAGNITUDE, True),
-    "dare_linear": (K.SPARSE_RANDOM, False),
-    "dare_ties": (K.SPARSE_RANDOM, True),
-}
-METHODS = frozenset({*_GTA, "sce", "linear", "slerp", "varm"})
+_SPARSIFY = {Sparsify.NONE: K.SPARSE_NONE, Sparsify.MAGNITUDE: K.SPARSE_MAGNITUDE, Sparsify.RANDOM: K.SPARSE_RANDOM}
+Output = Callable[[], np.ndarray]  # makes the flat output buffer, once a driver knows it covers the tensor
 
 
 def configure_threads() -> None:
@@ -66,78 +68,89 @@ def _arrays(arrays: Sequence[np.ndarray], codes: Sequence[str], input_code: str 
 
 
 def merge_tensor(
-    method: str,
-    name: str,
-    base: np.ndarray | None,
-    inputs: list[np.ndarray],
-    codes: Sequence[str],
-    shared: dict[str, Any],
-    per_model: list[dict[str, Any]],
-    seed: int,
+    spec: MethodSpec,
+    job: TensorJob,
     input_code: str | None,
     out_code: str,
-    group_weights: list[float] | None = None,
     alloc: Callable[[int], np.ndarray] | None = None,
 ) -> tuple[np.ndarray, list[float] | None] | None:
     """The merged array (out_code, the inputs' shape) and VaRM's weights, or None to use the torch path.
 
-    `codes`: the dtype codes of base (when given) and inputs, in that order. `alloc(nbytes)` gives the
+    `job` holds the arrays as read, `job.codes` their dtype codes (base first). `alloc(nbytes)` gives the
     output's uint8 buffer for bf16 and float32 outputs (a new one by default).
     """
-    if method not in METHODS or out_code not in ("BF16", "F32", "F16"):
+    driver = spec.kernel_function()
+    if driver is None or out_code not in ("BF16", "F32", "F16"):
         return None
-    if method == "varm" and Granularity(shared["granularity"]) is Granularity.ELEMENT:
-        return None
-    arrays = _arrays(([base] if base is not None else []) + inputs, codes, input_code)
+    arrays = _arrays(([job.base] if job.base is not None else []) + list(job.inputs), job.codes, input_code)
     if arrays is None:
         return None
-    shape = inputs[0].shape
+    shape = job.inputs[0].shape
     kernel_code = "BF16" if out_code == "BF16" else "F32"
-    numel = arrays[0].size
-    if alloc is not None and kernel_code == out_code:
-        out = dtypes.view(alloc(numel * dtypes.itemsize(kernel_code)), kernel_code, shape)
-    else:
-        out = np.empty(shape, dtype=dtypes.NUMPY[kernel_code])
-    flat_out = out.reshape(-1)
-    weights = None
-    if method in _GTA:
-        _gta(method, name, arrays[0], tuple(arrays[1:]), shared, per_model, seed, flat_out)
-    elif method == "sce":
-        _sce(arrays[0], tuple(arrays[1:]), shared["select_topk"], flat_out)
-    elif method == "linear":
-        w = [p["weight"] for p in per_model]
-        if shared["normalize"] and abs(sum(w)) < 1e-12:
-            raise ValueError(f"{name}: the weights sum to 0, cannot normalise; set normalize: false")
-        _simple.weighted_sum(tuple(arrays), w, float(sum(w)) if shared["normalize"] else None, flat_out)
-    elif method == "slerp":
-        _simple.slerp(arrays[0], arrays[1], shared["t"], flat_out)
-    else:
-        weights = group_weights
-        if weights is None:
-            measure = Variation(shared["variation"])
-            weights = weights_from_variations(_simple.variation_sums(arrays[0], tuple(arrays[1:]), measure))
-        _simple.weighted_sum(tuple(arrays[1:]), weights, None, flat_out)
-    return (out if kernel_code == out_code else dtypes.convert(out, kernel_code, out_code)), weights
+    made: list[np.ndarray] = []
+
+    def output() -> np.ndarray:
+        numel = arrays[0].size
+        if alloc is not None and kernel_code == out_code:
+            out = dtypes.view(alloc(numel * dtypes.itemsize(kernel_code)), kernel_code, shape)
+        else:
+            out = np.empty(shape, dtype=dtypes.NUMPY[kernel_code])
+        made.append(out)
+        return out.reshape(-1)
+
+    covered = driver(job, arrays, output, **spec.options)
+    if covered is None:
+        return None
+    out = made[0]
+    return (out if kernel_code == out_code else dtypes.convert(out, kernel_code, out_code)), covered[1]
 
 
-def warm_up(
-    method: str,
-    name: str,
-    with_base: bool,
-    codes: Sequence[str],
-    shared: dict[str, Any],
-    per_model: list[dict[str, Any]],
-    input_code: str | None,
-    out_code: str,
-) -> None:
-    """Load the kernels a tensor of these dtypes and parameters runs (from numba's cache, else compiled) by
-    merging a 64-entry stand-in of it. The engine calls this on a thread of its own while the first tensors
-    are read: loading them took 0.15-0.2 s of a merge's start here, the disk idle meanwhile. A failure is
-    left for the real tensor to raise."""
-    arrays = [np.zeros(64, dtype=dtypes.NUMPY[c]) for c in codes]
-    base = arrays.pop(0) if with_base else None
+# The drivers the registry names as kernels: each returns (True, VaRM's weights or None) once it has written
+# `output()`, or None when its kernels do not cover this tensor (the torch function runs instead).
+
+
+def linear(job: TensorJob, arrays: list[np.ndarray], output: Output) -> tuple[bool, None]:
+    w = linear_weights(job)
+    _simple.weighted_sum(tuple(arrays), w, float(sum(w)) if job.shared["normalize"] else None, output())
+    return True, None
+
+
+def slerp(job: TensorJob, arrays: list[np.ndarray], output: Output) -> tuple[bool, None]:
+    _simple.slerp(arrays[0], arrays[1], job.shared["t"], output())
+    return True, None
+
+
+def varm(job: TensorJob, arrays: list[np.ndarray], output: Output) -> tuple[bool, list[float]] | None:
+    if Granularity(job.shared["granularity"]) is Granularity.ELEMENT:
+        return None
+    weights = job.group_weights
+    if weights is None:
+        measure = Variation(job.shared["variation"])
+        weights = weights_from_variations(_simple.variation_sums(arrays[0], tuple(arrays[1:]), measure))
+    _simple.weighted_sum(tuple(arrays[1:]), weights, None, output())
+    return True, weights
+
+
+def sce(job: TensorJob, arrays: list[np.ndarray], output: Output) -> tuple[bool, None]:
+    _sce(arrays[0], tuple(arrays[1:]), job.shared["select_topk"], output())
+    return True, None
+
+
+def gta(
+    job: TensorJob, arrays: list[np.ndarray], output: Output, sparsify: Sparsify, sign_election: bool
+) -> tuple[bool, None]:
+    _gta(_SPARSIFY[sparsify], sign_election, job, arrays[0], tuple(arrays[1:]), output())
+    return True, None
+
+
+def warm_up(spec: MethodSpec, job: TensorJob, input_code: str | None, out_code: str) -> None:
+    """Load the kernels a tensor like `job` (its dtypes and parameters) runs, from numba's cache or compiled, by
+    merging a 64-entry stand-in of it. The engine calls this on a thread of its own while the first tensors are
+    read, so the disk works while the kernels load. A failure is left for the real tensor to raise."""
+    arrays = [np.zeros(64, dtype=dtypes.NUMPY[c]) for c in job.codes]
+    base = arrays.pop(0) if job.base is not None else None
     try:
-        merge_tensor(method, name, base, arrays, codes, shared, per_model, 0, input_code, out_code)
+        merge_tensor(spec, dataclasses.replace(job, base=base, inputs=arrays, seed=0), input_code, out_code)
     except Exception:  # noqa: BLE001 - the real tensor raises it, with the engine's context
         pass
 
@@ -150,8 +163,8 @@ def variation_sums(
     return None if arrays is None else _simple.variation_sums(arrays[0], tuple(arrays[1:]), measure)
 
 
-def _gta(method, name, base, xs, shared, per_model, seed, out) -> None:
-    sparsify, elect = _GTA[method]
+def _gta(sparsify: int, elect: bool, job: TensorJob, base, xs, out) -> None:
+    name, shared, per_model, seed = job.name, job.shared, job.per_model, job.seed
     n, size = len(xs), base.size
     chunks = S.n_chunks(size)
     weights = [float(p["weight"]) for p in per_model]

@@ -10,6 +10,7 @@ import hashlib
 import math
 from collections.abc import Sequence
 from enum import StrEnum
+from typing import Any
 
 RESCALE_EPS = 1e-7  # a norm below this skips DARE/TIES's rescale (mergekit's tolerance)
 UNIFORM_BELOW = 1e-6  # SCE: Σ mean(τ²) below this gives equal weights (mergekit's tolerance)
@@ -45,6 +46,14 @@ def tensor_key(seed: int, tensor_name: str, model_index: int) -> tuple[int, int]
 def keep_limit(density: float) -> int:
     """An entry is kept when its 32-bit draw is below this: probability `density` (to 2⁻³²)."""
     return min(1 << 32, int(density * 4294967296.0))
+
+
+def linear_weights(job: Any) -> list[float]:
+    """A linear merge's per-model weights; a zero sum cannot be normalised (both paths refuse it alike)."""
+    weights = [p["weight"] for p in job.per_model]
+    if job.shared["normalize"] and abs(sum(weights)) < 1e-12:
+        raise ValueError(f"{job.name}: the weights sum to 0, cannot normalise; set normalize: false")
+    return weights
 
 
 def weights_from_variations(variations: Sequence[float]) -> list[float]:

@@ -1,10 +1,9 @@
-"""Exact top-k masks in linear time, because sorting is what makes TIES and SCE slow.
+"""Exact top-k masks for TIES and SCE on the torch path, ties at the threshold broken by position.
 
-mergekit keeps the k largest magnitudes by sorting the whole tensor (O(n log n)); `torch.kthvalue` is O(n) but
-measured about 37 ns an element here. A two-level radix select on the float bits does the same job in a few
-passes: the high 16 bits of a non-negative float32 order it, so one `bincount` finds the bucket holding the
-k-th largest value and only that bucket is searched. Ties at the threshold are broken by position (first in
-memory order), so the mask always keeps exactly k elements and is deterministic.
+The mask always keeps exactly k elements: those above the k-th largest value, then those equal to it first in
+memory order, so it is deterministic. This is the reference the compiled selection (`fast/_select.py`, a radix
+select over the float bits) is tested equal to, so it finds the threshold the plain way, with `torch.kthvalue`
+(linear time, no sort); it runs only where the kernels do not (float64 data, `--mergekit-arithmetic`).
 """
 
 from __future__ import annotations
@@ -15,35 +14,19 @@ from fusechat.merge.methods.blocks import blocks
 
 
 def kth_largest(values: torch.Tensor, k: int, signed: bool = False) -> tuple[float, int, int]:
-    """The k-th largest of float32 magnitudes |values| (1-D), with how many are above and equal to it.
+    """The k-th largest of the magnitudes |values| (1-D float32), with how many are above and equal to it.
 
-    values: (n,) float32, NaN-free, all >= 0 unless `signed` (then their absolute values are ranked without
-    building |values|: the sign bit is masked off in the integer view). 1 <= k <= n.
+    values: (n,) NaN-free, all >= 0 unless `signed` (then their absolute values are ranked). 1 <= k <= n.
     Returns (threshold, number strictly greater, number equal to it).
     """
     n = values.numel()
     if not 1 <= k <= n:
         raise ValueError(f"k={k} outside [1, {n}]")
-    counts = torch.zeros(1 << 15, dtype=torch.int64)
-    for s in blocks(n):  # histogram of the top 16 bits (sign masked off): buckets ordered like |values|
-        counts += torch.bincount(_high_bits(values[s], signed), minlength=1 << 15)
-    above = counts.flip(0).cumsum(0).flip(0)  # above[b] = number of values in buckets >= b
-    bucket = int(torch.nonzero(above >= k).max())
-    n_above_bucket = int(above[bucket + 1]) if bucket + 1 < above.numel() else 0
-    candidates = torch.cat([values[s][_high_bits(values[s], signed) == bucket] for s in blocks(n)])
-    if signed:
-        candidates.abs_()
-    rank = k - n_above_bucket  # rank of the threshold among the candidates, from the top
-    threshold = torch.kthvalue(candidates, candidates.numel() - rank + 1).values
-    n_greater = n_above_bucket + int(torch.count_nonzero(candidates > threshold))
-    n_equal = int(torch.count_nonzero(candidates == threshold))
+    magnitudes = values.abs() if signed else values
+    threshold = torch.kthvalue(magnitudes, n - k + 1).values
+    n_greater = int(torch.count_nonzero(magnitudes > threshold))
+    n_equal = int(torch.count_nonzero(magnitudes == threshold))
     return float(threshold), n_greater, n_equal
-
-
-def _high_bits(block: torch.Tensor, signed: bool) -> torch.Tensor:
-    bits = block.view(torch.int32)
-    high = bits.bitwise_and(0x7FFFFFFF) if signed else bits.clone()
-    return high.bitwise_right_shift_(16)
 
 
 def topk_mask(scores: torch.Tensor, k: int, by_magnitude: bool = False) -> torch.Tensor:

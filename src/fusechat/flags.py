@@ -1,0 +1,158 @@
+"""Stage options declared once: pydantic models whose fields become command-line flags and recipe keys.
+
+A stage's tunable options are the fields of one model (in `<stage>/options.py`): type, default, bounds and help
+text in one place. The recipe's section for the stage is that model (or a subclass of it), and the stage's
+command builds its flags from the same fields and validates what the user typed with the same model, so
+`--batch-size 0` is refused by the rule, and with the words, that refuse `train: {batch_size: 0}` in a recipe.
+"""
+
+from __future__ import annotations
+
+import argparse
+import types
+import typing
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from fusechat.errors import FusechatError
+
+
+class Options(BaseModel):
+    """Base of every stage's options: unknown keys refused, values frozen once validated."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, allow_inf_nan=False)
+
+
+def option(default: Any, help: str, *, flags: tuple[str, ...] = (), trainer: str | None = None, **rules: Any) -> Any:
+    """A field of an options model: its default, help text and bounds (pydantic's `ge`, `gt`, ...).
+
+    `flags` are extra spellings of its command-line flag (`--lr` beside `--learning-rate`); `trainer` names the
+    `transformers.TrainingArguments` field it sets, for the training stage.
+    """
+    extra = {k: v for k, v in (("flags", list(flags)), ("trainer", trainer)) if v}
+    return Field(default, description=help, json_schema_extra=extra or None, **rules)
+
+
+def _extra(field: Any) -> dict:
+    return field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+
+
+def flag_names(name: str, field: Any) -> list[str]:
+    """The flags of one field: `--dashed-name` first, the `--underscore_name` that HF users type, then aliases."""
+    key = field.alias or name
+    names = [f"--{key.replace('_', '-')}", f"--{key}", *_extra(field).get("flags", [])]
+    return list(dict.fromkeys(names))
+
+
+def _choices(annotation: Any) -> tuple | None:
+    """The values of a Literal (possibly Optional) annotation, else None."""
+    if typing.get_origin(annotation) is Literal:
+        return typing.get_args(annotation)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        for arg in typing.get_args(annotation):
+            if typing.get_origin(arg) is Literal:
+                return typing.get_args(arg)
+    return None
+
+
+def default_text(field: Any) -> str:
+    if field.is_required():
+        return "required"
+    default = field.get_default(call_default_factory=True)
+    if default is None:
+        return "none"
+    if isinstance(default, bool):
+        return "off" if not default else "on"
+    if isinstance(default, float):  # 5e-06 -> 5e-6, 5e+09 -> 5e9: as a user would type them
+        return f"{default:g}".replace("e+0", "e").replace("e+", "e").replace("e-0", "e-")
+    return str(default)
+
+
+def add_flags(
+    parser: argparse.ArgumentParser, model: type[BaseModel], *, skip: tuple[str, ...] = (), bool_values: bool = False
+) -> None:
+    """Add one flag per field of `model` (but `skip`); defaults stay in the model (parsed values are strings).
+
+    The `--underscore_name` spelling (as HF and TRL users type flags) is accepted too, left out of the help.
+    With `bool_values` a switch also takes an optional value (`--gradient_checkpointing true`, as
+    HfArgumentParser allows); only for a command without positional arguments, which the value could swallow.
+    """
+    for name, field in model.model_fields.items():
+        if name in skip:
+            continue
+        kwargs: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS}
+        help_text = field.description or ""
+        if field.annotation is bool and bool_values:
+            kwargs.update(nargs="?", const=True, metavar="BOOL")
+        elif field.annotation is bool:
+            kwargs.update(action="store_const", const=True)
+        else:
+            choices = _choices(field.annotation)
+            if choices:
+                kwargs["choices"] = choices
+            help_text = f"{help_text} (default {default_text(field)})"
+            kwargs["metavar"] = "{" + ",".join(map(str, choices)) + "}" if choices else (field.alias or name).upper()
+        flags = flag_names(name, field)
+        shown = [f for f in flags if "_" not in f]
+        parser.add_argument(*shown, help=help_text.replace("%", "%%"), **kwargs)
+        hidden = [f for f in flags if "_" in f]
+        if hidden:
+            parser.add_argument(*hidden, help=argparse.SUPPRESS, **kwargs)
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """argparse's formatter, except that an epilog of examples keeps its lines as written."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if text.startswith("example"):
+            return text
+        return super()._fill_text(text, width, indent)
+
+
+def given(model: type[BaseModel], args: argparse.Namespace) -> dict[str, Any]:
+    """The fields of `model` the user gave on the command line (absent ones keep the model's default)."""
+    return {name: getattr(args, name) for name in model.model_fields if hasattr(args, name)}
+
+
+def validate(model: type[BaseModel], values: dict[str, Any], where: str = "") -> Any:
+    """`model` from field values, or a FusechatError naming the first bad flag, its value and the rule."""
+    try:
+        return model.model_validate(values)
+    except ValidationError as e:
+        err = e.errors()[0]
+        name = str(err["loc"][0]) if err["loc"] else ""
+        field = model.model_fields.get(name) or next((f for f in model.model_fields.values() if f.alias == name), None)
+        spellings = [flag_names(name, field)[0], *_extra(field).get("flags", [])] if field is not None else [name]
+        flag = "/".join(spellings)
+        value = f" {values[name]}" if name in values else ""
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        more = f" (and {e.error_count() - 1} more)" if e.error_count() > 1 else ""
+        what = f"{flag}{value}: " if flag else ""
+        raise FusechatError(f"{where}{what}{msg[:1].lower()}{msg[1:]}{more}") from None
+
+
+def from_args(model: type[BaseModel], args: argparse.Namespace) -> Any:
+    """Validate the flags of `model` that were given; the rest take the model's defaults."""
+    return validate(model, given(model, args))
+
+
+def docs_table(model: type[BaseModel], *, recipe: bool = False) -> str:
+    """A Markdown table of the model's options (flag or recipe key, default, meaning), as docs/ shows them."""
+    head = "| key | default | meaning |" if recipe else "| flag | default | meaning |"
+    rows = [head, "|---|---|---|"]
+    for name, field in model.model_fields.items():
+        flags = [flag_names(name, field)[0], *_extra(field).get("flags", [])]
+        key = f"`{field.alias or name}`" if recipe else ", ".join(f"`{f}`" for f in flags)
+        choices = _choices(field.annotation)
+        meaning = (field.description or "") + (f" ({' / '.join(map(str, choices))})" if choices else "")
+        rows.append(f"| {key} | {default_text(field)} | {meaning} |")
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":  # python -m fusechat.flags fusechat.train.options:TrainCommandOptions [--recipe]
+    import importlib
+    import sys
+
+    module, _, name = sys.argv[1].partition(":")
+    print(docs_table(getattr(importlib.import_module(module), name), recipe="--recipe" in sys.argv), end="")
