@@ -6,8 +6,12 @@
 - Speed: tokens/s of the whole teacher pass (tokenize, score, write) over a bare `model(input_ids)` forward on
   the same length-sorted batches, alternated so load on the machine hits both alike.
 - Memory: peak RSS of a pass at batch 4 x 512 in a fresh process, against the bare forward (full logits).
+- bf16 fidelity (`--fidelity-n N`): a bf16 pass against a float32 pass of the same model over N conversations
+  (top-k id agreement, largest and mean log-prob difference rank by rank), with the head's product in float32
+  (what `fusechat teach` does) and, for comparison, in bf16 (what a bf16 forward alone would give).
 
 Usage: python benchmarks/bench_teach.py [--model smollm2-135m-instruct] [--n 40] [--memory-model gemma-3-270m]
+       [--no-memory] [--fidelity-n 3]
 """
 
 from __future__ import annotations
@@ -57,7 +61,7 @@ def bare_forward_seconds(model, batches) -> tuple[float, int]:
     tokens, t0 = 0, time.perf_counter()
     with torch.inference_mode():
         for ids, mask in batches:
-            model(input_ids=ids, attention_mask=mask)
+            model(input_ids=ids, attention_mask=mask, use_cache=False)
             tokens += int(mask.sum())
     return time.perf_counter() - t0, tokens
 
@@ -113,6 +117,41 @@ def speed_and_accuracy(model_name: str, conv: Path, work: Path, rounds: int) -> 
     }
 
 
+def bf16_fidelity(model_name: str, conv: Path, work: Path) -> dict:
+    """A bf16 pass against a float32 one, rank by rank; the bf16-head variant switches the float32 copy off."""
+    from unittest import mock
+
+    from fusechat.store.format import TopKStore
+    from fusechat.teacher.teach import teach
+
+    def compare(a: TopKStore, b: TopKStore) -> dict:
+        same, diff, gold = [], [], []
+        for x, y in zip(a, b, strict=True):
+            same.append(x.topk_ids == y.topk_ids)
+            diff.append(np.abs(x.topk_logprobs.astype(np.float32) - y.topk_logprobs.astype(np.float32)).ravel())
+            gold.append(np.abs(x.gold_logprob.astype(np.float32) - y.gold_logprob.astype(np.float32)))
+        d, g = np.concatenate(diff), np.concatenate(gold)
+        top1 = np.concatenate([s[:, 0] for s in same])
+        return {
+            "topk_id_agreement": float(np.concatenate([s.ravel() for s in same]).mean()),
+            "top1_id_agreement": float(top1.mean()),
+            "max_abs_logprob_diff": float(d.max()),
+            "mean_abs_logprob_diff": float(d.mean()),
+            "max_abs_gold_logprob_diff": float(g.max()),
+            "mean_abs_gold_logprob_diff": float(g.mean()),
+        }
+
+    ref = TopKStore(teach(model_name, conv, work / "fp32", top_k=10, dtype="float32", progress=False))
+    bf16 = TopKStore(teach(model_name, conv, work / "bf16", top_k=10, dtype="bfloat16", progress=False))
+    with mock.patch("fusechat.teacher.teach.float32_head", lambda *a: False):
+        plain = TopKStore(teach(model_name, conv, work / "bf16-head", top_k=10, dtype="bfloat16", progress=False))
+    return {
+        "positions": ref.manifest["counts"]["supervised_positions"],
+        "bf16_forward_float32_head": compare(ref, bf16) | {"head_dtype": bf16.manifest["head_dtype"]},
+        "bf16_forward_bf16_head": compare(ref, plain) | {"head_dtype": plain.manifest["head_dtype"]},
+    }
+
+
 def peak_rss_child(code: str) -> float:
     """Peak RSS (GiB) of a fresh Python process running `code`."""
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -144,12 +183,23 @@ def main() -> None:
     ap.add_argument("--memory-model", default="gemma-3-270m")
     ap.add_argument("--n", type=int, default=40, help="ShareGPT conversations")
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory comparison")
+    ap.add_argument("--fidelity-n", type=int, default=0, help="conversations for the bf16 comparison (0: skip)")
     args = ap.parse_args()
     torch.set_num_threads(2)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        conv = prepared(args.model, args.n, 1024, work)
-        result = speed_and_accuracy(args.model, conv, work, args.rounds)
+        result = (
+            speed_and_accuracy(args.model, prepared(args.model, args.n, 1024, work), work, args.rounds)
+            if args.n
+            else {}
+        )
+        if args.fidelity_n:
+            fid_conv = prepared(args.model, args.fidelity_n, 512, work)
+            result["bf16_vs_float32"] = bf16_fidelity(args.model, fid_conv, work / "fidelity")
+        if args.no_memory:
+            print(json.dumps(result, indent=2))
+            return
         mem_conv = prepared(args.model, 8, 512, work)
         result["memory_model"] = args.memory_model
         result["peak_rss_gib_teacher_pass_4x512"] = peak_rss_child(

@@ -44,7 +44,9 @@ def _direct(model_dir, text):
 def test_store_equals_direct_forward(setup, which):
     root, llama, gpt2, conv_dir = setup
     model_dir = llama if which == "llama" else gpt2
-    store_dir = teach(str(model_dir), conv_dir, root / f"store-{which}", top_k=5, batch_tokens=300, progress=False)
+    store_dir = teach(
+        str(model_dir), conv_dir, root / f"store-{which}", top_k=5, batch_tokens=300, dtype="float32", progress=False
+    )
     store = TopKStore(store_dir, stage="teach")
     conv = Conversations(conv_dir)
     assert len(store) == len(conv) and store.manifest["complete"] is True

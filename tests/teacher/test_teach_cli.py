@@ -53,3 +53,26 @@ def test_torchrun_ranks_split_shards_and_match_one_process(tmp_path):
     assert two.returncode == 0, two.stderr
     a, b = TopKStore(tmp_path / "one"), TopKStore(tmp_path / "two")
     assert [s["sha256"] for s in a.manifest["shards"]] == [s["sha256"] for s in b.manifest["shards"]]
+
+
+def test_torchrun_ranks_split_shards_with_a_placed_model(tmp_path):
+    """--device-map under torchrun: each process places its own copy (here capped at 20 kB of CPU memory, the
+    rest offloaded to its own folder), and the shards are still split between the processes."""
+    tok = byte_bpe_tokenizer()
+    model = save_llama(tmp_path / "m", tok, tie=False)
+    conv = write_conversations(tmp_path / "conv", sample_chats(6), tok)
+    common = ["--model", str(model), "--conversations", str(conv), "--shard-rows", "2", "--no-progress"]
+    one = fusechat("teach", *common, "--dtype", "float32", "--out", str(tmp_path / "one"))
+    assert one.returncode == 0, one.stderr
+    env = dict(os.environ, PYTHONPATH=SRC)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "fusechat", "teach"]
+    placed = ["--device-map", "auto", "--max-memory", "cpu=20000", "--offload-folder", str(tmp_path / "off")]
+    two = subprocess.run(
+        [*cmd, *common, *placed, "--out", str(tmp_path / "two")], capture_output=True, text=True, env=env
+    )
+    assert two.returncode == 0, two.stderr
+    assert "'disk'" in two.stderr  # the placement logged by each rank
+    a, b = TopKStore(tmp_path / "one"), TopKStore(tmp_path / "two")
+    assert [s["sha256"] for s in a.manifest["shards"]] == [s["sha256"] for s in b.manifest["shards"]]
+    bad = fusechat("teach", *common, "--max-memory", "cpu=1GiB", "--out", str(tmp_path / "bad"))
+    assert bad.returncode == 2 and "go with --device-map" in bad.stderr

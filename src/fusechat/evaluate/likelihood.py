@@ -83,7 +83,7 @@ def span_logprobs(
             ids[b, : len(e.input_ids)] = torch.from_numpy(e.input_ids.astype(np.int64))
             mask[b, : len(e.input_ids)] = 1
         positions = [torch.from_numpy(e.positions.astype(np.int64)) for e in batch]
-        gold = score_batch(backbone, head, ids.to(device), mask.to(device), positions, k=1).gold_logprob
+        gold = score_batch(backbone, head, ids.to(device), mask.to(device), positions, k=1).wait().gold_logprob
         start = 0
         for e in batch:
             p = len(e.positions)

@@ -123,7 +123,11 @@ class ShardWriter:
             remove_temporaries(self.store_dir, name)
         self._ctx = atomic_path(self.path)
         self._tmp = self._ctx.__enter__()
-        self._writer = pq.ParquetWriter(self._tmp, self.schema, **PARQUET_OPTIONS)
+        try:
+            self._writer = pq.ParquetWriter(self._tmp, self.schema, **PARQUET_OPTIONS)
+        except BaseException as e:  # a full disk can refuse the file's first bytes: leave no temporary behind
+            self._ctx.__exit__(type(e), e, e.__traceback__)
+            raise
         self._rows: list[TopKRecord] = []
         self.rows = self.positions = self.tokens = 0
 

@@ -16,3 +16,8 @@ class TeachCommandOptions(TeachOptions):
     """`fusechat teach`'s options beyond the recipe's."""
 
     shard_rows: int = option(256, "conversations per shard (the unit a rerun resumes by)", ge=1)
+    # The command sizes its batches from a GPU's free memory unless told; a recipe keeps its fixed default, which
+    # its run plan's settings (and so its resume) are keyed on.
+    batch_tokens: int | None = option(
+        None, "batch size x longest length of a scoring batch (none: from a GPU's free memory, 4096 on a CPU)", ge=16
+    )

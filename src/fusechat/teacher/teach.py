@@ -12,11 +12,14 @@ import logging
 import math
 import os
 import sys
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch.profiler import record_function
 from tqdm import tqdm
 
 from fusechat._version import __version__
@@ -26,6 +29,7 @@ from fusechat.manifest import (
     MANIFEST,
     clear_output,
     fingerprint,
+    holds_work,
     locked,
     prepare_output_dir,
     read_manifest,
@@ -33,8 +37,10 @@ from fusechat.manifest import (
     write_manifest,
 )
 from fusechat.models.load import load_model, load_tokenizer, resolve_model_dir, tokenizer_fingerprint
-from fusechat.store.format import ShardWriter, TopKRecord, finalize, shard_done, shard_name
-from fusechat.teacher.scoring import check_head, model_parts, score_batch
+from fusechat.store.format import TopKRecord, finalize, shard_done, shard_name
+from fusechat.teacher.placement import auto_batch_tokens, input_device, load_placed, model_devices
+from fusechat.teacher.scoring import check_head, float32_head, model_parts, score_batch
+from fusechat.teacher.writer import BackgroundWriter, ShardJob
 
 STAGE = "teach"
 log = logging.getLogger(__name__)
@@ -117,10 +123,13 @@ class TeachOptions:
 
     top_k: int = 10
     shard_rows: int = 256
-    batch_tokens: int = 4096
-    max_batch: int = 32
+    batch_tokens: int | None = None  # None: from the GPU's free memory, or CPU_BATCH_TOKENS on a CPU
+    max_batch: int | None = None  # None: 32, or more when a GPU's budget is large
     dtype: str = "auto"
     device: str | None = None
+    device_map: str | dict | None = None  # accelerate's placement for a teacher larger than one GPU
+    max_memory: dict | None = None
+    offload_folder: str | os.PathLike | None = None
     trust_remote_code: bool = False
     allow_pickle: bool = False
     progress: bool = True
@@ -133,10 +142,13 @@ def teach(
     top_k: int = 10,
     shard: str | None = None,
     shard_rows: int = 256,
-    batch_tokens: int = 4096,
-    max_batch: int = 32,
+    batch_tokens: int | None = None,
+    max_batch: int | None = None,
     dtype: str = "auto",
     device: str | None = None,
+    device_map: str | dict | None = None,
+    max_memory: dict | None = None,
+    offload_folder: str | os.PathLike | None = None,
     trust_remote_code: bool = False,
     allow_pickle: bool = False,
     progress: bool = True,
@@ -144,16 +156,22 @@ def teach(
 ) -> Path:
     """Write (or resume) the top-k store of `model` over `conversations`; return the store's directory.
 
-    A store made with other settings is refused unless `overwrite` (manifest.settings_check)."""
+    `device_map` ("auto", or a dict of module names to devices, "cpu" and "disk" included) spreads the model
+    with accelerate over this process's GPUs, the CPU and `offload_folder`; `max_memory` caps each device. A store
+    made with other settings (or in another dtype) is refused unless `overwrite` (manifest.settings_check).
+    """
     if not 1 <= top_k <= 1024:
         raise FusechatError(f"--top-k {top_k}: must be between 1 and 1024")
-    if shard_rows < 1 or batch_tokens < 1:
+    if shard_rows < 1 or (batch_tokens is not None and batch_tokens < 1):
         raise FusechatError("--shard-rows and --batch-tokens must be positive")
+    if device_map is not None and device is not None:
+        raise FusechatError("--device and --device-map exclude each other: --device-map places the model itself")
     conv = Conversations(conversations)
     model_dir = resolve_model_dir(model)
     tokenizer = load_tokenizer(model_dir, trust_remote_code=trust_remote_code)
     rank, world = parse_shard(shard)
     n_shards = max(1, math.ceil(len(conv) / shard_rows))
+    torch_dtype = pick_dtype(dtype, pick_device(device))
     out = prepare_output_dir(out, STAGE)
     header = {
         "stage": STAGE,
@@ -167,12 +185,16 @@ def teach(
         "shard_rows": shard_rows,
     }
     header["fingerprint"] = fingerprint({k: v for k, v in header.items() if k not in ("fusechat_version",)})
+    # Recorded, and checked on resume, outside the fingerprint: stores written before it was recorded still resume.
+    header["dtype"] = str(torch_dtype).removeprefix("torch.")
+    header["head_dtype"] = "float32" if float32_head(model_dir, torch_dtype) else header["dtype"]
     _check_resumable(out, header, overwrite)
     if rank == 0 or not (out / MANIFEST).is_file():
         write_manifest(out, header, complete=False)
     opts = TeachOptions(
-        top_k, shard_rows, batch_tokens, max_batch, dtype, device, trust_remote_code, allow_pickle, progress
-    )
+        top_k, shard_rows, batch_tokens, max_batch, dtype, device, device_map, max_memory, offload_folder,
+        trust_remote_code, allow_pickle, progress,
+    )  # fmt: skip
     # One lock per shard set: a second run started on the same store with the same split refuses at once, while
     # the ranks of one torchrun job (different shard sets) work side by side. Each shard is locked as well.
     with locked(out, name=f".teach-{rank}-of-{world}.lock"):
@@ -198,11 +220,20 @@ def _vocab_size(model_dir: Path, tokenizer) -> int:
 
 
 def _check_resumable(out: Path, header: dict, overwrite: bool) -> None:
-    changed = ""
+    changed, old = "", {}
     if (out / MANIFEST).is_file():
         old = read_manifest(out, stage=STAGE, require_complete=False)
         changed = ", ".join(k for k in header if k != "fusechat_version" and old.get(k) != header[k])
-    if settings_check(out, STAGE, header["fingerprint"], overwrite, what=changed) == "replace":
+    decision = settings_check(out, STAGE, header["fingerprint"], overwrite, what=changed)
+    for key in ("dtype", "head_dtype"):  # shards computed in another precision must not be mixed in
+        if decision == "resume" and old.get(key, header[key]) != header[key]:
+            if not (overwrite or not holds_work(out)):
+                raise FusechatError(
+                    f"{out}: its finished shards were computed in {key} {old[key]}, this run would use "
+                    f"{header[key]}; rerun with --dtype {old['dtype']}, pass --overwrite, or choose another --out"
+                )
+            decision = "replace"
+    if decision == "replace":
         clear_output(out)
 
 
@@ -216,89 +247,110 @@ def _run_shards(
     n_shards: int,
     opts: TeachOptions,
 ) -> None:
-    device = pick_device(opts.device)
-    dtype = pick_dtype(opts.dtype, device)
-    lm = load_model(
-        model_dir,
-        dtype=dtype,
-        device=device,
-        trust_remote_code=opts.trust_remote_code,
-        allow_pickle=opts.allow_pickle,
-    ).eval()
-    backbone, head = model_parts(lm)
+    dtype = getattr(torch, header["dtype"])
+    if opts.device_map is not None:
+        lm = load_placed(
+            model_dir, dtype, opts.device_map, opts.max_memory, opts.offload_folder,
+            trust_remote_code=opts.trust_remote_code, allow_pickle=opts.allow_pickle,
+        ).eval()  # fmt: skip
+        device = input_device(lm)
+        devices = model_devices(lm, device)
+        log.info("teach: placed by accelerate: %s", getattr(lm, "hf_device_map", None))
+    else:
+        device = pick_device(opts.device)
+        lm = load_model(
+            model_dir,
+            dtype=dtype,
+            device=device,
+            trust_remote_code=opts.trust_remote_code,
+            allow_pickle=opts.allow_pickle,
+        ).eval()
+        devices = [device]
+    backbone, head = model_parts(lm, float32_head=header["head_dtype"] == "float32")
+    budget = opts.batch_tokens or auto_batch_tokens(lm, dtype, devices)
+    max_batch = opts.max_batch or max(32, budget // 512)
+    log.info("teach: batches of up to %d tokens (%d sequences) on %s", budget, max_batch, ", ".join(map(str, devices)))
     rows = opts.shard_rows
-    total = sum(
-        sum(
-            len(x)
-            for x in tokenizer([conv.texts[j] for j in range(i * rows, min(len(conv), (i + 1) * rows))])["input_ids"]
-        )
-        for i in mine
-    )
     bar = tqdm(
-        total=total,
-        unit="tok",
-        unit_scale=True,
+        total=sum(min(len(conv), (i + 1) * rows) - i * rows for i in mine),
+        unit="conv",
         desc=f"teach {Path(str(header['model'])).name}",
         disable=not opts.progress,
         mininterval=1.0 if sys.stderr.isatty() else 30.0,
         dynamic_ncols=True,
     )
-    checked = False
-    for i in mine:
+
+    def tokenize(i: int) -> list[Encoded]:
         lo, hi = i * rows, min(len(conv), (i + 1) * rows)
-        with locked(out, name=f".{shard_name(i, n_shards)}.lock"):
-            if shard_done(out, i, n_shards) is not None:
-                continue
-            items = encode(tokenizer, conv.texts[lo:hi], conv.spans, first=lo) if hi > lo else []
-            if not checked and items:
-                check_head(
-                    lm,
-                    backbone,
-                    head,
-                    torch.as_tensor(items[0].input_ids[None].astype(np.int64), device=device),
-                )
-                checked = True
-            records = _score_items(items, backbone, head, device, opts, bar)
-            writer = ShardWriter(out, i, n_shards, opts.top_k)
-            try:
-                for item in items:
-                    writer.write(_record(conv, item, records[item.index], opts.top_k))
-                writer.close()
-            except BaseException:
-                writer.abort()
-                raise
-    bar.close()
+        with record_function("teach.tokenize"):
+            return encode(tokenizer, conv.texts[lo:hi], conv.spans, first=lo) if hi > lo else []
 
-
-def _score_items(items: list[Encoded], backbone, head, device, opts: TeachOptions, bar) -> dict:
-    results = {}
-    pad = 0
-    for batch in make_batches(items, opts.batch_tokens, opts.max_batch):
-        length = max(len(e.input_ids) for e in batch)
-        ids = torch.full((len(batch), length), pad, dtype=torch.long)
-        mask = torch.zeros((len(batch), length), dtype=torch.long)
-        for b, e in enumerate(batch):
-            ids[b, : len(e.input_ids)] = torch.from_numpy(e.input_ids.astype(np.int64))
-            mask[b, : len(e.input_ids)] = 1
-        scores = score_batch(
-            backbone,
-            head,
-            ids.to(device),
-            mask.to(device),
-            [torch.from_numpy(e.positions.astype(np.int64)) for e in batch],
-            opts.top_k,
-        )
-        s = 0
+    def assemble(batch: list[Encoded], scores) -> list[tuple[int, TopKRecord]]:
+        out, s = [], 0
         for e in batch:
             p = len(e.positions)
-            results[e.index] = (
-                scores.topk_ids[s : s + p],
-                scores.topk_logprobs[s : s + p],
-                scores.gold_logprob[s : s + p],
-            )
+            cut = (scores.topk_ids[s : s + p], scores.topk_logprobs[s : s + p], scores.gold_logprob[s : s + p])
+            out.append((e.index, _record(conv, e, cut, opts.top_k)))
             s += p
-        bar.update(int(mask.sum()))
-    return results
+        return out
+
+    # The next shard is tokenized on one thread and the last one's rows written on another while this thread
+    # keeps the device busy; shard locks are held here until the writer reports the shard on disk.
+    writer = BackgroundWriter(out, n_shards, opts.top_k, assemble)
+    held: dict[int, ExitStack] = {}
+    checked = False
+    with ThreadPoolExecutor(1, thread_name_prefix="fusechat-teach-tokenize") as pool:
+        try:
+            ahead = pool.submit(tokenize, mine[0])
+            for n, i in enumerate(mine):
+                items = ahead.result()
+                if n + 1 < len(mine):
+                    ahead = pool.submit(tokenize, mine[n + 1])
+                for j in writer.written():
+                    held.pop(j).close()
+                lock = ExitStack()
+                lock.enter_context(locked(out, name=f".{shard_name(i, n_shards)}.lock"))
+                if shard_done(out, i, n_shards) is not None:
+                    lock.close()
+                    continue
+                held[i] = lock
+                if not checked and items:
+                    ids = torch.as_tensor(items[0].input_ids[None].astype(np.int64), device=device)
+                    check_head(lm, backbone, head, ids)
+                    checked = True
+                job = ShardJob(i, [e.index for e in items])
+                for batch in make_batches(items, budget, max_batch):
+                    writer.put(("batch", job, batch, _score(batch, backbone, head, device, opts.top_k)))
+                    bar.update(len(batch))
+                writer.put(("end", job))
+            writer.close()
+        except BaseException:
+            writer.cancel()
+            raise
+        finally:
+            for lock in held.values():
+                lock.close()
+            bar.close()
+
+
+def _score(batch: list[Encoded], backbone, head, device, k: int):
+    """Queue one batch's forward and top-k; the scores may still be on their way to the host."""
+    with record_function("teach.batch"):
+        length = max(len(e.input_ids) for e in batch)
+        ids = np.zeros((len(batch), length), dtype=np.int64)
+        mask = np.zeros((len(batch), length), dtype=np.int64)
+        for b, e in enumerate(batch):
+            ids[b, : len(e.input_ids)] = e.input_ids
+            mask[b, : len(e.input_ids)] = 1
+        ids_t, mask_t = _to_device(torch.from_numpy(ids), device), _to_device(torch.from_numpy(mask), device)
+        positions = [torch.from_numpy(e.positions.astype(np.int64)) for e in batch]
+    return score_batch(backbone, head, ids_t, mask_t, positions, k)
+
+
+def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
 
 
 def _record(conv: Conversations, item: Encoded, scored, k: int) -> TopKRecord:
