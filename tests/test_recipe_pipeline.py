@@ -47,6 +47,7 @@ BASE = {
         ({"train": {"lamda": 0.5}}, "train.lamda"),
         ({"sources": [{"name": "a", "model": "m"}, {"name": "a", "model": "n"}]}, "sources"),
         ({"data": {"train": [{"kind": "file"}]}}, "data.train[0]"),
+        ({"data": {"train": [{"kind": "humaneval", "offset": 90, "limit": 20}]}}, "data.train[0]"),
         ({"merge": {"methods": [{"method": "average"}]}}, "merge.methods[0].method"),
         ({"teach": {"top_k": 0}}, "teach.top_k"),
         ({"workdir": 3}, "workdir"),

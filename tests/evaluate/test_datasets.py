@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
+
+from fusechat.errors import FusechatError
 from fusechat.evaluate import datasets
 from fusechat.evaluate.numbers import extract_number
 
@@ -52,3 +55,16 @@ def test_math_chats_as_jsonl(tmp_path):
     chats = datasets.gsm_symbolic_chats(2)
     path = datasets.write_chats_jsonl(chats, tmp_path / "gsm.jsonl")
     assert [json.loads(line)["messages"] for line in path.read_text().splitlines()] == chats
+
+
+def test_humaneval_split_keeps_code_bpb_items_out_of_training():
+    train, heldout = datasets.humaneval_problems("train"), datasets.humaneval_problems("heldout")
+    assert len(train) == datasets.HUMANEVAL_TRAIN and len(train) + len(heldout) == 164
+    assert heldout[0].id == f"HumanEval/{datasets.HUMANEVAL_TRAIN}"
+    chats = datasets.humaneval_chats(datasets.HUMANEVAL_TRAIN)
+    prompts = {c[0]["content"] for c in chats}
+    assert not prompts & {p.messages()[0]["content"] for p in heldout}
+    reply = chats[0][1]["content"]
+    assert reply.startswith("```python\n") and train[0].solution in reply and reply.endswith("```")
+    with pytest.raises(FusechatError, match="held-out"):
+        datasets.humaneval_chats(5, offset=98)

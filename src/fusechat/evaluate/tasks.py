@@ -202,6 +202,42 @@ def _run_solution_bpb(loaded: Loaded, problems, opts: EvalOptions) -> TaskResult
     return TaskResult("bits_per_byte", value, se, len(problems), extra, items)
 
 
+def _run_code_bpb(loaded: Loaded, problems, opts: EvalOptions) -> TaskResult:
+    """Bits per byte of HumanEval reference bodies, inside the reply to the function to complete.
+
+    The reply is the training chats' (`CodeProblem.messages`): the function in a code block, prompt included;
+    only the reference body is scored, so repeating the given signature and docstring earns nothing.
+    """
+    from fusechat.evaluate.prompts import render
+
+    texts, spans = [], []
+    for p in problems:
+        user, reply = p.messages()
+        text = render(loaded.tokenizer, [user]) + reply["content"]
+        start = len(text) - len(reply["content"]) + reply["content"].index(p.solution, len(p.prompt))
+        texts.append(text)
+        spans.append(np.array([[start, start + len(p.solution)]], dtype=np.int64))
+    scores = span_logprobs(
+        loaded.backbone,
+        loaded.head,
+        loaded.tokenizer,
+        texts,
+        spans,
+        loaded.max_tokens,
+        opts.batch_tokens,
+        opts.max_batch,
+        loaded.device,
+        desc=f"code_bpb {loaded.name}",
+        progress=opts.progress,
+    )
+    nll = np.array([-s.logprob for s in scores])
+    nbytes = np.array([s.n_bytes for s in scores])
+    value, se = bits_per_byte(nll, nbytes)
+    items = [{"id": p.id, "nll_nats": float(nll[i]), "n_bytes": int(nbytes[i])} for i, p in enumerate(problems)]
+    extra = {"n_bytes": int(nbytes.sum()), "prompt_format": prompt_format(loaded.tokenizer)}
+    return TaskResult("bits_per_byte", value, se, len(problems), extra, items)
+
+
 # ---------------------------------------------------------------- MT-Bench
 def _run_mtbench(loaded: Loaded, questions, opts: EvalOptions) -> TaskResult:
     from fusechat.evaluate.mtbench import answer_questions
@@ -239,6 +275,18 @@ TASKS: dict[str, Task] = {
             lambda problems: [(p.id, p.question, p.solution) for p in problems],
             _run_solution_bpb,
             lambda opts: {"prompt": MATH_INSTRUCTION, "v": PROMPT_VERSION},
+        ),
+        Task(
+            "code_bpb",
+            "bits per byte of held-out HumanEval reference solutions (HumanEval/100-163) after the function to "
+            "complete (lower is better)",
+            "bits_per_byte",
+            False,
+            64,
+            lambda opts, limit: datasets.spread(datasets.humaneval_problems("heldout"), limit),
+            lambda problems: [(p.id, p.prompt, p.solution) for p in problems],
+            _run_code_bpb,
+            lambda opts: {"prompt": datasets.CODE_INSTRUCTION, "v": PROMPT_VERSION},
         ),
         _math_task(
             "asdiv", "ASDiv exact match, greedy, zero-shot", lambda opts, limit: datasets.asdiv_problems(limit), 200

@@ -19,6 +19,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from fusechat.align.options import AlignOptions
 from fusechat.data.options import PrepareOptions
 from fusechat.errors import FusechatError, yaml_error
+from fusechat.evaluate.datasets import HUMANEVAL_TRAIN
 from fusechat.flags import Options
 from fusechat.fuse.options import FuseOptions
 from fusechat.teacher.options import TeachOptions
@@ -37,9 +38,10 @@ class Source(_Strict):
 
 
 class DataSource(_Strict):
-    """One input of the corpus: a chat file, the bundled ShareGPT sample, or generated GSM-Symbolic chats."""
+    """One input of the corpus: a chat file, the bundled ShareGPT sample, generated GSM-Symbolic chats, or
+    HumanEval/0-99 as code chats (HumanEval/100-163 are code_bpb's held-out items and cannot be trained on)."""
 
-    kind: Literal["file", "sharegpt", "gsm_symbolic"]
+    kind: Literal["file", "sharegpt", "gsm_symbolic", "humaneval"]
     path: str | None = Field(None, description="for kind=file: JSON, JSONL or Parquet chats")
     limit: int | None = Field(None, ge=1, description="records to take")
     offset: int = Field(0, ge=0, description="records to skip first (keeps held-out data disjoint)")
@@ -49,6 +51,11 @@ class DataSource(_Strict):
     def _path_for_files(self) -> DataSource:
         if (self.kind == "file") != (self.path is not None):
             raise ValueError("give `path` exactly when kind is 'file'")
+        if self.kind == "humaneval" and self.offset + (self.limit or 0) > HUMANEVAL_TRAIN:
+            raise ValueError(
+                f"humaneval: only HumanEval/0-{HUMANEVAL_TRAIN - 1} may be trained on (the rest are code_bpb's "
+                "held-out items); lower limit/offset"
+            )
         return self
 
 
@@ -106,7 +113,7 @@ class Merge(_Strict):
         return methods
 
 
-Task = Literal["bpb", "gsm", "gsm_bpb", "asdiv", "hhh", "boolq", "csqa", "mtbench"]
+Task = Literal["bpb", "gsm", "gsm_bpb", "code_bpb", "asdiv", "hhh", "boolq", "csqa", "mtbench"]
 
 
 class Evaluate(_Strict):

@@ -48,6 +48,13 @@ def data_source(spec: DataSource, base: Path, work: Path) -> object:
         inner = open_source(str((base / spec.path).resolve()))
     elif spec.kind == "sharegpt":
         inner = open_source("sharegpt")
+    elif spec.kind == "humaneval":
+        from fusechat.evaluate.datasets import HUMANEVAL_TRAIN, humaneval_chats, write_chats_jsonl
+
+        path = work / "humaneval-train.jsonl"
+        if not path.is_file():
+            write_chats_jsonl(humaneval_chats(HUMANEVAL_TRAIN), path)
+        inner = open_source(str(path))
     else:
         from fusechat.evaluate.datasets import gsm_symbolic_chats, write_chats_jsonl
 
