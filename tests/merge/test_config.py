@@ -114,3 +114,17 @@ def test_fusechat_sce_config_loads():
         }
     )
     assert [m.model for m in c.merged_models()] == ["A", "B"] and c.dtype == "bfloat16"
+
+
+def test_a_tokenizer_source_without_a_tokenizer_is_refused_before_any_work(family, tmp_path):
+    """Found by trying to break it: a folder holding no tokenizer gave a merged model without one (exit 0)."""
+    from fusechat.merge import merge, simple_config
+
+    base, a, b = family
+    empty = tmp_path / "no-tokenizer"
+    empty.mkdir()
+    cfg = simple_config("linear", None, [str(a), str(b)], weights=[1, 1])
+    cfg = cfg.model_copy(update={"tokenizer_source": str(empty)})
+    with pytest.raises(FusechatError, match="tokenizer_source: .* holds no tokenizer"):
+        merge(cfg, tmp_path / "out")
+    assert not (tmp_path / "out").exists()

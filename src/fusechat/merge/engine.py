@@ -177,9 +177,15 @@ def _tokenizer_dir(cfg: MergeConfig, plan: MergePlan) -> Path:
             "tokenizer_source: 'union' (building a merged vocabulary) is not supported; "
             "merge models that share one tokenizer and use 'base'"
         )
-    from fusechat.models.load import resolve_model_dir
+    from fusechat.models.load import TOKENIZER_FILES, resolve_model_dir
 
-    return resolve_model_dir(src)
+    path = resolve_model_dir(src)
+    if not any((path / f).is_file() for f in TOKENIZER_FILES):  # else the merged model ships with no tokenizer
+        raise FusechatError(
+            f"tokenizer_source: {path} holds no tokenizer ({', '.join(TOKENIZER_FILES)}); point it at a model "
+            "directory with its tokenizer, or use 'base'"
+        )
+    return path
 
 
 class _Settings:

@@ -32,12 +32,12 @@ from fusechat.manifest import (
     write_manifest,
 )
 from fusechat.train.card import model_card
+from fusechat.train.checkpoints import CHECKPOINTS, SealCheckpoints, latest_checkpoint
 from fusechat.train.engines import training_args
 from fusechat.train.options import TrainCommandOptions
 from fusechat.verify import weight_files
 
 STAGE = "train"
-CHECKPOINTS = "checkpoints"
 TARGET_STAGES = ("fuse",)
 CLM_STAGES = ("fuse", "teach")
 # Options that change how a run is watched or stored, not what it computes (left out of the fingerprint).
@@ -108,56 +108,18 @@ def _open_targets(targets: str | os.PathLike, clm_only: bool, pivot_fp: str) -> 
     return store
 
 
-def _checkpoint_whole(path: Path) -> bool:
-    """True if the Trainer finished writing this checkpoint: trainer_state.json (written last) is valid JSON
-    for the step in the directory's name, and every safetensors file ends where its header says."""
-    from fusechat.verify import safetensors_problem
-
-    try:
-        state = json.loads((path / "trainer_state.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        return False
-    if str(state.get("global_step")) != path.name.rsplit("-", 1)[-1]:
-        return False
-    return all(safetensors_problem(f) is None for f in path.glob("*.safetensors"))
-
-
-def _latest_checkpoint(out: Path) -> str | None:
-    """The newest whole Trainer checkpoint; newer half-written ones (a kill during a save) are removed first.
-
-    The Trainer writes a checkpoint's files in place, so a run killed while saving leaves a directory that
-    `get_last_checkpoint` would pick and `resume_from_checkpoint` would fail on or, worse, half load.
-    """
-    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
-
-    d = out / CHECKPOINTS
-    if not d.is_dir():
-        return None
-    steps = []
-    for p in d.iterdir():
-        tail = p.name.removeprefix(f"{PREFIX_CHECKPOINT_DIR}-")
-        if p.is_dir() and tail != p.name and tail.isdigit():
-            steps.append((int(tail), p))
-    for _, p in sorted(steps, reverse=True):
-        if _checkpoint_whole(p):
-            return str(p)
-        log.warning("%s: half-written checkpoint (the run was stopped while saving it); removing it", p)
-        shutil.rmtree(p, ignore_errors=True)
-    return None
-
-
 def _previous_run(out: Path, fp: str) -> str | None:
     """'done' if `out` holds this finished run, a checkpoint to resume from, or None to start afresh."""
     if not (out / "manifest.json").is_file():
         return None
     old = read_manifest(out, stage=STAGE, require_complete=False)
     if old.get("fingerprint") != fp:
-        if old.get("complete") or _latest_checkpoint(out):
+        if old.get("complete") or latest_checkpoint(out):
             raise FusechatError(f"{out}: holds a training run with other inputs or settings; choose another --out")
         return None
     if old.get("complete"):
         return "done"
-    return _latest_checkpoint(out)
+    return latest_checkpoint(out)
 
 
 def train(
@@ -331,7 +293,7 @@ class _Run:
             train_dataset=self.dataset,
             data_collator=collator,
             processing_class=self.tokenizer,
-            callbacks=self.callbacks,
+            callbacks=[*(self.callbacks or []), SealCheckpoints()],
             loss_config=loss_config,
         )
         if resume:
