@@ -128,3 +128,35 @@ def test_a_tokenizer_source_without_a_tokenizer_is_refused_before_any_work(famil
     with pytest.raises(FusechatError, match="tokenizer_source: .* holds no tokenizer"):
         merge(cfg, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_every_problem_is_named_the_specific_one_first(tmp_path):
+    """mergekit users with `slices:` saw "models: required key is missing (and 1 more problem(s))" and never
+    the message that says why; now every problem is on the line, the specific refusal first."""
+    path = tmp_path / "slices.yml"
+    path.write_text(
+        "merge_method: linear\nslices:\n- sources:\n  - model: a\n    layer_range: [0, 2]\nparametres: {}\n"
+    )
+    with pytest.raises(FusechatError) as e:
+        load_config(path)
+    text = str(e.value)
+    assert text.startswith(f"{path}: slices: layer slicing is not supported")
+    assert "parametres: unknown key" in text and text.endswith("models: required key is missing")
+    assert "\n" not in text
+
+
+def test_the_output_carries_its_config_and_a_card_without_machine_paths(family, tmp_path):
+    import yaml
+
+    from fusechat.merge import merge, simple_config
+    from fusechat.merge.card import CONFIG_COPY
+
+    base, a, b = family
+    cfg = simple_config("task_arithmetic", str(base), [str(a), str(b)], weights=[0.5, 0.5])
+    out = merge(cfg, tmp_path / "out")
+    assert load_config(out / CONFIG_COPY) == cfg  # the config as merged: `fusechat merge` (or mergekit) reruns it
+    card = (out / "README.md").read_text()
+    meta = yaml.safe_load(card.split("---\n")[1])
+    assert meta["base_model"] == [base.name, a.name, b.name] and meta["base_model_relation"] == "merge"
+    assert {"merge", "mergekit", "task_arithmetic"} <= set(meta["tags"])
+    assert str(tmp_path) not in card

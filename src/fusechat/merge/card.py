@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -51,23 +52,42 @@ def copy_model_files(
         atomic_write_bytes(out / "chat_template.jinja", chat_template.encode())
 
 
+CONFIG_COPY = "mergekit_config.yml"  # where mergekit keeps the config it merged with
+
+
+def model_name(ref: str) -> str:
+    """How the card names an input: a hub id (`org/name`, any `@revision` dropped) or an installed model's name
+    as given, a local directory by its folder name alone (a card travels; this machine's paths do not)."""
+    path = Path(ref).expanduser()
+    if path.is_absolute() or ref.startswith(".") or path.exists():
+        return path.resolve().name
+    return ref.split("@", 1)[0]
+
+
 def write_model_card(out: Path, cfg: MergeConfig, options: dict[str, Any], title: str | None = None) -> None:
-    """README.md: what was merged, how, and the exact config to reproduce it."""
+    """README.md (what was merged and how, with the Hub's `base_model` metadata) and a copy of the config."""
     spec = cfg.method
-    models = "\n".join(f"- `{m.model}`" for m in cfg.models)
-    base = f"\nBase model: `{cfg.base_model}`\n" if cfg.base_model else ""
-    config_yaml = yaml.safe_dump(card_config(cfg), sort_keys=False)
+    refs = [*([cfg.base_model] if cfg.base_model else []), *(m.model for m in cfg.models)]
+    inputs = list(dict.fromkeys(model_name(m) for m in refs))
+    models = "\n".join(f"- `{model_name(m.model)}`" for m in cfg.models)
+    base = f"\nBase model: `{model_name(cfg.base_model)}`\n" if cfg.base_model else ""
+    config_yaml = yaml.safe_dump(card_config(cfg, name=model_name), sort_keys=False)
     arithmetic = (
         "Arithmetic in the config's dtype, as mergekit does (requested)."
         if options.get("mergekit_arithmetic")
         else "Arithmetic in float32, cast to the output dtype once at the end."
     )
+    metadata = yaml.safe_dump(
+        {
+            "library_name": "transformers",
+            "base_model": inputs,
+            "base_model_relation": "merge",
+            "tags": ["merge", "mergekit", "fusechat", spec.name],
+        },
+        sort_keys=False,
+    )
     text = f"""---
-library_name: transformers
-tags:
-- merge
-- fusechat
----
+{metadata}---
 # {cfg.name or title or out.name}
 
 A merge of {len(cfg.models)} models with **{spec.name}** ({spec.summary}), made with fusechat {__version__}.
@@ -81,13 +101,15 @@ Options: `{json.dumps(options)}`. {arithmetic}
 ```yaml
 {config_yaml}```
 
-Reproduce with `fusechat merge config.yml OUT` using the configuration above.
+Reproduce with `fusechat merge {CONFIG_COPY} OUT` (the configuration as given is in `{CONFIG_COPY}` beside this
+card; mergekit reads it too for the methods the two share).
 """
     atomic_write_bytes(out / "README.md", text.encode())
+    atomic_write_bytes(out / CONFIG_COPY, yaml.safe_dump(card_config(cfg), sort_keys=False).encode())
 
 
-def card_config(cfg: MergeConfig) -> dict[str, Any]:
-    """The config as YAML-ready data, parameters written back in mergekit's syntax."""
+def card_config(cfg: MergeConfig, name: Callable[[str], str] = str) -> dict[str, Any]:
+    """The config as YAML-ready data, parameters written back in mergekit's syntax; `name` renders model refs."""
     from fusechat.merge.params import Conditional
 
     def plain(setting: tuple[Conditional, ...]) -> Any:
@@ -102,10 +124,10 @@ def card_config(cfg: MergeConfig) -> dict[str, Any]:
 
     out: dict[str, Any] = {"merge_method": cfg.merge_method}
     if cfg.base_model:
-        out["base_model"] = cfg.base_model
+        out["base_model"] = name(cfg.base_model)
     out["models"] = [
         {
-            "model": m.model,
+            "model": name(m.model),
             **({"parameters": {k: plain(v) for k, v in m.parameters.items()}} if m.parameters else {}),
         }
         for m in cfg.models

@@ -198,24 +198,34 @@ def _check_values(param: Any, setting: Setting, where: str) -> None:
             raise ConfigProblem(where, problem)
 
 
-def _format_error(e: ValidationError, source: str) -> FusechatError:
-    err = e.errors()[0]
+def _problem(err: Any) -> tuple[int, str]:
+    """One validation problem as `path: message`, ranked: the specific refusals first (a method's own rule,
+    layer slicing), then other bad keys, then missing keys (often only a consequence of the first ones)."""
     parts = [f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"]]
-    msg = err["msg"].removeprefix("Value error, ")
+    msg, rank = err["msg"].removeprefix("Value error, "), 1
     problem = (err.get("ctx") or {}).get("error")
     if isinstance(problem, ConfigProblem):
         if problem.path:
             parts.append(problem.path if problem.path.startswith("[") else f".{problem.path}")
-        msg = problem.message
+        msg, rank = problem.message, 0
     elif err["type"] == "extra_forbidden":
         msg = "unknown key; check its spelling against docs/merging.md"
         if err["loc"] == ("slices",):
-            msg = "layer slicing is not supported; list whole models under `models:`"
+            msg, rank = (
+                "layer slicing is not supported (mergekit's passthrough of layer ranges has no counterpart here); "
+                "list whole models under `models:`",
+                0,
+            )
     elif err["type"] == "missing":
-        msg = "required key is missing"
+        msg, rank = "required key is missing", 2
     path = "".join(parts).lstrip(".")
-    more = f" (and {len(e.errors()) - 1} more problem(s))" if len(e.errors()) > 1 else ""
-    return FusechatError(f"{source}: {path + ': ' if path else ''}{msg}{more}")
+    return rank, f"{path + ': ' if path else ''}{msg}"
+
+
+def _format_error(e: ValidationError, source: str) -> FusechatError:
+    """Every problem of the config on one line, the specific ones first."""
+    problems = sorted((_problem(err) for err in e.errors()), key=lambda p: p[0])
+    return FusechatError(f"{source}: " + "; ".join(text for _, text in problems))
 
 
 def load_config(source: MergeConfig | Mapping[str, Any] | str | os.PathLike) -> MergeConfig:
