@@ -181,25 +181,7 @@ def _run_solution_bpb(loaded: Loaded, problems, opts: EvalOptions) -> TaskResult
         prompt = math_prompt(loaded.tokenizer, p)
         texts.append(prompt + p.solution)
         spans.append(np.array([[len(prompt), len(prompt) + len(p.solution)]], dtype=np.int64))
-    scores = span_logprobs(
-        loaded.backbone,
-        loaded.head,
-        loaded.tokenizer,
-        texts,
-        spans,
-        loaded.max_tokens,
-        opts.batch_tokens,
-        opts.max_batch,
-        loaded.device,
-        desc=f"gsm_bpb {loaded.name}",
-        progress=opts.progress,
-    )
-    nll = np.array([-s.logprob for s in scores])
-    nbytes = np.array([s.n_bytes for s in scores])
-    value, se = bits_per_byte(nll, nbytes)
-    items = [{"id": p.id, "nll_nats": float(nll[i]), "n_bytes": int(nbytes[i])} for i, p in enumerate(problems)]
-    extra = {"n_bytes": int(nbytes.sum()), "prompt_format": prompt_format(loaded.tokenizer)}
-    return TaskResult("bits_per_byte", value, se, len(problems), extra, items)
+    return _spans_bpb(loaded, opts, "gsm_bpb", [p.id for p in problems], texts, spans)
 
 
 def _run_code_bpb(loaded: Loaded, problems, opts: EvalOptions) -> TaskResult:
@@ -217,6 +199,13 @@ def _run_code_bpb(loaded: Loaded, problems, opts: EvalOptions) -> TaskResult:
         start = len(text) - len(reply["content"]) + reply["content"].index(p.solution, len(p.prompt))
         texts.append(text)
         spans.append(np.array([[start, start + len(p.solution)]], dtype=np.int64))
+    return _spans_bpb(loaded, opts, "code_bpb", [p.id for p in problems], texts, spans)
+
+
+def _spans_bpb(
+    loaded: Loaded, opts: EvalOptions, task: str, ids: list, texts: list[str], spans: list[np.ndarray]
+) -> TaskResult:
+    """Bits per byte of the given character spans of each text (the reference answers), with per-item results."""
     scores = span_logprobs(
         loaded.backbone,
         loaded.head,
@@ -227,15 +216,15 @@ def _run_code_bpb(loaded: Loaded, problems, opts: EvalOptions) -> TaskResult:
         opts.batch_tokens,
         opts.max_batch,
         loaded.device,
-        desc=f"code_bpb {loaded.name}",
+        desc=f"{task} {loaded.name}",
         progress=opts.progress,
     )
     nll = np.array([-s.logprob for s in scores])
     nbytes = np.array([s.n_bytes for s in scores])
     value, se = bits_per_byte(nll, nbytes)
-    items = [{"id": p.id, "nll_nats": float(nll[i]), "n_bytes": int(nbytes[i])} for i, p in enumerate(problems)]
+    items = [{"id": item, "nll_nats": float(nll[i]), "n_bytes": int(nbytes[i])} for i, item in enumerate(ids)]
     extra = {"n_bytes": int(nbytes.sum()), "prompt_format": prompt_format(loaded.tokenizer)}
-    return TaskResult("bits_per_byte", value, se, len(problems), extra, items)
+    return TaskResult("bits_per_byte", value, se, len(ids), extra, items)
 
 
 # ---------------------------------------------------------------- MT-Bench
