@@ -4,7 +4,18 @@ from __future__ import annotations
 
 import pytest
 import torch
-from stores import KINDS, save_model_dir, write_conversations, write_teacher_store
+
+from tests.stores import KINDS, save_model_dir, write_conversations, write_teacher_store
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Every test on one torch thread: tiny models run fastest so, and parallel test processes do not fight over
+    the cores (restored after the test)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="session")

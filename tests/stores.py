@@ -82,20 +82,14 @@ KINDS = {
 
 def save_model_dir(directory: Path, tok: Tokenizer, seed: int, bos: str | None = None) -> Path:
     """A Hugging Face directory: the tokenizer and a tiny fixed-seed Llama of its vocabulary size."""
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from tests.tiny_models import tiny_llama_config
 
     directory.mkdir(parents=True, exist_ok=True)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=bos)
     fast.save_pretrained(directory)
-    cfg = LlamaConfig(
-        vocab_size=tok.get_vocab_size(),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-    )
+    cfg = tiny_llama_config(tok.get_vocab_size(), layers=1, heads=2, max_positions=1024)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = LlamaForCausalLM(cfg)

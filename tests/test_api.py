@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from tiny_models import byte_bpe_tokenizer, sample_chats, save_llama
 
 import fusechat
+from tests.tiny_models import byte_bpe_tokenizer, sample_chats, save_llama
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 FUNCTIONS = {
@@ -104,7 +104,7 @@ def test_the_documented_example_runs(tmp_path):
     import gzip
     import os
 
-    from tiny_models import hub_cache_layout
+    from tests.tiny_models import hub_cache_layout
 
     doc = (Path(__file__).resolve().parents[1] / "docs" / "api.md").read_text()
     block = doc.split("## One fusion, stage by stage", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]

@@ -22,7 +22,7 @@ SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 @pytest.fixture
 def tiny(tmp_path):
-    from tiny_models import byte_bpe_tokenizer, save_llama
+    from tests.tiny_models import byte_bpe_tokenizer, save_llama
 
     return save_llama(tmp_path / "model", byte_bpe_tokenizer(300))
 

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from tiny_models import byte_bpe_tokenizer, hub_cache_layout, sample_chats, save_llama
+
+from tests.tiny_models import byte_bpe_tokenizer, hub_cache_layout, sample_chats, save_llama
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 

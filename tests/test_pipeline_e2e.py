@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 
 import yaml
-from tiny_models import byte_bpe_tokenizer, metaspace_tokenizer, sample_chats, save_gpt2, save_llama
+
+from tests.tiny_models import byte_bpe_tokenizer, metaspace_tokenizer, sample_chats, save_gpt2, save_llama
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 

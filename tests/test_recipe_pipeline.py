@@ -109,10 +109,9 @@ def test_unknown_model_is_refused_before_any_stage(tmp_path):
 
 
 def test_pivot_without_chat_template_is_refused_at_load(tmp_path):
-    from tiny_models import CHATML, byte_bpe_tokenizer, save_llama
-
     from fusechat.models.load import has_chat_template
     from fusechat.run.api import load_pipeline
+    from tests.tiny_models import CHATML, byte_bpe_tokenizer, save_llama
 
     pivot = save_llama(tmp_path / "pivot", byte_bpe_tokenizer(300), seed=0)
     assert has_chat_template(pivot)

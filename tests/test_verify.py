@@ -7,11 +7,11 @@ import shutil
 import pytest
 import torch
 from safetensors.torch import save_file
-from tiny_models import byte_bpe_tokenizer, sample_chats, save_llama, write_conversations
 
 from fusechat.errors import FusechatError
 from fusechat.teacher.teach import teach
 from fusechat.verify import verify
+from tests.tiny_models import byte_bpe_tokenizer, sample_chats, save_llama, write_conversations
 
 
 def test_store_bit_flip_and_truncation(tmp_path):

@@ -69,19 +69,33 @@ def metaspace_tokenizer(vocab: int = 300) -> PreTrainedTokenizerFast:
     )
 
 
+def tiny_llama_config(
+    vocab_size: int,
+    hidden: int = 32,
+    layers: int = 2,
+    heads: int = 4,
+    kv_heads: int = 2,
+    max_positions: int = 512,
+    **config,
+) -> LlamaConfig:
+    """The tests' Llama: `hidden` wide with an MLP twice that, `layers` deep; any other LlamaConfig field as given.
+    Every test model of this architecture is built from here, so they differ only where a test needs it."""
+    return LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=max_positions,
+        **config,
+    )
+
+
 def save_llama(path: Path, tokenizer: PreTrainedTokenizerFast, seed: int = 0, tie: bool = True) -> Path:
     """A tiny Llama-style causal LM beside `tokenizer`, saved as safetensors."""
     torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        tie_word_embeddings=tie,
-    )
+    config = tiny_llama_config(len(tokenizer), tie_word_embeddings=tie)
     model = LlamaForCausalLM(config)
     model.save_pretrained(path, safe_serialization=True)
     tokenizer.save_pretrained(path)

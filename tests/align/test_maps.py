@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from stores import KINDS
 from transformers import PreTrainedTokenizerFast
 
 from fusechat.align.maps import count_pairs, exact_map, mined_map, mined_map_reference, prefix_map, stats_map
 from fusechat.align.project import merge_topk, project
 from fusechat.align.vocab import Vocab
+from tests.stores import KINDS
 
 
 def vocab(pieces: list[bytes]) -> Vocab:

@@ -7,7 +7,6 @@ import shutil
 
 import numpy as np
 import pytest
-from stores import CHATS, write_conversations, write_teacher_store
 from transformers import AutoTokenizer
 
 from fusechat.align.maps import exact_map
@@ -15,6 +14,7 @@ from fusechat.align.stage import align
 from fusechat.align.vocab import vocab_bytes
 from fusechat.errors import FusechatError
 from fusechat.store.format import TopKStore
+from tests.stores import CHATS, write_conversations, write_teacher_store
 
 
 @pytest.mark.parametrize("kind", ["bytelevel", "metaspace", "wordlevel"])

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from stores import CHATS, KINDS
 from transformers import PreTrainedTokenizerFast
 
 from fusechat.align.vocab import byte_level_alphabet, vocab_bytes
+from tests.stores import CHATS, KINDS
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from .chatdata import train_tokenizer
+from tests.data.chatdata import train_tokenizer
 
 
 @pytest.fixture(scope="session")

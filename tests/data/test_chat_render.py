@@ -9,8 +9,7 @@ from hypothesis import strategies as st
 from fusechat.data.render import ChatRenderer, TemplateRefused, read_template
 from fusechat.errors import FusechatError
 from fusechat.models.load import load_tokenizer
-
-from .chatdata import CHATS
+from tests.data.chatdata import CHATS
 
 
 def chatml_by_hand(chat):

@@ -9,8 +9,7 @@ import sys
 from pathlib import Path
 
 from fusechat.data.conversations import Conversations
-
-from .chatdata import CHATS, as_format, write_records
+from tests.data.chatdata import CHATS, as_format, write_records
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 

@@ -12,8 +12,7 @@ from fusechat.data.prepare import counting_tokenizer, prefix_tokens, prepare
 from fusechat.data.render import ChatRenderer
 from fusechat.errors import FusechatError, InvalidRecordError
 from fusechat.models.load import load_tokenizer
-
-from .chatdata import CHATS, SUFFIX, as_format, write_records
+from tests.data.chatdata import CHATS, SUFFIX, as_format, write_records
 
 FORMATS = ("openai", "sharegpt", "alpaca")
 CONTAINERS = ("jsonl", "json", "json-object", "parquet")

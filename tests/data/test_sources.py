@@ -17,8 +17,7 @@ from fusechat.data.prepare import prepare
 from fusechat.data.readers import FileSource
 from fusechat.data.sources import open_source
 from fusechat.errors import FusechatError
-
-from .chatdata import CHATS, as_format
+from tests.data.chatdata import CHATS, as_format
 
 RECORDS = [as_format(c, "openai", f"c{i}") for i, c in enumerate(CHATS)]
 JSONL = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in RECORDS).encode()

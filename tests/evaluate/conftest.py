@@ -4,20 +4,17 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny_models import (
+from transformers import LlamaForCausalLM
+
+from tests.tiny_models import (
     byte_bpe_tokenizer,
     metaspace_tokenizer,
     sample_chats,
     save_gpt2,
     save_llama,
+    tiny_llama_config,
     write_conversations,
 )
-from transformers import LlamaConfig, LlamaForCausalLM
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _one_thread():
-    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
@@ -37,16 +34,7 @@ def tiny(tmp_path_factory):
 def _lively_llama(path, tokenizer):
     """A tiny Llama with a wide initialisation, so that greedy decoding varies instead of repeating one token."""
     torch.manual_seed(5)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        initializer_range=0.5,
-    )
+    config = tiny_llama_config(len(tokenizer), initializer_range=0.5)
     LlamaForCausalLM(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path

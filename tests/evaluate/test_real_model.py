@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from tiny_models import write_conversations
 
 from fusechat.evaluate import evaluate
+from tests.tiny_models import write_conversations
 
 pytestmark = pytest.mark.real
 

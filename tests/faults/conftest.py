@@ -7,15 +7,17 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny_models import (
+from transformers import LlamaForCausalLM
+
+from tests.tiny_models import (
     byte_bpe_tokenizer,
     metaspace_tokenizer,
     sample_chats,
     save_gpt2,
     save_llama,
+    tiny_llama_config,
     write_conversations,
 )
-from transformers import LlamaConfig, LlamaForCausalLM
 
 N_CHATS = 48
 SHARD_ROWS = 4  # many small shards: a kill usually lands between two of them or inside one
@@ -24,15 +26,7 @@ SHARD_ROWS = 4  # many small shards: a kill usually lands between two of them or
 def wide_llama(path, tokenizer, seed: int):
     """A Llama big enough (about 10 MB) that a merge of three takes long enough to be killed mid-write."""
     torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=256,
-        intermediate_size=512,
-        num_hidden_layers=6,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-    )
+    config = tiny_llama_config(len(tokenizer), hidden=256, layers=6)
     LlamaForCausalLM(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path

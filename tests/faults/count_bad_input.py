@@ -23,12 +23,11 @@ from hypothesis import strategies as st
 from fusechat.errors import FusechatError
 from fusechat.merge.config import load_config
 from fusechat.run.recipe import load_recipe
-
-from ..data.chatdata import train_tokenizer
-from .bad_configs import merge_cases, recipe_cases
-from .malformed import CONTAINERS, FORMATS, KEEP, LONG, REFUSING_TEMPLATE, SUFFIX, cases, kinds_for
-from .oracle import run_prepare
-from .oracle import write_file as write
+from tests.data.chatdata import train_tokenizer
+from tests.faults.bad_configs import merge_cases, recipe_cases
+from tests.faults.malformed import CONTAINERS, FORMATS, KEEP, LONG, REFUSING_TEMPLATE, SUFFIX, cases, kinds_for
+from tests.faults.oracle import run_prepare
+from tests.faults.oracle import write_file as write
 
 
 def count_data(files: int, huge: int, tmp: Path) -> tuple[Counter, Counter, Counter]:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .malformed import FATAL, KEEP, LONG, Case
+from tests.faults.malformed import FATAL, KEEP, LONG, Case
 
 
 @dataclass

@@ -7,7 +7,8 @@ uninterrupted run.
 from __future__ import annotations
 
 import pytest
-from faults.common import (
+
+from tests.faults.common import (
     claims_complete,
     corrupted_input_case,
     damaged_store_copy,

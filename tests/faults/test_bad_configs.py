@@ -11,8 +11,7 @@ from fusechat import cli
 from fusechat.errors import FusechatError
 from fusechat.merge.config import load_config
 from fusechat.run.recipe import load_recipe
-
-from .bad_configs import merge_cases, recipe_cases
+from tests.faults.bad_configs import merge_cases, recipe_cases
 
 RECIPES = list(recipe_cases())
 MERGES = list(merge_cases())
@@ -64,7 +63,7 @@ def test_a_missing_data_file_is_named_by_its_key(tmp_path, capsys):
     """Even a dry run names the data file that is not there (the models exist, so only the file is wrong)."""
     import yaml
 
-    from .bad_configs import full_recipe
+    from tests.faults.bad_configs import full_recipe
 
     raw = full_recipe()
     (tmp_path / "models").mkdir()
@@ -83,7 +82,7 @@ def test_bad_merge_parameters_in_a_recipe_fail_before_any_step(tmp_path, capsys)
     must not wait for the teacher passes and the training to be found."""
     import yaml
 
-    from .bad_configs import full_recipe, recipe_merge_cases
+    from tests.faults.bad_configs import full_recipe, recipe_merge_cases
 
     (tmp_path / "models").mkdir()
     (tmp_path / "train.jsonl").write_text("{}\n")

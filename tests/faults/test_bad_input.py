@@ -16,9 +16,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ..data.chatdata import train_tokenizer
-from .malformed import CONTAINERS, FAULTS, FORMATS, REFUSING_TEMPLATE, SUFFIX, cases, kinds_for
-from .oracle import run_prepare, write_file
+from tests.data.chatdata import train_tokenizer
+from tests.faults.malformed import CONTAINERS, FAULTS, FORMATS, REFUSING_TEMPLATE, SUFFIX, cases, kinds_for
+from tests.faults.oracle import run_prepare, write_file
 
 COMBOS = list(itertools.product(FORMATS, CONTAINERS))
 # Beyond `-m slow`, the thousand-example variants (about half an hour each here) also need FUSECHAT_SLOW=1.

@@ -15,13 +15,12 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from tiny_models import byte_bpe_tokenizer, sample_chats, save_llama
 
 from fusechat.data.conversations import Conversations
-
-from ..data.chatdata import train_tokenizer
-from .malformed import CONTAINERS, REFUSING_TEMPLATE, SUFFIX, cases, kinds_for
-from .oracle import expected, write_file
+from tests.data.chatdata import train_tokenizer
+from tests.faults.malformed import CONTAINERS, REFUSING_TEMPLATE, SUFFIX, cases, kinds_for
+from tests.faults.oracle import expected, write_file
+from tests.tiny_models import byte_bpe_tokenizer, sample_chats, save_llama
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 # Beyond `-m slow`, the thousand-example variants (about half an hour each here) also need FUSECHAT_SLOW=1.

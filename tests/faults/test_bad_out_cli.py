@@ -11,9 +11,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from tiny_models import sample_chats
 
-from .common import ENV, assert_one_clear_error, fusechat, run
+from tests.faults.common import ENV, assert_one_clear_error, fusechat, run
+from tests.tiny_models import sample_chats
 
 STAGES = ("prepare", "teach", "align", "fuse", "train", "merge", "evaluate", "run")
 

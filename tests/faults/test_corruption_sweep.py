@@ -12,12 +12,12 @@ import shutil
 
 import pyarrow.parquet as pq
 import pytest
-from faults.common import manifest, record
 from safetensors.torch import load_file
 
 from fusechat.errors import FusechatError
 from fusechat.models.load import check_model_dir
 from fusechat.store.format import TopKStore
+from tests.faults.common import manifest, record
 
 FLIPS, CUTS = 40, 10
 

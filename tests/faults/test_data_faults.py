@@ -12,10 +12,10 @@ import shutil
 
 import pyarrow.parquet as pq
 import pytest
-from faults.common import assert_one_clear_error, claims_complete, fusechat, manifest, record, run, snapshot
-from tiny_models import sample_chats
 
 from fusechat.verify import verify
+from tests.faults.common import assert_one_clear_error, claims_complete, fusechat, manifest, record, run, snapshot
+from tests.tiny_models import sample_chats
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,8 @@ uninterrupted run.
 from __future__ import annotations
 
 import pytest
-from faults.common import (
+
+from tests.faults.common import (
     claims_complete,
     corrupted_input_case,
     damaged_store_copy,
@@ -94,7 +95,7 @@ def test_rerun_over_a_bit_flipped_shard_rebuilds_it(setup, tmp_path):
     and rebuilds that shard only (align uses the same protocol)."""
     import shutil
 
-    from faults.common import flip_bit, run
+    from tests.faults.common import flip_bit, run
 
     out = tmp_path / "out"
     shutil.copytree(setup["ref"], out)
@@ -113,7 +114,7 @@ def test_other_settings_are_refused_unless_overwrite(setup, tmp_path):
     and `--overwrite` replaces it."""
     import shutil
 
-    from faults.common import assert_one_clear_error, run, snapshot
+    from tests.faults.common import assert_one_clear_error, run, snapshot
 
     out = tmp_path / "out"
     shutil.copytree(setup["ref"], out)

@@ -11,7 +11,8 @@ import shutil
 
 import pytest
 import yaml
-from faults.common import (
+
+from tests.faults.common import (
     corrupted_input_case,
     flip_bit,
     full_disk_case,

@@ -9,8 +9,9 @@ import subprocess
 
 import pytest
 import yaml
-from faults.common import ENV, assert_one_clear_error, fusechat, run
-from tiny_models import byte_bpe_tokenizer, sample_chats, save_llama
+
+from tests.faults.common import ENV, assert_one_clear_error, fusechat, run
+from tests.tiny_models import byte_bpe_tokenizer, sample_chats, save_llama
 
 
 def _chats(path):

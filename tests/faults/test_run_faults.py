@@ -11,7 +11,10 @@ import json
 
 import pytest
 import yaml
-from faults.common import (
+from safetensors.torch import load_file
+
+from fusechat.verify import verify
+from tests.faults.common import (
     assert_one_clear_error,
     claims_complete,
     fusechat,
@@ -23,10 +26,7 @@ from faults.common import (
     second_run_refused,
     snapshot,
 )
-from safetensors.torch import load_file
-from tiny_models import sample_chats
-
-from fusechat.verify import verify
+from tests.tiny_models import sample_chats
 
 
 def recipe_file(root, world) -> object:

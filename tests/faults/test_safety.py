@@ -14,12 +14,11 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from tiny_models import byte_bpe_tokenizer, sample_chats, save_llama
 
 from fusechat import cli
 from fusechat.errors import FusechatError
-
-from .bad_configs import UNSAFE_NAMES, full_recipe
+from tests.faults.bad_configs import UNSAFE_NAMES, full_recipe
+from tests.tiny_models import byte_bpe_tokenizer, sample_chats, save_llama
 
 
 class _Touch:

@@ -16,9 +16,9 @@ import time
 from pathlib import Path
 
 import pytest
-from tiny_models import byte_bpe_tokenizer, sample_chats, save_llama, write_conversations
 
 from fusechat.verify import verify
+from tests.tiny_models import byte_bpe_tokenizer, sample_chats, save_llama, write_conversations
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 ENV = dict(os.environ, PYTHONPATH=SRC)

@@ -11,7 +11,10 @@ import shutil
 
 import pytest
 import torch
-from faults.common import (
+from safetensors.torch import load_file
+
+from fusechat.verify import verify
+from tests.faults.common import (
     claims_complete,
     corrupted_input_case,
     flip_bit,
@@ -25,9 +28,6 @@ from faults.common import (
     second_run_refused,
     truncate,
 )
-from safetensors.torch import load_file
-
-from fusechat.verify import verify
 
 STEPS = 24
 

@@ -117,3 +117,21 @@ def make_family(
         cast = {k: v.to(dtype) for k, v in tensors.items()}
         dirs.append(write_checkpoint(root / label, config, cast, shards=n))
     return dirs[0], dirs[1], dirs[2]
+
+
+GOLDEN = Path(__file__).parent / "golden"
+INPUTS = {
+    "BASE": str(GOLDEN / "inputs" / "base"),
+    "A": str(GOLDEN / "inputs" / "a"),
+    "B": str(GOLDEN / "inputs" / "b"),
+}
+
+
+def load_weights(directory: Path) -> dict:
+    """Every tensor of a checkpoint directory's safetensors files, by name."""
+    from safetensors.torch import load_file
+
+    out = {}
+    for f in sorted(Path(directory).glob("*.safetensors")):
+        out.update(load_file(str(f)))
+    return out

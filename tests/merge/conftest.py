@@ -3,17 +3,8 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from tests.merge.checkpoints import make_family
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture

@@ -8,25 +8,18 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from fusechat.errors import FusechatError
 from fusechat.merge import merge, simple_config
 from fusechat.merge.methods.sparsify import tensor_key
 from fusechat.merge.methods.task_arithmetic import Sparsify, task_arithmetic
-from tests.merge.checkpoints import llama_config, make_family, write_checkpoint
-
-
-def load(d):
-    out = {}
-    for f in sorted(d.glob("*.safetensors")):
-        out.update(load_file(str(f)))
-    return out
+from tests.merge.checkpoints import llama_config, load_weights, make_family, write_checkpoint
 
 
 def whole_model_ties(base, a, b, sparsify=Sparsify.MAGNITUDE, seed=0):
     """The reference: whole state dicts in memory, the method applied tensor by tensor."""
-    tb, ta, tt = load(base), load(a), load(b)
+    tb, ta, tt = load_weights(base), load_weights(a), load_weights(b)
     out = {}
     for name in tb:
         gens = [tensor_key(seed, name, i) for i in range(2)] if sparsify is Sparsify.RANDOM else None
@@ -55,7 +48,7 @@ def test_streaming_equals_whole_model(tmp_path, method, sparsify):
     files = sorted(p.name for p in out.glob("*.safetensors"))
     assert len(files) > 1 and (out / "model.safetensors.index.json").is_file()
     index = json.loads((out / "model.safetensors.index.json").read_text())
-    ours = load(out)
+    ours = load_weights(out)
     assert set(index["weight_map"]) == set(ours)
     expected = whole_model_ties(base, a, b, sparsify, seed=5)
     assert sorted(ours) == sorted(expected)
@@ -86,7 +79,7 @@ def test_output_loads_in_transformers_with_files_and_card(tmp_path):
     assert "# out" in card.splitlines()
     assert json.loads((out / "manifest.json").read_text())["complete"] is True
     model = AutoModelForCausalLM.from_pretrained(out)
-    merged = load(out)
+    merged = load_weights(out)
     assert torch.equal(model.model.layers[1].mlp.up_proj.weight, merged["model.layers.1.mlp.up_proj.weight"])
     assert not list(tmp_path.glob(".out.partial*"))
 
@@ -106,17 +99,17 @@ def test_manifest_checksums_match_the_files_written(tmp_path):
 def test_tied_embeddings(tmp_path):
     base, a, b = make_family(tmp_path / "tied", config=llama_config(tie=True), seed=4)
     out = merge(simple_config("linear", None, [a, b], weights=[1, 1]), tmp_path / "out")
-    merged = load(out)
+    merged = load_weights(out)
     assert "lm_head.weight" not in merged  # the output stays tied
     assert json.loads((out / "config.json").read_text())["tie_word_embeddings"] is True
 
     # an untied base merged with a tied target: the target's lm_head is its embeddings
     ubase, ua, _ = make_family(tmp_path / "untied", seed=4)
-    tensors = load(ua)
+    tensors = load_weights(ua)
     tensors.pop("lm_head.weight")
     tied = write_checkpoint(tmp_path / "tied_a", llama_config(tie=True), tensors)
     out = merge(simple_config("linear", None, [ubase, tied], weights=[1, 1]), tmp_path / "out2")
-    merged, tb = load(out), load(ubase)
+    merged, tb = load_weights(out), load_weights(ubase)
     expected = (tb["lm_head.weight"] + tensors["model.embed_tokens.weight"]) / 2
     torch.testing.assert_close(merged["lm_head.weight"], expected)
 
@@ -124,7 +117,7 @@ def test_tied_embeddings(tmp_path):
 def test_dare_is_reproducible_with_a_seed(tmp_path):
     base, a, b = make_family(tmp_path / "in", seed=9)
     cfg = simple_config("dare_linear", base, [a, b], weights=[1, 1], densities=[0.3, 0.3])
-    one, two, other = (load(merge(cfg, tmp_path / n, seed=s)) for n, s in (("o1", 1), ("o2", 1), ("o3", 2)))
+    one, two, other = (load_weights(merge(cfg, tmp_path / n, seed=s)) for n, s in (("o1", 1), ("o2", 1), ("o3", 2)))
     name = "model.layers.2.mlp.down_proj.weight"
     assert all(torch.equal(one[n], two[n]) for n in one)
     assert not torch.equal(one[name], other[name])
@@ -169,7 +162,7 @@ def test_refuses_different_shapes_and_vocabularies(tmp_path):
 
 def test_refuses_missing_tensor(tmp_path):
     base, a, _ = make_family(tmp_path / "in", seed=1)
-    tensors = load(a)
+    tensors = load_weights(a)
     tensors.pop("model.layers.1.mlp.up_proj.weight")
     (a / "model.safetensors").unlink()
     save_file(tensors, str(a / "model.safetensors"))
@@ -190,13 +183,13 @@ def test_refuses_bad_parameters(tmp_path):
 
 def test_refuses_pickle_unless_allowed(tmp_path):
     base, a, _ = make_family(tmp_path / "in", seed=1)
-    tensors = load(a)
+    tensors = load_weights(a)
     (a / "model.safetensors").unlink()
     torch.save(tensors, a / "pytorch_model.bin")
     cfg = simple_config("linear", None, [base, a], weights=[1, 1])
     assert_refused(tmp_path, cfg, "pickled")
-    merged = load(merge(cfg, tmp_path / "out", allow_pickle=True))
-    tb = load(base)
+    merged = load_weights(merge(cfg, tmp_path / "out", allow_pickle=True))
+    tb = load_weights(base)
     torch.testing.assert_close(
         merged["model.norm.weight"], (tb["model.norm.weight"] + tensors["model.norm.weight"]) / 2
     )

@@ -21,8 +21,7 @@ from fusechat.merge.fast._select import CHUNK
 from fusechat.merge.job import TensorJob
 from fusechat.merge.methods.sparsify import element_hash, keep_limit, tensor_key
 from fusechat.merge.registry import METHODS
-from tests.merge.checkpoints import make_family
-from tests.merge.test_engine import load
+from tests.merge.checkpoints import load_weights, make_family
 
 TWO = [{"weight": 0.25, "density": 0.5}, {"weight": 0.5, "density": 0.7}]
 CASES = {
@@ -206,8 +205,8 @@ def test_engine_compiled_equals_torch_path(tmp_path, method):
     cfg = simple_config(
         method, None if method == "linear" else base, models, weights, densities, parameters, dtype="bfloat16"
     )
-    one = load(merge(cfg, tmp_path / "fast", seed=4))
-    two = load(merge(cfg, tmp_path / "torch", seed=4, compiled=False))
+    one = load_weights(merge(cfg, tmp_path / "fast", seed=4))
+    two = load_weights(merge(cfg, tmp_path / "torch", seed=4, compiled=False))
     assert sorted(one) == sorted(two)
     for name in one:
         assert one[name].dtype == torch.bfloat16

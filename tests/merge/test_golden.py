@@ -2,37 +2,23 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
 
 from fusechat.merge import merge
+from tests.merge.checkpoints import GOLDEN, INPUTS, load_weights
 from tests.merge.make_golden import CASES, substitute
 
-GOLDEN = Path(__file__).parent / "golden"
-INPUTS = {
-    "BASE": str(GOLDEN / "inputs" / "base"),
-    "A": str(GOLDEN / "inputs" / "a"),
-    "B": str(GOLDEN / "inputs" / "b"),
-}
 TOLERANCE = {"slerp": 1e-5, "slerp_gradient": 1e-5}
-
-
-def load_dir(path: Path) -> dict[str, torch.Tensor]:
-    out = {}
-    for f in sorted(path.glob("*.safetensors")):
-        out.update(load_file(str(f)))
-    return out
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_equals_mergekit(case, tmp_path):
     config = substitute(yaml.safe_load((GOLDEN / "configs" / f"{case}.yml").read_text()), INPUTS)
     out = merge(config, tmp_path / "out")
-    ours = load_dir(out)
+    ours = load_weights(out)
     golden = load_file(str(GOLDEN / f"{case}.safetensors"))
     assert sorted(ours) == sorted(golden)
     tol = TOLERANCE.get(case, 1e-6)
@@ -43,7 +29,7 @@ def test_equals_mergekit(case, tmp_path):
 
 def test_goldens_are_not_trivial():
     """Each golden differs from the base: a test against it can fail."""
-    base = load_dir(GOLDEN / "inputs" / "base")
+    base = load_weights(GOLDEN / "inputs" / "base")
     for case in CASES:
         golden = load_file(str(GOLDEN / f"{case}.safetensors"))
         moved = sum(float((golden[n] - base[n]).abs().max()) > 1e-4 for n in golden)

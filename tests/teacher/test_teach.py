@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from tiny_models import (
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from fusechat.data.conversations import Conversations
+from fusechat.errors import FusechatError
+from fusechat.store.format import TopKStore
+from fusechat.teacher.teach import make_batches, teach
+from tests.tiny_models import (
     byte_bpe_tokenizer,
     metaspace_tokenizer,
     sample_chats,
@@ -13,12 +19,6 @@ from tiny_models import (
     save_llama,
     write_conversations,
 )
-from transformers import AutoModelForCausalLM, AutoTokenizer
-
-from fusechat.data.conversations import Conversations
-from fusechat.errors import FusechatError
-from fusechat.store.format import TopKStore
-from fusechat.teacher.teach import make_batches, teach
 
 
 @pytest.fixture(scope="module")

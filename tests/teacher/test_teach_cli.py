@@ -7,9 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tiny_models import byte_bpe_tokenizer, sample_chats, save_llama, write_conversations
-
 from fusechat.store.format import TopKStore
+from tests.tiny_models import byte_bpe_tokenizer, sample_chats, save_llama, write_conversations
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 

@@ -8,7 +8,13 @@ import json
 import numpy as np
 import pytest
 import torch
-from tiny_models import (
+from transformers import LlamaConfig
+
+from fusechat.errors import FusechatError
+from fusechat.store.format import ShardWriter, TopKStore
+from fusechat.teacher.placement import MAX_BATCH_TOKENS, MIN_BATCH_TOKENS, batch_budget, parse_max_memory
+from fusechat.teacher.teach import teach
+from tests.tiny_models import (
     byte_bpe_tokenizer,
     metaspace_tokenizer,
     sample_chats,
@@ -16,12 +22,6 @@ from tiny_models import (
     save_llama,
     write_conversations,
 )
-from transformers import LlamaConfig
-
-from fusechat.errors import FusechatError
-from fusechat.store.format import ShardWriter, TopKStore
-from fusechat.teacher.placement import MAX_BATCH_TOKENS, MIN_BATCH_TOKENS, batch_budget, parse_max_memory
-from fusechat.teacher.teach import teach
 
 
 @pytest.fixture(scope="module")

@@ -16,8 +16,7 @@ from fusechat.train.api import train
 from fusechat.train.data import FusionCollator, TargetsDataset
 from fusechat.train.head import final_hidden, head_of
 from fusechat.train.loss import fusion_loss
-
-from .conftest import CLI, cli_env, make_model, make_targets, make_tokenizer, read_json
+from tests.train.helpers import CLI, cli_env, make_model, make_targets, make_tokenizer, read_json
 
 FAST = ["--max-steps", "4", "--batch-size", "4", "--lr", "3e-3", "--warmup", "0", "--logging-steps", "1"]
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from .conftest import cli_env, make_model
-from .test_resume_ddp import free_port
+from tests.train.helpers import cli_env, make_model
+from tests.train.test_resume_ddp import free_port
 
 WORKER = str(Path(__file__).with_name("fsdp2_step.py"))
 

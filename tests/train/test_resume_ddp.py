@@ -12,8 +12,7 @@ from safetensors.torch import load_file
 from transformers import TrainerCallback
 
 from fusechat.train.api import train
-
-from .conftest import CLI, cli_env, read_json
+from tests.train.helpers import CLI, cli_env, read_json
 
 OPTIONS = dict(per_device_train_batch_size=4, learning_rate=3e-3, warmup_steps=0, disable_tqdm=True, seed=7)
 
