@@ -34,6 +34,24 @@ def test_recipe_sections_are_the_commands_options():
     assert FuseOptions.model_fields["method"].annotation.__args__ == METHODS
 
 
+def test_choices_and_defaults_come_from_the_registries():
+    """A recipe's evaluate tasks and merge methods are the registries' names, and the default suite is declared
+    once (evaluate/options.py) for the command and the recipe alike: a task or a method is added in one place."""
+    from fusechat.evaluate.options import DEFAULT_SUITE
+    from fusechat.evaluate.tasks import TASKS
+    from fusechat.merge.registry import METHODS as MERGE_METHODS
+
+    (task,) = recipe.Evaluate.model_fields["suite"].annotation.__args__
+    assert task.__args__ == tuple(TASKS) and set(DEFAULT_SUITE) <= set(TASKS)
+    assert recipe.MergeMethod.model_fields["method"].annotation.__args__ == tuple(MERGE_METHODS)
+    assert recipe.Evaluate().suite == list(DEFAULT_SUITE)
+    args = cli.build_parser("evaluate").parse_args(["evaluate", "m", "--out", "o"])
+    assert args.suite.split(",") == list(DEFAULT_SUITE)
+    parser = cli.build_parser()
+    helps = {a.dest: a.help for a in parser._subparsers._group_actions[0]._choices_actions}
+    assert all(name in helps["merge"] for name in MERGE_METHODS), helps["merge"]
+
+
 def _defaults(function) -> dict:
     return {k: p.default for k, p in inspect.signature(function).parameters.items() if p.default is not p.empty}
 

@@ -6,7 +6,8 @@ import argparse
 from pathlib import Path
 
 from fusechat.errors import FusechatError
-from fusechat.evaluate.options import EvaluateCommandOptions
+from fusechat.evaluate.options import DEFAULT_SUITE, EvaluateCommandOptions
+from fusechat.evaluate.tasks import TASKS
 from fusechat.flags import HelpFormatter, add_flags, from_args
 
 
@@ -23,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("models", nargs="+", metavar="MODEL", help="model directory or installed name, or NAME=MODEL")
     p.add_argument(
-        "--suite", default="bpb,gsm,hhh", help="comma-separated: bpb,gsm,gsm_bpb,code_bpb,asdiv,hhh,boolq,csqa,mtbench"
+        "--suite", default=",".join(DEFAULT_SUITE), help=f"comma-separated: {','.join(TASKS)} (default %(default)s)"
     )
     p.add_argument("--out", required=True, help="output directory (scores.json, per-item JSONL, MT-Bench answers)")
     p.add_argument("--overwrite", action="store_true", help="replace an --out scored with other models or settings")

@@ -1,10 +1,15 @@
-"""`fusechat evaluate`'s options, declared once: its flags, their rules, and the defaults of `EvalOptions`."""
+"""`fusechat evaluate`'s options, declared once: its flags, their rules, the defaults of `EvalOptions`, and the
+suite that both the command and a recipe's `evaluate:` section score unless told otherwise."""
 
 from __future__ import annotations
 
 from typing import Literal
 
 from fusechat.flags import Options, option
+
+# Held-out bits per byte: the measure every fusion here is judged by (docs/results.md), fair across tokenizers,
+# needing nothing beyond held-out conversations; the generation and multiple-choice tasks are asked for by name.
+DEFAULT_SUITE: tuple[str, ...] = ("bpb",)
 
 
 class EvaluateCommandOptions(Options):

@@ -17,9 +17,6 @@ import numpy as np
 from fusechat.errors import FusechatError
 from fusechat.evaluate import datasets
 from fusechat.evaluate.base import Loaded, TaskResult
-from fusechat.evaluate.choice import run_choice
-from fusechat.evaluate.exact_match import run_exact_match
-from fusechat.evaluate.likelihood import bits_per_byte, span_logprobs
 from fusechat.evaluate.options import EvaluateCommandOptions
 from fusechat.evaluate.prompts import MATH_INSTRUCTION, prompt_format
 from fusechat.manifest import fingerprint
@@ -104,34 +101,17 @@ def _run_bpb(loaded: Loaded, data, opts: EvalOptions) -> TaskResult:
         spans = [content_spans(conv.texts[i], conv.spans[i], conv.messages(i)) for i in range(n)]
     elif opts.bpb_scope != "turn":
         raise FusechatError(f"bpb_scope {opts.bpb_scope!r}: choose 'turn' or 'content'")
-    scores = span_logprobs(
-        loaded.backbone,
-        loaded.head,
-        loaded.tokenizer,
-        conv.texts[:n],
-        spans,
-        loaded.max_tokens,
-        opts.batch_tokens,
-        opts.max_batch,
-        loaded.device,
-        desc=f"bpb {loaded.name}",
-        progress=opts.progress,
-    )
-    nll = np.array([-s.logprob for s in scores])
-    nbytes = np.array([s.n_bytes for s in scores])
-    value, se = bits_per_byte(nll, nbytes)
-    items = [
-        {"id": conv.ids[i], "nll_nats": float(nll[i]), "n_bytes": int(nbytes[i]), "n_tokens": s.n_tokens}
-        for i, s in enumerate(scores)
-    ]
-    extra = {"n_bytes": int(nbytes.sum()), "n_tokens": sum(s.n_tokens for s in scores), "scope": opts.bpb_scope}
-    extra["bytes_per_token"] = extra["n_bytes"] / max(extra["n_tokens"], 1)
-    return TaskResult("bits_per_byte", value, se, n, extra, items)
+    result = _spans_bpb(loaded, opts, "bpb", conv.ids[:n], conv.texts[:n], spans, tokens=True)
+    totals = result.extra
+    totals.update(scope=opts.bpb_scope, bytes_per_token=totals["n_bytes"] / max(totals["n_tokens"], 1))
+    return result
 
 
 # ---------------------------------------------------------------- exact match
 def _math_task(name: str, description: str, loader, default_limit: int) -> Task:
     def run(loaded: Loaded, problems, opts: EvalOptions) -> TaskResult:
+        from fusechat.evaluate.exact_match import run_exact_match
+
         return run_exact_match(
             loaded, problems, opts.max_new_tokens, opts.batch_size, f"{name} {loaded.name}", opts.progress
         )
@@ -151,6 +131,8 @@ def _math_task(name: str, description: str, loader, default_limit: int) -> Task:
 
 def _choice_task(name: str, description: str, loader, default_limit: int | None) -> Task:
     def run(loaded: Loaded, items, opts: EvalOptions) -> TaskResult:
+        from fusechat.evaluate.choice import run_choice
+
         return run_choice(
             loaded, items, opts.batch_tokens, opts.max_batch, f"{name} {loaded.name}", progress=opts.progress
         )
@@ -181,7 +163,8 @@ def _run_solution_bpb(loaded: Loaded, problems, opts: EvalOptions) -> TaskResult
         prompt = math_prompt(loaded.tokenizer, p)
         texts.append(prompt + p.solution)
         spans.append(np.array([[len(prompt), len(prompt) + len(p.solution)]], dtype=np.int64))
-    return _spans_bpb(loaded, opts, "gsm_bpb", [p.id for p in problems], texts, spans)
+    ids = [p.id for p in problems]
+    return _spans_bpb(loaded, opts, "gsm_bpb", ids, texts, spans, prompt_format=prompt_format(loaded.tokenizer))
 
 
 def _run_code_bpb(loaded: Loaded, problems, opts: EvalOptions) -> TaskResult:
@@ -199,13 +182,24 @@ def _run_code_bpb(loaded: Loaded, problems, opts: EvalOptions) -> TaskResult:
         start = len(text) - len(reply["content"]) + reply["content"].index(p.solution, len(p.prompt))
         texts.append(text)
         spans.append(np.array([[start, start + len(p.solution)]], dtype=np.int64))
-    return _spans_bpb(loaded, opts, "code_bpb", [p.id for p in problems], texts, spans)
+    ids = [p.id for p in problems]
+    return _spans_bpb(loaded, opts, "code_bpb", ids, texts, spans, prompt_format=prompt_format(loaded.tokenizer))
 
 
 def _spans_bpb(
-    loaded: Loaded, opts: EvalOptions, task: str, ids: list, texts: list[str], spans: list[np.ndarray]
+    loaded: Loaded,
+    opts: EvalOptions,
+    task: str,
+    ids: list,
+    texts: list[str],
+    spans: list,
+    tokens: bool = False,
+    **extra: Any,
 ) -> TaskResult:
-    """Bits per byte of the given character spans of each text (the reference answers), with per-item results."""
+    """Bits per byte of the given character spans of each text, with per-item results and `extra` in the result;
+    with `tokens`, also the token counts (bpb reports bytes per token, the tokenizer's share of the comparison)."""
+    from fusechat.evaluate.likelihood import bits_per_byte, span_logprobs
+
     scores = span_logprobs(
         loaded.backbone,
         loaded.head,
@@ -223,8 +217,12 @@ def _spans_bpb(
     nbytes = np.array([s.n_bytes for s in scores])
     value, se = bits_per_byte(nll, nbytes)
     items = [{"id": item, "nll_nats": float(nll[i]), "n_bytes": int(nbytes[i])} for i, item in enumerate(ids)]
-    extra = {"n_bytes": int(nbytes.sum()), "prompt_format": prompt_format(loaded.tokenizer)}
-    return TaskResult("bits_per_byte", value, se, len(ids), extra, items)
+    totals: dict[str, Any] = {"n_bytes": int(nbytes.sum())}
+    if tokens:
+        for item, s in zip(items, scores, strict=True):
+            item["n_tokens"] = s.n_tokens
+        totals["n_tokens"] = sum(s.n_tokens for s in scores)
+    return TaskResult("bits_per_byte", value, se, len(ids), {**totals, **extra}, items)
 
 
 # ---------------------------------------------------------------- MT-Bench

@@ -7,6 +7,7 @@ import logging
 
 from fusechat.flags import HelpFormatter, add_flags, from_args
 from fusechat.merge.options import MergeOptions
+from fusechat.merge.registry import NAMES
 
 log = logging.getLogger(__name__)
 EXAMPLE = """example:
@@ -18,7 +19,7 @@ EXAMPLE = """example:
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "merge",
-        help="merge checkpoints of one architecture (varm, linear, slerp, task_arithmetic, ties, dare, sce)",
+        help=f"merge checkpoints of one architecture ({', '.join(NAMES)})",
         description=__doc__,
         epilog=EXAMPLE,
         formatter_class=HelpFormatter,

@@ -20,8 +20,11 @@ from fusechat.align.options import AlignOptions
 from fusechat.data.options import PrepareOptions
 from fusechat.errors import FusechatError, yaml_error
 from fusechat.evaluate.datasets import HUMANEVAL_TRAIN
+from fusechat.evaluate.options import DEFAULT_SUITE
+from fusechat.evaluate.tasks import TASKS
 from fusechat.flags import Options
 from fusechat.fuse.options import FuseOptions
+from fusechat.merge.registry import NAMES as MERGE_METHODS
 from fusechat.teacher.options import TeachOptions
 from fusechat.train.options import TrainOptions
 
@@ -91,7 +94,7 @@ class Train(TrainOptions):
 
 
 class MergeMethod(_Strict):
-    method: Literal["varm", "linear", "slerp", "task_arithmetic", "ties", "dare_ties", "dare_linear", "sce"]
+    method: Literal[MERGE_METHODS]  # type: ignore[valid-type]
     parameters: dict[str, Any] = Field(default_factory=dict, description="top-level mergekit-style parameters")
     weights: list[float] | None = Field(None, description="per-target weights, in the order of the targets")
     density: float | None = Field(None, gt=0, le=1)
@@ -113,11 +116,8 @@ class Merge(_Strict):
         return methods
 
 
-Task = Literal["bpb", "gsm", "gsm_bpb", "code_bpb", "asdiv", "hhh", "boolq", "csqa", "mtbench"]
-
-
 class Evaluate(_Strict):
-    suite: list[Task] = Field(default_factory=lambda: ["bpb"])
+    suite: list[Literal[tuple(TASKS)]] = Field(default_factory=lambda: list(DEFAULT_SUITE))  # type: ignore[valid-type]
     limit: int | None = Field(None, ge=1, description="items per task")
 
 
