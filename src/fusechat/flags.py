@@ -9,8 +9,12 @@ command builds its flags from the same fields and validates what the user typed 
 from __future__ import annotations
 
 import argparse
+import importlib
 import types
 import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -135,6 +139,82 @@ def validate(model: type[BaseModel], values: dict[str, Any], where: str = "") ->
 def from_args(model: type[BaseModel], args: argparse.Namespace) -> Any:
     """Validate the flags of `model` that were given; the rest take the model's defaults."""
     return validate(model, given(model, args))
+
+
+def subcommand(
+    subparsers: argparse._SubParsersAction, name: str, help: str, description: str, example: str
+) -> argparse.ArgumentParser:
+    """A subcommand's parser: its line in `fusechat --help`, its description, and an epilog of examples that keeps
+    its lines as written."""
+    return subparsers.add_parser(
+        name, help=help, description=description, epilog=example, formatter_class=HelpFormatter
+    )
+
+
+Arg = tuple[tuple[str, ...], dict[str, Any]]
+
+
+def arg(*names: str, **kwargs: Any) -> Arg:
+    """One `add_argument` call as data: its names and keywords."""
+    return names, kwargs
+
+
+def _dest(argument: Arg) -> str:
+    names, kwargs = argument
+    return kwargs.get("dest") or names[0].lstrip("-").replace("-", "_")
+
+
+@dataclass(frozen=True)
+class StageCommand:
+    """A command that is its stage's function on the command line: parse the inputs and the options model's flags,
+    call `stage(*inputs, **options, **extras)`, print what it returns (the output directory), exit 0.
+
+    That shape is written here once; a command states its words, its arguments and only what it passes
+    otherwise: `rename` (an option whose keyword in the stage function is spelt differently), `adjust` (values
+    computed from the parsed arguments), or `keywords` (all of them, for a command that gathers its options
+    from more than its model's flags).
+    """
+
+    name: str
+    help: str
+    description: str
+    example: str
+    stage: str  # "module:function", imported when the command runs (so `--help` imports no torch)
+    inputs: tuple[Arg, ...]  # passed to the stage by position, in this order
+    options: type[BaseModel] | None = None  # its fields are flags, passed by keyword
+    extras: tuple[Arg, ...] = ()  # more arguments, passed by keyword under their dest
+    overwrite: str | None = None  # the help of --overwrite, for a stage that takes `overwrite`
+    rename: Mapping[str, str] = dataclass_field(default_factory=dict)  # option -> the stage's keyword
+    adjust: Callable[[argparse.Namespace, dict[str, Any]], dict[str, Any]] | None = None
+    keywords: Callable[[argparse.Namespace], dict[str, Any]] | None = None
+    bool_values: bool = False  # see add_flags
+
+    def register(self, subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+        p = subcommand(subparsers, self.name, self.help, self.description, self.example)
+        for names, kwargs in (*self.inputs, *self.extras):
+            p.add_argument(*names, **kwargs)
+        if self.options is not None:
+            add_flags(p, self.options, bool_values=self.bool_values)
+        if self.overwrite:
+            p.add_argument("--overwrite", action="store_true", help=self.overwrite)
+        p.set_defaults(func=self.run)
+        return p
+
+    def run(self, args: argparse.Namespace) -> int:
+        if self.keywords is not None:
+            kwargs = self.keywords(args)
+        else:
+            options = from_args(self.options, args).model_dump() if self.options is not None else {}
+            kwargs = {self.rename.get(k, k): v for k, v in options.items()}
+        kwargs.update({_dest(a): getattr(args, _dest(a)) for a in self.extras})
+        if self.overwrite:
+            kwargs["overwrite"] = args.overwrite
+        if self.adjust is not None:
+            kwargs = self.adjust(args, kwargs)
+        module, _, function = self.stage.partition(":")
+        stage = getattr(importlib.import_module(module), function)
+        print(stage(*(getattr(args, _dest(a)) for a in self.inputs), **kwargs))
+        return 0
 
 
 def docs_table(model: type[BaseModel], *, recipe: bool = False) -> str:

@@ -79,16 +79,16 @@ def _check(path: Path, size: int | None, digest: str | None) -> list[str]:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from fusechat.flags import HelpFormatter
+    from fusechat.flags import subcommand
 
-    p = sub.add_parser(
+    p = subcommand(
+        sub,
         "verify",
         help="check a stage output against its manifest's checksums",
         description="Check each stage output directory against its manifest.json: every listed file present, "
         "of its recorded size and sha256, and the manifest complete. Prints each problem, then ok or a count; "
         "exit code 1 if any directory has a problem.",
-        epilog="example:\n  fusechat verify runs/demo/train/pair-qwen-s0 runs/demo/merge/varm-s0\n",
-        formatter_class=HelpFormatter,
+        example="example:\n  fusechat verify runs/demo/train/pair-qwen-s0 runs/demo/merge/varm-s0\n",
     )
     p.add_argument("dirs", nargs="+", metavar="DIR", help="stage output directories (each holds manifest.json)")
     p.set_defaults(func=_run)

