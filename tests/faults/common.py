@@ -1,10 +1,10 @@
 """Shared machinery of the fault suite: the real CLI as a subprocess, kills at seeded moments, a tiny tmpfs.
 
-Every stage's fault file builds its inputs once (fixtures in conftest.py) and then asks the same questions
-through these helpers: does a rerun after kill -9 give the uninterrupted run's output, does any directory
-claim `complete` while a file it lists is missing or damaged, does a second run refuse, does a full disk end
-in one line. Outcomes are appended to `FAULTS_LOG` (JSON lines) when that variable is set, which is where the
-figures in docs/reliability.md come from.
+The inputs are built once (fixtures in conftest.py), each stage's row in stages.py says how to run it, and
+test_stage_faults.py asks every row the same questions through these helpers: does a rerun after kill -9 give
+the uninterrupted run's output, does any directory claim `complete` while a file it lists is missing or
+damaged, does a second run refuse, does a full disk end in one line. Outcomes are appended to `FAULTS_LOG`
+(JSON lines) when that variable is set, which is where the figures in docs/reliability.md come from.
 """
 
 from __future__ import annotations
@@ -272,9 +272,11 @@ def full_disk_case(
     inputs: list[Path],
     check_same: Callable[[Path], None],
     leftovers: Callable[[Path], list[Path]] = lambda out: [],
+    kept_whole: Callable[[Path], None] = lambda out: None,
 ) -> str:
-    """Run into a full tmpfs: one clear line, exit 2, nothing claims complete, inputs untouched; then with room
-    again the same command completes and matches the uninterrupted run."""
+    """Run into a full tmpfs: one clear line, exit 2, nothing claims complete, inputs untouched, and what the run
+    keeps is whole (`kept_whole(out)`); then with room again the same command completes and matches the
+    uninterrupted run."""
     before = [snapshot(d) for d in inputs]
     with small_disk(mount, small):
         out = mount / f"{stage}-out"
@@ -282,6 +284,7 @@ def full_disk_case(
         line = assert_one_clear_error(done, "disk is full")
         no_false_complete([out, *leftovers(out)])
         assert not claims_complete(out)
+        kept_whole(out)
         assert [snapshot(d) for d in inputs] == before, "a failed run changed its inputs"
         grow_disk(mount, "64m")
         again = run(cmd(out))

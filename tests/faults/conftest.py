@@ -61,3 +61,11 @@ def world(tmp_path_factory):
         "fused": fused,
         "merge_inputs": merge_inputs,
     }
+
+
+@pytest.fixture(scope="session")
+def references(world, tmp_path_factory):
+    """Each stage's uninterrupted run through the CLI (stages.py), made on first use and shared by the checks."""
+    from tests.faults.stages import References
+
+    return References(world, tmp_path_factory.mktemp("references"))

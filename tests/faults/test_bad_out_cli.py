@@ -1,7 +1,8 @@
-"""Output directories a stage cannot use, through the real command line of every stage (a subprocess each): a
-read-only file system, a place where nothing can be created (/proc), an `--out` holding a damaged
-`manifest.json`. Each is exit code 2 with one line naming the path, never a traceback, and nothing of the user's
-is changed. Also: `verify` on a damaged manifest, and a reader that closes the pipe early (`status RUN | head`).
+"""Output directories a stage cannot or must not use, through the real command line of every stage in the stage
+table (stages.py; a subprocess each): a read-only file system, a place where nothing can be created (/proc), an
+`--out` holding a damaged `manifest.json`, one holding only the user's dotfiles, one made with other settings.
+Each is exit code 2 with one line naming the path, never a traceback, and nothing of the user's is changed.
+Also: `verify` on a damaged manifest, and a reader that closes the pipe early (`status RUN | head`).
 """
 
 from __future__ import annotations
@@ -12,46 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.common import ENV, assert_one_clear_error, fusechat, run
-from tests.tiny_models import sample_chats
-
-STAGES = ("prepare", "teach", "align", "fuse", "train", "merge", "evaluate", "run")
-
-
-def stage_command(stage: str, world: dict, out: Path) -> list[str]:
-    """The shortest real command of `stage` writing into `out`."""
-    w = world
-    chats = w["root"] / "chats.jsonl"
-    if not chats.is_file():
-        chats.write_text("".join(json.dumps({"messages": c}) + "\n" for c in sample_chats(4)))
-    if stage == "prepare":
-        return fusechat("prepare", chats, "--pivot", w["pivot"], "--out", out)
-    if stage == "run":  # the recipe's workdir is the run's output
-        recipe = {
-            "name": "t",
-            "workdir": str(out),
-            "pivot": str(w["pivot"]),
-            "sources": [{"name": "a", "model": str(w["source"])}],
-            "data": {"train": [{"kind": "file", "path": str(chats)}], "max_length": 256},
-        }
-        (w["root"] / "recipe.yaml").write_text(json.dumps(recipe))
-        return fusechat("run", w["root"] / "recipe.yaml")
-    if stage == "teach":
-        return fusechat("teach", "--model", w["pivot"], "--conversations", w["conv"], "--out", out, "--no-progress")
-    if stage == "align":
-        return fusechat("align", "--pivot-store", w["pivot_store"], "--source-store", w["source_store"], "--out", out)
-    if stage == "fuse":
-        return fusechat("fuse", "--pivot-store", w["pivot_store"], "--aligned", w["aligned"], "--out", out)
-    if stage == "train":
-        return fusechat("train", "--pivot", w["pivot"], "--targets", w["fused"], "--out", out, "--max-steps", "1")
-    if stage == "merge":
-        config = w["root"] / "linear.yml"
-        models = [{"model": str(m), "parameters": {"weight": 0.5}} for m in w["merge_inputs"][:2]]
-        config.write_text(json.dumps({"merge_method": "linear", "models": models}))
-        return fusechat("merge", config, out)
-    return fusechat(
-        "evaluate", w["pivot"], "--suite", "bpb", "--conversations", w["conv"], "--out", out, "--no-progress"
-    )
+from fusechat.verify import verify
+from tests.faults.common import ENV, assert_one_clear_error, claims_complete, fusechat, run, snapshot
+from tests.faults.stages import stages
 
 
 @pytest.fixture(scope="module")
@@ -65,17 +29,17 @@ def read_only(tmp_path_factory):
     subprocess.run(["umount", "-l", str(path)], check=False)
 
 
-@pytest.mark.parametrize("stage", STAGES)
+@pytest.mark.parametrize("stage", stages("read-only"))
 def test_read_only_out_is_one_line(world, read_only, stage):
-    out = read_only / f"{stage}-out"
-    line = assert_one_clear_error(run(stage_command(stage, world, out)), "Read-only file system")
+    out = read_only / f"{stage.name}-out"
+    line = assert_one_clear_error(run(stage.command(world, out)), "Read-only file system")
     assert str(read_only) in line and "choose an output directory you can write" in line
 
 
-@pytest.mark.parametrize("stage", STAGES)
+@pytest.mark.parametrize("stage", stages("no-such-place"))
 def test_out_where_nothing_can_be_created_is_one_line(world, stage):
-    out = Path("/proc/fusechat-cannot-exist") / stage
-    line = assert_one_clear_error(run(stage_command(stage, world, out)), "/proc/", "No such file or directory")
+    out = Path("/proc/fusechat-cannot-exist") / stage.name
+    line = assert_one_clear_error(run(stage.command(world, out)), "/proc/", "No such file or directory")
     assert not out.exists()
     assert "choose an output directory" in line
 
@@ -83,16 +47,46 @@ def test_out_where_nothing_can_be_created_is_one_line(world, stage):
 DAMAGED = [b'{"stage": "teach", "complete": tr', b"[1, 2]", b"\xff\xfe not text"]
 
 
-@pytest.mark.parametrize("stage", [s for s in STAGES if s not in ("merge", "run")])  # merge refuses any existing
+# merge refuses any existing OUT; a run's workdir holds no manifest of its own
+@pytest.mark.parametrize("stage", stages("damaged-manifest", lambda s: s.name not in ("merge", "run")))
 @pytest.mark.parametrize("damage", range(len(DAMAGED)))
 def test_out_holding_a_damaged_manifest_is_one_line_and_kept(world, tmp_path, stage, damage):
     out = tmp_path / "out"
     out.mkdir()
     (out / "manifest.json").write_bytes(DAMAGED[damage])
     (out / "notes.txt").write_text("the user's")
-    assert_one_clear_error(run(stage_command(stage, world, out)), str(out / "manifest.json"), "another --out")
+    assert_one_clear_error(run(stage.command(world, out)), str(out / "manifest.json"), "another --out")
     assert (out / "manifest.json").read_bytes() == DAMAGED[damage]
     assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "notes.txt"]
+
+
+# A run's workdir may be the user's project folder; the folders a run writes in it (`report/`, `eval/`, a teacher
+# store, ...) are held to this rule in test_run_faults.py.
+@pytest.mark.parametrize("stage", stages("users-folder", lambda s: s.name != "run"))
+def test_out_holding_only_the_users_dotfiles_is_refused(world, tmp_path, stage):
+    """`.git` and `.env` alone: not an empty folder, not fusechat's. Refused before any work, left as it was."""
+    out = tmp_path / "mine"
+    (out / ".git").mkdir(parents=True)
+    (out / ".env").write_text("TOKEN=x\n")
+    before = snapshot(out)
+    assert_one_clear_error(run(stage.command(world, out)), str(out))
+    assert snapshot(out) == before
+
+
+@pytest.mark.parametrize("stage", stages("other-settings", lambda s: s.other))
+def test_out_made_with_other_settings_is_refused_unless_overwrite(world, references, tmp_path, stage):
+    """A whole output of the stage, rerun with other inputs or settings (fuse --method avgce into a MinCE store
+    used to replace it silently): one line and nothing touched; `--overwrite` replaces it."""
+    import shutil
+
+    out = shutil.copytree(references(stage.name), tmp_path / "out")
+    before = snapshot(out)
+    cmd = stage.command(world, out, **stage.other(world))
+    assert_one_clear_error(run(cmd), str(out), "--overwrite")
+    assert snapshot(out) == before
+    done = run([*cmd, "--overwrite"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert claims_complete(out) and verify(out) == [] and snapshot(out) != before
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,6 @@
 """Many random corruptions of a store shard and a checkpoint: every one is refused by name before use.
 
-The CLI cases (one truncation and one bit flip per stage, in each stage's fault file) show the error reaches
+The CLI cases (one truncation and one bit flip per stage: test_stage_faults.py) show the error reaches
 the user as one line; this sweep shows the check does not depend on where the damage is, and counts how many
 of the damaged files the format's own reader would have accepted as data without the checksum.
 """
