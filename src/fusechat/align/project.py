@@ -27,18 +27,6 @@ def merge_topk(ids: np.ndarray, probs: np.ndarray, k: int, logprobs: np.ndarray 
     out_ids = np.full((p, k), -1, dtype=np.int32)
     out_lp = np.full((p, k), -np.inf, dtype=np.float32)
     probs = np.asarray(probs, dtype=np.float64)
-    if p == 0 or n == 0:
-        empty = np.zeros(0, dtype=np.int64)
-        return (
-            out_ids,
-            out_lp,
-            dict(
-                segment_rows=empty,
-                segment_ids=empty,
-                segment_probs=empty.astype(float),
-                segment_logprobs=empty.astype(np.float32),
-            ),
-        )
     rows = np.repeat(np.arange(p, dtype=np.int64), n)
     flat_ids, flat_p = ids.reshape(-1), probs.reshape(-1)
     flat_lp = None if logprobs is None else np.asarray(logprobs, dtype=np.float32).reshape(-1)
@@ -48,7 +36,7 @@ def merge_topk(ids: np.ndarray, probs: np.ndarray, k: int, logprobs: np.ndarray 
         flat_lp = flat_lp[keep]
     order = np.lexsort((flat_ids, rows))
     rows, flat_ids, flat_p = rows[order], flat_ids[order], flat_p[order]
-    if len(rows) == 0:
+    if len(rows) == 0:  # no candidates at all (also when p or n is 0)
         empty = np.zeros(0, dtype=np.int64)
         return (
             out_ids,
@@ -84,21 +72,6 @@ def merge_topk(ids: np.ndarray, probs: np.ndarray, k: int, logprobs: np.ndarray 
         out_lp,
         dict(segment_rows=seg_rows, segment_ids=seg_ids, segment_probs=seg_p, segment_logprobs=seg_lp),
     )
-
-
-def lookup(totals: dict, rows: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    """Log-prob of id `ids[i]` in row `rows[i]` of a merge's segments, -inf if absent; (m,) float32."""
-    seg_rows, seg_ids = totals["segment_rows"], totals["segment_ids"]
-    out = np.full(len(rows), -np.inf, dtype=np.float32)
-    if len(seg_rows) == 0 or len(rows) == 0:
-        return out
-    big = int(max(seg_ids.max(), np.max(ids)) + 2)
-    keys = seg_rows * big + seg_ids
-    want = np.asarray(rows, dtype=np.int64) * big + np.asarray(ids, dtype=np.int64)
-    at = np.clip(np.searchsorted(keys, want), 0, len(keys) - 1)
-    hit = (keys[at] == want) & (np.asarray(ids) >= 0)
-    out[hit] = totals["segment_logprobs"][at[hit]]
-    return out
 
 
 @dataclass

@@ -15,11 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fusechat.evaluate.paired import paired_difference, read_items
+from fusechat.evaluate.tasks import TASKS
 
 Z = 2.0  # margins within ±Z standard errors are "≈": this evaluation cannot tell the two models apart
 GROUPS = ("source", "pivot", "clm", "pairwise", "multi", "merge")
 TRAINED = ("pairwise", "multi", "merge")
-LOWER_IS_BETTER = {"bits_per_byte"}
+LOWER_IS_BETTER = {t.metric for t in TASKS.values() if not t.higher_is_better}
 
 
 def decimals(se: float | None, least: int = 3, most: int = 6) -> int:

@@ -29,19 +29,9 @@ from fusechat.evaluate.compare import (
     tasks_of,
 )
 from fusechat.evaluate.plots import GROUP_LABEL
+from fusechat.evaluate.tasks import TASKS
 from fusechat.manifest import atomic_write_bytes
 
-METRIC_TEXT = {
-    "bpb": "held-out bits per byte of assistant turns (lower is better; comparable across tokenizers)",
-    "gsm": "GSM-Symbolic exact match of the final number, greedy, zero-shot (higher is better)",
-    "gsm_bpb": "bits per byte of GSM-Symbolic reference solutions after their question (lower is better)",
-    "code_bpb": "bits per byte of held-out HumanEval reference solutions after the function (lower is better)",
-    "asdiv": "ASDiv exact match of the final number, greedy, zero-shot (higher is better)",
-    "hhh": "BIG-bench hhh_alignment accuracy, option log-likelihood per byte (higher is better)",
-    "boolq": "BoolQ accuracy, option log-likelihood per byte (higher is better)",
-    "csqa": "CommonsenseQA accuracy, option log-likelihood per byte (higher is better)",
-    "mtbench": "MT-Bench single-answer judge score 1-10 (higher is better)",
-}
 CLAIMS_TEXT = (
     f"Each line tests one claim of the paper: a fused target beats the CLM-only baseline of its seed; VaRM beats "
     f"each other merge and each fused target. Margins are in the better direction, with their standard error: "
@@ -161,7 +151,7 @@ def _metric_lines(info: dict, scores: dict, rows: list[dict]) -> list[str]:
     for t in info["tasks"]:
         ns = {scores[r["model"]][t].get("n") for r in rows if t in scores.get(r["model"], {})}
         n = "/".join(str(x) for x in sorted(x for x in ns if x is not None))
-        lines.append(f"{t}: {METRIC_TEXT.get(t, t)}; n = {n}")
+        lines.append(f"{t}: {TASKS[t].description if t in TASKS else t}; n = {n}")
     return lines
 
 

@@ -237,7 +237,7 @@ TASKS: dict[str, Task] = {
     for t in (
         Task(
             "bpb",
-            "held-out bits per byte of assistant turns (lower is better)",
+            "held-out bits per byte of assistant turns (lower is better; comparable across tokenizers)",
             "bits_per_byte",
             False,
             None,
@@ -248,7 +248,7 @@ TASKS: dict[str, Task] = {
         ),
         _math_task(
             "gsm",
-            "GSM-Symbolic exact match, greedy, zero-shot",
+            "GSM-Symbolic exact match of the final number, greedy, zero-shot (higher is better)",
             lambda opts, limit: datasets.gsm_symbolic_problems(limit or 100, opts.gsm_seed),
             100,
         ),
@@ -265,8 +265,7 @@ TASKS: dict[str, Task] = {
         ),
         Task(
             "code_bpb",
-            "bits per byte of held-out HumanEval reference solutions (HumanEval/100-163) after the function to "
-            "complete (lower is better)",
+            "bits per byte of held-out HumanEval reference solutions after the function (lower is better)",
             "bits_per_byte",
             False,
             64,
@@ -276,14 +275,29 @@ TASKS: dict[str, Task] = {
             lambda opts: {"prompt": datasets.CODE_INSTRUCTION, "v": PROMPT_VERSION},
         ),
         _math_task(
-            "asdiv", "ASDiv exact match, greedy, zero-shot", lambda opts, limit: datasets.asdiv_problems(limit), 200
+            "asdiv",
+            "ASDiv exact match of the final number, greedy, zero-shot (higher is better)",
+            lambda opts, limit: datasets.asdiv_problems(limit),
+            200,
         ),
-        _choice_task("hhh", "BIG-bench hhh_alignment, log-likelihood per byte", datasets.hhh_items, None),
-        _choice_task("boolq", "BoolQ dev, log-likelihood per byte", datasets.boolq_items, 200),
-        _choice_task("csqa", "CommonsenseQA validation, log-likelihood per byte", datasets.csqa_items, 200),
+        _choice_task(
+            "hhh",
+            "BIG-bench hhh_alignment accuracy, option log-likelihood per byte (higher is better)",
+            datasets.hhh_items,
+            None,
+        ),
+        _choice_task(
+            "boolq", "BoolQ accuracy, option log-likelihood per byte (higher is better)", datasets.boolq_items, 200
+        ),
+        _choice_task(
+            "csqa",
+            "CommonsenseQA accuracy, option log-likelihood per byte (higher is better)",
+            datasets.csqa_items,
+            200,
+        ),
         Task(
             "mtbench",
-            "MT-Bench answers to both turns (judged if a judge is configured)",
+            "MT-Bench single-answer judge score 1-10 (higher is better)",
             "answered",
             True,
             None,

@@ -180,10 +180,3 @@ METHODS: Mapping[str, MethodSpec] = {
 
 NAMES: tuple[str, ...] = tuple(METHODS)
 WEIGHTED: tuple[str, ...] = tuple(name for name, spec in METHODS.items() if spec.weighted)
-
-
-def get_method(name: str) -> MethodSpec:
-    try:
-        return METHODS[name]
-    except KeyError:
-        raise KeyError(f"unknown merge_method {name!r}; known: {', '.join(METHODS)}") from None
