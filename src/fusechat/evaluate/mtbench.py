@@ -42,34 +42,21 @@ def answer_questions(
     """Greedy answers to both turns (the second turn sees the model's own first answer)."""
     tok = loaded.tokenizer
     stops = stop_strings(tok)
-    first_msgs = [[{"role": "user", "content": q["turns"][0]}] for q in questions]
-    first = generate(
-        loaded.model,
-        tok,
-        [render(tok, m) for m in first_msgs],
-        max_new_tokens,
-        batch_size,
-        stops,
-        "mt-bench turn 1",
-        progress,
-    )
-    second_msgs = [
-        [*m, {"role": "assistant", "content": a}, {"role": "user", "content": q["turns"][1]}]
-        for m, a, q in zip(first_msgs, first, questions, strict=True)
-    ]
-    second = generate(
-        loaded.model,
-        tok,
-        [render(tok, m) for m in second_msgs],
-        max_new_tokens,
-        batch_size,
-        stops,
-        "mt-bench turn 2",
-        progress,
-    )
+    chats = [[{"role": "user", "content": q["turns"][0]}] for q in questions]
+    answers: list[list[str]] = []
+    for turn in (1, 2):
+        if turn == 2:  # the model's own first answer, then the second question
+            chats = [
+                [*m, {"role": "assistant", "content": a}, {"role": "user", "content": q["turns"][1]}]
+                for m, a, q in zip(chats, answers[0], questions, strict=True)
+            ]
+        prompts = [render(tok, m) for m in chats]
+        answers.append(
+            generate(loaded.model, tok, prompts, max_new_tokens, batch_size, stops, f"mt-bench turn {turn}", progress)
+        )
     items = [
         {"question_id": q["question_id"], "category": q["category"], "turns": [a, b]}
-        for q, a, b in zip(questions, first, second, strict=True)
+        for q, a, b in zip(questions, *answers, strict=True)
     ]
     extra = {"prompt_format": prompt_format(tok), "max_new_tokens": max_new_tokens, "judged": False}
     return TaskResult("answered", float(len(items)), float("nan"), len(items), extra, items)
