@@ -1,5 +1,5 @@
-"""The fault suite's table of stages: one row per command, with the shortest real command line and the facts
-about its output that the shared fault checks need.
+"""The fault suite's table of stages: one row per command, with its shortest real command line (commands.py) and
+the facts about its output that the shared fault checks need.
 
 The checks themselves are written once (test_stage_faults.py: interrupted runs, a full disk, damaged inputs, two
 runs at once, a damaged shard of its own; test_bad_out_cli.py: output directories a stage cannot or must not
@@ -8,7 +8,6 @@ use) and asked of every row that has the fact they need; a new stage is one row 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from collections.abc import Callable
@@ -18,108 +17,22 @@ from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
-import yaml
 from safetensors.torch import load_file
 
 from fusechat.verify import verify
+from tests.faults.commands import (
+    STEPS,
+    align_command,
+    evaluate_command,
+    fuse_command,
+    merge_command,
+    merge_config,
+    prepare_command,
+    run_command,
+    teach_command,
+    train_command,
+)
 from tests.faults.common import claims_complete, fusechat, manifest, record, reference_run, run
-from tests.tiny_models import sample_chats
-
-STEPS = 24  # the train stage's steps: a checkpoint every other step, so a kill resumes from a recent one
-
-
-def _chats(path: Path, chats: list) -> Path:
-    if not path.is_file():
-        path.write_text("".join(json.dumps({"messages": c}) + "\n" for c in chats))
-    return path
-
-
-def write_recipe(directory: Path, world: dict, workdir: str = "run") -> Path:
-    """A whole tiny recipe in `directory` (its data beside it, named by relative paths): two sources, held-out
-    data, a short training, one merge and bpb."""
-    chats = sample_chats(14)
-    _chats(directory / "train.jsonl", chats[:10])
-    _chats(directory / "heldout.jsonl", chats[10:])
-    recipe = {
-        "name": "faults",
-        "workdir": workdir,
-        "pivot": str(world["pivot"]),
-        "sources": [{"name": "a", "model": str(world["source"])}, {"name": "b", "model": str(world["pivot"])}],
-        "data": {
-            "train": [{"kind": "file", "path": "train.jsonl"}],
-            "heldout": [{"kind": "file", "path": "heldout.jsonl"}],
-            "max_length": 256,
-        },
-        "teach": {"top_k": 4},
-        "train": {"lambda": 0.9, "max_steps": 3, "batch_size": 2, "learning_rate": 1e-3},
-        "merge": {"methods": [{"method": "linear"}]},
-        "evaluate": {"suite": ["bpb"]},
-    }
-    path = directory / "recipe.yaml"
-    path.write_text(yaml.safe_dump(recipe))
-    return path
-
-
-def merge_config(path: Path, base: Path, models: list[Path]) -> Path:
-    body = {
-        "merge_method": "ties",
-        "base_model": str(base),
-        "models": [{"model": str(m), "parameters": {"weight": 0.5, "density": 0.5}} for m in models],
-        "dtype": "float32",
-    }
-    path.write_text(yaml.safe_dump(body))
-    return path
-
-
-# ---------------------------------------------------------------- the commands (`world`: conftest.py)
-def _prepare(w: dict, out: Path, data: Path | None = None, max_length: int = 256) -> list[str]:
-    data = data or _chats(w["root"] / "chats-24.jsonl", sample_chats(24))
-    return fusechat("prepare", data, "--pivot", w["pivot"], "--out", out, "--max-length", max_length)
-
-
-def _teach(w: dict, out: Path, conversations: Path | None = None, model: Path | None = None, top_k: int = 4):
-    return fusechat(
-        "teach", "--model", model or w["pivot"], "--conversations", conversations or w["conv"], "--out", out,
-        "--top-k", top_k, "--shard-rows", 4, "--batch-tokens", 64, "--no-progress",
-    )  # fmt: skip
-
-
-def _align(w: dict, out: Path, pivot_store: Path | None = None, vocab_map: str = "exact") -> list[str]:
-    pivot = pivot_store or w["pivot_store"]
-    return fusechat("align", "--pivot-store", pivot, "--source-store", w["source_store"], "--out", out,
-                    "--vocab-map", vocab_map)  # fmt: skip
-
-
-def _fuse(w: dict, out: Path, aligned: Path | None = None, method: str = "mince") -> list[str]:
-    aligned = aligned or w["aligned"]
-    return fusechat("fuse", "--pivot-store", w["pivot_store"], "--aligned", aligned, "--out", out, "--method", method)
-
-
-def _train(w: dict, out: Path, targets: Path | None = None) -> list[str]:
-    return fusechat(
-        "train", "--pivot", w["pivot"], "--targets", targets or w["fused"], "--out", out, "--max-steps", STEPS,
-        "--batch-size", 2, "--save-steps", 2, "--seed", 0, "--lr", "1e-3", "--report-to", "none",
-        "--max-length", 256,
-    )  # fmt: skip
-
-
-def _merge(w: dict, out: Path, config: Path | None = None) -> list[str]:
-    if config is None:
-        base, *models = w["merge_inputs"]
-        config = merge_config(w["root"] / "ties.yml", base, models)
-    return fusechat("merge", config, out, "--max-shard-size", "2e6")
-
-
-def _evaluate(w: dict, out: Path, models: str | None = None) -> list[str]:
-    return fusechat("evaluate", models or f"p={w['pivot']}", "--suite", "bpb", "--conversations", w["conv"],
-                    "--out", out, "--no-progress")  # fmt: skip
-
-
-def _run(w: dict, out: Path) -> list[str]:
-    """`run` of a recipe whose workdir is `out` (absolute), the recipe kept apart from it in the world."""
-    place = w["root"] / "recipes" / hashlib.sha256(str(out).encode()).hexdigest()[:16]
-    place.mkdir(parents=True, exist_ok=True)
-    return fusechat("run", write_recipe(place, w, workdir=str(out)))
 
 
 # ---------------------------------------------------------------- what a stage's output looks like
@@ -253,7 +166,7 @@ def _repair_targets(world: dict, inputs: dict, victim: Path, kind: str) -> None:
     """The documented repair: delete the damaged shard and rerun the stage that wrote the store."""
     victim.unlink()
     store = inputs["targets"]
-    repaired = run(_fuse(world, store))
+    repaired = run(fuse_command(world, store))
     assert repaired.returncode == 0, repaired.stderr[-2000:]
     assert manifest(store)["shards"] == manifest(world["fused"])["shards"] and verify(store) == []
     record("repair", "fuse", kind=kind, repaired=True)
@@ -319,10 +232,10 @@ class Stage:
 STAGES: dict[str, Stage] = {
     s.name: s
     for s in (
-        Stage("prepare", _prepare, other=lambda w: {"max_length": 512}),
+        Stage("prepare", prepare_command, other=lambda w: {"max_length": 512}),
         Stage(
             "teach",
-            _teach,
+            teach_command,
             same=_same_store(),
             progress=shards_done,
             units=lambda ref: manifest(ref)["n_shards"],
@@ -340,7 +253,7 @@ STAGES: dict[str, Stage] = {
             # Timed kills, not shard-triggered: most of align's time goes to tokenizers and the vocabulary map
             # before the first shard, and its shards then follow within a fraction of a second.
             "align",
-            _align,
+            align_command,
             same=_same_store("coverage"),
             kills=(2, 11, 1),
             sweep=(20, 1011, 10),
@@ -352,7 +265,7 @@ STAGES: dict[str, Stage] = {
         ),
         Stage(
             "fuse",
-            _fuse,
+            fuse_command,
             same=_same_store("selection"),
             progress=shards_done,
             units=lambda ref: manifest(ref)["n_shards"],
@@ -366,7 +279,7 @@ STAGES: dict[str, Stage] = {
         ),
         Stage(
             "train",
-            _train,
+            train_command,
             started=lambda out: (out / "checkpoints").exists(),
             same=_same_weights,
             progress=lambda out: len(list((out / "checkpoints").glob("checkpoint-*"))),
@@ -382,7 +295,7 @@ STAGES: dict[str, Stage] = {
             # A merge starts over after a failure (its partial directory is removed): its line must not promise
             # a resume.
             "merge",
-            _merge,
+            merge_command,
             started=lambda out: bool(partials(out)) or out.exists(),
             finished=Path.exists,
             outputs=lambda out: [out, *partials(out)],
@@ -398,13 +311,13 @@ STAGES: dict[str, Stage] = {
         ),
         Stage(
             "evaluate",
-            _evaluate,
+            evaluate_command,
             damaged=Damaged(_evaluate_of_damaged, ()),
             other=lambda w: {"models": f"s={w['source']}"},
         ),
         Stage(
             "run",
-            _run,
+            run_command,
             started=_run_started,
             finished=lambda out: claims_complete(out / "report"),
             outputs=_run_outputs_truthful,

@@ -10,8 +10,8 @@ import json
 import pytest
 import yaml
 
+from tests.faults.commands import write_recipe
 from tests.faults.common import assert_one_clear_error, fusechat, record, run, snapshot
-from tests.faults.stages import write_recipe
 from tests.tiny_models import sample_chats
 
 
