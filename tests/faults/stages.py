@@ -210,6 +210,8 @@ class Damaged:
 # ---------------------------------------------------------------- the table
 @dataclass(frozen=True)
 class Stage:
+    """One row: a stage and what the checks must know of it; a check asks only the rows that have its fact."""
+
     name: str
     command: Callable[..., list[str]]  # (world, out, **inputs): the shortest real command writing `out`
     started: Callable[[Path], bool] = _has_manifest  # it has begun writing `out`
