@@ -109,7 +109,7 @@ def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
 
 
 @dataclass
-class TeachOptions:
+class PassSettings:
     """How the pass runs; none of it changes the numbers stored except `top_k` and `dtype`."""
 
     top_k: int = 10
@@ -178,7 +178,7 @@ def teach(
     # Recorded, and checked on resume, outside the fingerprint: stores written before it was recorded still resume.
     header["dtype"] = str(torch_dtype).removeprefix("torch.")
     header["head_dtype"] = "float32" if float32_head(model_dir, torch_dtype) else header["dtype"]
-    opts = TeachOptions(
+    opts = PassSettings(
         top_k, shard_rows, batch_tokens, max_batch, dtype, device, device_map, max_memory, offload_folder,
         trust_remote_code, allow_pickle, progress,
     )  # fmt: skip
@@ -217,7 +217,7 @@ def _run_shards(
     model_dir: Path,
     output: ShardedOutput,
     mine: list[int],
-    opts: TeachOptions,
+    opts: PassSettings,
 ) -> None:
     dtype = getattr(torch, header["dtype"])
     if opts.device_map is not None:
