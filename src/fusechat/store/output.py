@@ -5,10 +5,8 @@ another stage or the user owns), hold its lock, decide whether the output is alr
 from other inputs: refused unless the user asks to overwrite it), drop what a killed writer left, mark the
 manifest incomplete, write each missing or damaged shard under a temporary name, and write the complete
 manifest only once every shard is in place. Written once here, so a stage only says what goes into its rows.
-
-The teacher pass may be split between processes (torchrun ranks, `--shard I/N`) that write one output side by
-side: each then locks only its own shard set and, while writing it, each shard; a killed writer's temporaries are
-removed shard by shard (by `ShardWriter`), and whichever process finishes last writes the complete manifest.
+A teacher pass split between processes (torchrun, `--shard I/N`) locks per process and per shard, leaves other
+processes' temporaries alone (`ShardWriter` removes its own), and the last process to finish writes the manifest.
 """
 
 from __future__ import annotations
@@ -44,11 +42,9 @@ class ShardedOutput:
 
     Use as `with ShardedOutput(...) as output:`; then `output.up_to_date` says whether there is nothing to do,
     `start(manifest)` begins (or resumes) the run, `shard(i)` writes one shard, `finish(manifest)` completes it.
-    `overwrite` replaces an output made with other inputs or settings (refused without it).
-
-    `split` (rank, world) makes this process one of `world` writing the output together (see the module doc).
-    `settings`, the manifest's header, lets a refusal name what differs; its keys in `same` are recorded outside
-    the fingerprint (so outputs written before they were recorded still resume) but must match to resume.
+    `overwrite` replaces an output made with other inputs or settings (refused without it). `split`: (rank, world)
+    of a split run. `settings` (the manifest's header) lets a refusal name what differs; its keys in `same` are
+    outside the fingerprint (outputs written before they were recorded still resume) but must match to resume.
     """
 
     def __init__(

@@ -8,6 +8,7 @@ RANK/WORLD_SIZE split the shards between processes, and whichever finishes last 
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -25,10 +26,12 @@ from tqdm import tqdm
 from fusechat._version import __version__
 from fusechat.data.conversations import Conversations, supervised_positions
 from fusechat.errors import FusechatError
+from fusechat.flags import validate
 from fusechat.manifest import fingerprint
 from fusechat.models.load import load_model, load_tokenizer, resolve_model_dir, tokenizer_fingerprint
 from fusechat.store.format import TopKRecord
 from fusechat.store.output import ShardedOutput
+from fusechat.teacher.options import TeachCommandOptions
 from fusechat.teacher.placement import auto_batch_tokens, input_device, load_placed, model_devices
 from fusechat.teacher.scoring import check_head, float32_head, model_parts, score_batch
 from fusechat.teacher.writer import BackgroundWriter, ShardJob
@@ -151,10 +154,7 @@ def teach(
     with accelerate over this process's GPUs, the CPU and `offload_folder`; `max_memory` caps each device. A store
     made with other settings (or in another dtype) is refused unless `overwrite` (manifest.settings_check).
     """
-    if not 1 <= top_k <= 1024:
-        raise FusechatError(f"--top-k {top_k}: must be between 1 and 1024")
-    if shard_rows < 1 or (batch_tokens is not None and batch_tokens < 1):
-        raise FusechatError("--shard-rows and --batch-tokens must be positive")
+    validate(TeachCommandOptions, {"top_k": top_k, "shard_rows": shard_rows, "batch_tokens": batch_tokens})
     if device_map is not None and device is not None:
         raise FusechatError("--device and --device-map exclude each other: --device-map places the model itself")
     conv = Conversations(conversations)
@@ -203,8 +203,6 @@ def teach(
 
 
 def _vocab_size(model_dir: Path, tokenizer) -> int:
-    import json
-
     config = json.loads((model_dir / "config.json").read_text())
     text = config.get("text_config", config)
     return int(text.get("vocab_size") or len(tokenizer))
