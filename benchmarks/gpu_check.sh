@@ -30,6 +30,25 @@ echo "-- chunk memory sweep at 262,144 x 4,096 (MiB)"
 [ -n "${SMOKE:-}" ] || $PY benchmarks/bench_loss.py --shapes 262144x4096 --variants fusion,clm --chunk-memory 128,256,512,1024,4096 --rounds 3 2>&1 | grep -v Warning
 [ -n "${QUICK:-}" ] && exit 0
 
+# ---- teacher pass (issue 14) -------------------------------------------------------------------------------
+# `fusechat teach` tokens/s against a bare forward + log-softmax + top-k on the same batches, Qwen2.5-1.5B's shape
+# with random weights and the real Qwen tokenizer, start-up and model loading apart (benchmarks/bench_teach_gpu.py).
+# The GPU machine may have no network: copy the tokenizer folder into the (git-ignored) bench-out/ first, e.g.
+#   mkdir -p bench-out/tokenizers && cp -r /work/shared/tokenizers/qwen2.5-coder-0.5b-instruct bench-out/tokenizers/
+# TOKENIZER=DIR picks another folder; SKIP_TEACH=1 leaves the section out.
+echo "== T. teacher pass: teach vs bare forward + log-softmax + top-k (1.5B-shaped, bf16)"
+TOKENIZER=${TOKENIZER:-bench-out/tokenizers/qwen2.5-coder-0.5b-instruct}
+if [ -n "${SKIP_TEACH:-}" ]; then
+  echo "  skipped (SKIP_TEACH)"
+elif [ ! -d "$TOKENIZER" ]; then
+  echo "  skipped: no tokenizer folder at $TOKENIZER (see the comment above this section)"
+else
+  TEACH_ARGS=(--tokenizer "$TOKENIZER" --json "$OUT/teach.json"); [ -n "${SMOKE:-}" ] && TEACH_ARGS+=(--shape tiny --device cpu --n 8)
+  $PY benchmarks/bench_teach_gpu.py "${TEACH_ARGS[@]}" > "$OUT/teach.log" 2>&1 \
+    && sed -n '/^{/,/^}/p' "$OUT/teach.log" || { echo "  FAILED: see $OUT/teach.log"; tail -5 "$OUT/teach.log"; }
+fi
+# ---- end of the teacher pass section -----------------------------------------------------------------------
+
 echo "== 3. fusechat train on a random-weight 1.2B pivot"
 [ -d "$OUT/inputs/targets" ] || $PY benchmarks/gpu_train_setup.py "$OUT/inputs" "${SMALL[@]}"
 ARGS=(--pivot "$OUT/inputs/pivot" --targets "$OUT/inputs/targets" --max-steps 10 --batch-size 4 --max-length 1024
