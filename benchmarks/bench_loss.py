@@ -1,8 +1,10 @@
 """The loss head alone: time and peak memory of one forward + backward, fusion vs CLM-only vs dense (vs Liger).
 
 Variants on the same (N, H) hidden states and (V, H) head (bf16 on a GPU, fp32 on CPU unless --dtype):
-  fusion  - fusechat's chunked loss, lam 0.9, top-10 sparse targets
+  fusion  - fusechat's chunked loss, lam 0.9, top-10 sparse targets, each piece's elementwise work eager
   clm     - the same loss with lam 1 (CLM only, no targets)
+  fusion_compiled, clm_compiled - the same two with that work compiled (torch.compile; `kernel="compiled"`,
+            what `auto` runs on CUDA); the warm-up round includes the compilation, whose time is printed apart
   dense   - fusechat's dense reference: full fp32 logits, dense targets, autograd (what reference scripts do)
   liger   - Liger-Kernel's fused linear cross-entropy (CLM only), where `liger_kernel` is importable
   fusion@REV, clm@REV - the same with `fusechat.train` as it was at git revision REV (`--against REV`), for an
@@ -14,7 +16,7 @@ CPU the process's CPU time is printed beside wall time (far less sensitive to ot
     python benchmarks/bench_loss.py --small                   # CPU: N 1024, V 32,000 x H 256
     python benchmarks/bench_loss.py --small --against HEAD~1  # the same, old loss beside the new one
     python benchmarks/bench_loss.py                           # GPU: N 16,384 at the issue's four shapes
-    python benchmarks/bench_loss.py --shapes 262144x4096 --variants fusion,clm --chunk-memory 256,1024
+    python benchmarks/bench_loss.py --shapes 262144x4096 --variants fusion_compiled,clm_compiled --chunk-memory 256,1024
 """
 
 from __future__ import annotations
@@ -72,8 +74,11 @@ def make_inputs(v: int, h: int, n: int, dtype, device):
 def make_step(variant: str, impls: dict, inputs, chunk_memory: int | None):
     hidden, weight, labels, tid, tlp = inputs
     name, _, rev = variant.partition("@")
+    name, _, compiled = name.partition("_")
     fusion_loss, head_cls, dense = impls[rev or None]
     kw = {} if chunk_memory is None or rev else {"chunk_memory": chunk_memory}
+    if not rev and name in ("fusion", "clm"):
+        kw["kernel"] = "compiled" if compiled else "eager"
     liger = None
     if name == "liger":
         from liger_kernel.transformers.fused_linear_cross_entropy import LigerFusedLinearCrossEntropyLoss
@@ -104,6 +109,7 @@ def measure(steps: dict, rounds: int, device) -> dict:
     cpu: dict[str, list[float]] = {v: [] for v in steps}
     peaks: dict[str, int] = {}
     losses: dict[str, float] = {}
+    first: dict[str, float] = {}
     for r in range(rounds + 1):
         order = list(steps) if r % 2 == 0 else list(reversed(steps))
         for v in order:
@@ -117,15 +123,24 @@ def measure(steps: dict, rounds: int, device) -> dict:
             if cuda:
                 torch.cuda.synchronize()
                 peaks[v] = max(peaks.get(v, 0), torch.cuda.max_memory_allocated() - base)
-            if r:  # round 0 warms up
+            if r:  # round 0 warms up (and compiles)
                 times[v].append(time.perf_counter() - t)
                 cpu[v].append(time.process_time() - c)
+            else:
+                first[v] = time.perf_counter() - t
 
     def median(xs: list[float]) -> float:
         return sorted(xs)[len(xs) // 2]
 
     return {
-        v: {"s": median(ts), "cpu_s": median(cpu[v]), "peak": peaks.get(v), "loss": losses[v], "all_s": ts}
+        v: {
+            "s": median(ts),
+            "cpu_s": median(cpu[v]),
+            "peak": peaks.get(v),
+            "loss": losses[v],
+            "all_s": ts,
+            "first_s": first[v],
+        }
         for v, ts in times.items()
     }
 
@@ -135,7 +150,7 @@ def main() -> None:
     p.add_argument("--small", action="store_true", help="a CPU-sized shape: N 1024, 32000x256")
     p.add_argument("--shapes", help="VxH,... (default: the issue's four on a GPU)")
     p.add_argument("--n", type=int, help="supervised positions (default 16384; 1024 with --small)")
-    p.add_argument("--variants", default="fusion,clm,dense,liger")
+    p.add_argument("--variants", default="fusion,fusion_compiled,clm,clm_compiled,dense,liger")
     p.add_argument("--against", help="git revision whose loss runs beside this one (fusion@REV, clm@REV)")
     p.add_argument("--chunk-memory", default="", help="MiB per chunk, comma-separated to sweep (default: auto)")
     p.add_argument("--rounds", type=int, default=5)
@@ -166,7 +181,7 @@ def main() -> None:
             v, h = (int(x) for x in shape.split("x"))
             inputs = make_inputs(v, h, n, dtype, device)
             for budget in budgets:
-                names = [x for x in variants if budget is None or x.split("@")[0] in ("fusion", "clm")]
+                names = [x for x in variants if budget is None or x.split("@")[0].split("_")[0] in ("fusion", "clm")]
                 steps = {x: make_step(x, impls, inputs, budget) for x in names}
                 res = measure(steps, args.rounds, device)
                 label = "auto" if budget is None else f"{budget >> 20} MiB"
@@ -174,8 +189,11 @@ def main() -> None:
                 for x, r in res.items():
                     mem = "" if r["peak"] is None else f", peak extra {r['peak'] / 2**30:.3f} GiB"
                     mem += "" if device.type == "cuda" else f", CPU time {1000 * r['cpu_s']:9.1f} ms"
-                    print(f"  {x:16s} {1000 * r['s']:9.1f} ms{mem}  loss {r['loss']:.4f}")
-                ratios = [("fusion", "clm"), ("fusion", "liger"), ("fusion", "dense"), ("clm", "liger")]
+                    first = f"  (first call {r['first_s']:.1f} s, with compilation)" if "compiled" in x else ""
+                    print(f"  {x:16s} {1000 * r['s']:9.1f} ms{mem}  loss {r['loss']:.4f}{first}")
+                ratios = [("fusion_compiled", "fusion"), ("clm_compiled", "clm"), ("fusion", "clm")]
+                ratios += [("fusion_compiled", "clm_compiled"), ("fusion_compiled", "liger"), ("fusion", "liger")]
+                ratios += [("clm_compiled", "liger"), ("fusion_compiled", "dense"), ("fusion", "dense")]
                 if args.against:
                     ratios += [(f"fusion@{args.against}", "fusion"), (f"clm@{args.against}", "clm")]
                 for a, b in ratios:
