@@ -120,13 +120,15 @@ def _terms(z, labels, ids, valid, q, q_tail, out, lam, temp, scale, cap, coef, f
 @contextlib.contextmanager
 def _configured() -> Iterator[None]:
     # Plain attribute swaps: torch's config.patch costs tens of microseconds, paid on every piece.
-    old = [getattr(module, key) for module, key, _ in _CONFIG]
+    # A torch without one of these settings just compiles a few more graphs.
+    known = [(module, key, value) for module, key, value in _CONFIG if hasattr(module, key)]
+    old = [getattr(module, key) for module, key, _ in known]
     try:
-        for module, key, value in _CONFIG:
+        for module, key, value in known:
             setattr(module, key, value)
         yield
     finally:
-        for (module, key, _), value in zip(_CONFIG, old, strict=True):
+        for (module, key, _), value in zip(known, old, strict=True):
             setattr(module, key, value)
 
 
