@@ -186,6 +186,8 @@ def main() -> None:
                 res = measure(steps, args.rounds, device)
                 label = "auto" if budget is None else f"{budget >> 20} MiB"
                 print(f"V {v} x H {h}, N {n}, {dtype}, {device.type}, chunk memory {label}:")
+                if any("compiled" in x for x in res) and importlib.import_module("fusechat.train.fused").failed():
+                    print("  NOTE: compiling failed (the warning above): the *_compiled variants ran eagerly")
                 for x, r in res.items():
                     mem = "" if r["peak"] is None else f", peak extra {r['peak'] / 2**30:.3f} GiB"
                     mem += "" if device.type == "cuda" else f", CPU time {1000 * r['cpu_s']:9.1f} ms"

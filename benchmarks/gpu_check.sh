@@ -5,8 +5,9 @@
 #   2. the loss benchmark at the four shapes (fusion vs CLM-only vs dense vs Liger: time, peak memory,
 #      ratios; fusion and CLM-only both with the eager and the compiled (torch.compile) elementwise work), and a
 #      sweep of the chunk memory at the largest shape;
-#   3. a short `fusechat train` of a random-weight 1.2B pivot: one GPU, FSDP2 on one process, and with two or more
-#      GPUs DDP and FSDP2 over two processes (checking NCCL does not guess device ids).
+#   3. a short `fusechat train` of a random-weight 1.2B pivot: one GPU (the loss compiled, then eager), FSDP2 on
+#      one process, and with two or more GPUs DDP and FSDP2 over two processes (checking NCCL does not guess
+#      device ids).
 # Prints the figures; everything is also kept under $OUT (default /tmp/fusechat-gpu-check).
 #   bash benchmarks/gpu_check.sh            # all of it (about 10 minutes on one H200)
 #   QUICK=1 bash benchmarks/gpu_check.sh    # tests and the loss benchmark only
@@ -53,9 +54,11 @@ PYEOF
   else
     echo "  FAILED: see $OUT/train-$name.log"; tail -5 "$OUT/train-$name.log"
   fi
-  grep -h "train_runtime\|Guessing device" "$OUT/train-$name.log" | tail -2 | sed 's/^/  /' || true
+  grep -h "train_runtime\|Guessing device\|loss_kernel:" "$OUT/train-$name.log" | tail -3 | sed 's/^/  /' || true
 }
 echo "-- one GPU"; run one $PY --
+echo "-- one GPU, the loss's elementwise work eager (--loss-kernel eager; the run above: auto = compiled)"
+run one-eager $PY -- --loss-kernel eager
 [ -n "${SMOKE:-}" ] && { echo "-- FSDP2: GPUs only"; exit 0; }
 echo "-- FSDP2, one process"; run fsdp1 $PY -m torch.distributed.run --nproc_per_node 1 -- --fsdp
 if [ "$NGPU" -ge 2 ]; then
