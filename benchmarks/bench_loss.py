@@ -17,6 +17,7 @@ CPU the process's CPU time is printed beside wall time (far less sensitive to ot
     python benchmarks/bench_loss.py --small --against HEAD~1  # the same, old loss beside the new one
     python benchmarks/bench_loss.py                           # GPU: N 16,384 at the issue's four shapes
     python benchmarks/bench_loss.py --shapes 262144x4096 --variants fusion_compiled,clm_compiled --chunk-memory 256,1024
+    python benchmarks/bench_loss.py --piece 128                # one piece's elementwise work, eager vs compiled
 """
 
 from __future__ import annotations
@@ -145,6 +146,48 @@ def measure(steps: dict, rounds: int, device) -> dict:
     }
 
 
+def bench_pieces(shapes: str, rows: int, dtype, device, rounds: int) -> None:
+    """The elementwise work of one piece alone (softmax statistics, both terms, the gradient written in `dtype`),
+    eager against compiled, on fp32 logits (rows x V) as the logits matmul leaves them; no matmul is timed.
+    Prints the time a piece, and the memory bandwidth it would take if the piece were one read of the fp32
+    logits and one write of the gradient (against the device's peak: how close to a single pass it is)."""
+    sys.path.insert(0, str(ROOT / "src"))
+    from fusechat.train import chunked, fused
+
+    fns = {"eager": chunked.piece_loss_and_grad, "compiled": fused.piece_loss_and_grad}
+    for shape in shapes.split(","):
+        v = int(shape.split("x")[0])
+        g = torch.Generator(device=device).manual_seed(0)
+        z0 = torch.randn(rows, v, device=device, generator=g) * 3
+        z = torch.empty_like(z0)
+        labels = torch.randint(0, v, (rows,), device=device, generator=g)
+        ids = torch.randint(0, v, (rows, K), device=device, generator=g)
+        q = torch.softmax(torch.randn(rows, K, device=device, generator=g), -1)
+        valid = torch.ones(rows, K, dtype=torch.bool, device=device)
+        out = torch.empty(rows, v, dtype=dtype, device=device)
+        cfg = (0.9, 1.0, 1.0, None, 1.0 / 16384)
+        times: dict[str, list[float]] = {name: [] for name in fns}
+        for r in range(rounds + 1):
+            for name, fn in fns.items():
+                for _ in range(10):
+                    z.copy_(z0)  # the eager piece overwrites its logits
+                    target = z if dtype == torch.float32 else out
+                    if device.type == "cuda":
+                        torch.cuda.synchronize()
+                    t = time.perf_counter()
+                    fn(z, labels, ids, valid, q, None, cfg, target)
+                    if device.type == "cuda":
+                        torch.cuda.synchronize()
+                    if r:  # round 0 warms up (and compiles)
+                        times[name].append(time.perf_counter() - t)
+        med = {name: sorted(ts)[len(ts) // 2] for name, ts in times.items()}
+        print(f"piece {rows} x V {v}, gradient in {dtype}, {device.type}:")
+        one_pass = rows * v * (4 + out.element_size())
+        for name, t in med.items():
+            print(f"  {name:9s} {1000 * t:8.3f} ms a piece, as one pass {one_pass / t / 1e9:7.1f} GB/s")
+        print(f"  time compiled/eager: {med['compiled'] / med['eager']:.3f}", flush=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--small", action="store_true", help="a CPU-sized shape: N 1024, 32000x256")
@@ -157,6 +200,7 @@ def main() -> None:
     p.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), help="default bf16 on GPU, fp32 on CPU")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", help="also write the figures here")
+    p.add_argument("--piece", type=int, metavar="ROWS", help="time only one piece's elementwise work (ROWS x V)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -165,6 +209,8 @@ def main() -> None:
     ]
     shapes = args.shapes or ("32000x256" if args.small or device.type != "cuda" else GPU_SHAPES)
     n = args.n or (1024 if args.small or device.type != "cuda" else 16384)
+    if args.piece:
+        return bench_pieces(shapes, args.piece, dtype, device, args.rounds)
     variants = args.variants.split(",")
     if args.against:
         variants += [f"{v}@{args.against}" for v in ("fusion", "clm") if v in variants]

@@ -3,8 +3,8 @@
 # root, in an environment where `pip install -e '.[test]'` was done (and liger-kernel, if it is to be compared).
 #   1. the CUDA-relevant tests (the loss in bf16/fp16 against fp32 on the GPU, the fp32 path against the dense one);
 #   2. the loss benchmark at the four shapes (fusion vs CLM-only vs dense vs Liger: time, peak memory,
-#      ratios; fusion and CLM-only both with the eager and the compiled (torch.compile) elementwise work), and a
-#      sweep of the chunk memory at the largest shape;
+#      ratios; fusion and CLM-only both with the eager and the compiled (torch.compile) elementwise work), one
+#      piece's elementwise work alone (eager vs compiled), and a sweep of the chunk memory at the largest shape;
 #   3. a short `fusechat train` of a random-weight 1.2B pivot: one GPU (the loss compiled, then eager), FSDP2 on
 #      one process, and with two or more GPUs DDP and FSDP2 over two processes (checking NCCL does not guess
 #      device ids).
@@ -29,6 +29,8 @@ $PY -m pytest tests/train/test_loss.py tests/train/test_loss_half.py tests/train
 
 echo "== 2. loss benchmark (GPU: N 16,384, bf16, the issue's four shapes; median of 5 alternating rounds)"
 $PY benchmarks/bench_loss.py "${SMALL[@]}" --json "$OUT/loss.json" 2>&1 | grep -v Warning
+echo "-- one piece's elementwise work alone, eager vs compiled (128 rows of fp32 logits, bf16 gradient)"
+$PY benchmarks/bench_loss.py "${SMALL[@]}" --piece 128 2>&1 | grep -v Warning
 echo "-- chunk memory sweep at 262,144 x 4,096 (MiB)"
 [ -n "${SMOKE:-}" ] || $PY benchmarks/bench_loss.py --shapes 262144x4096 --variants fusion,fusion_compiled,clm_compiled --chunk-memory 128,256,512,1024,4096 --rounds 3 2>&1 | grep -v Warning
 [ -n "${QUICK:-}" ] && exit 0
