@@ -45,7 +45,7 @@ def both(device, dtype, options, seed=0):
         data[4] = data[5] = None
     eager = run(*data, dtype, kernel="eager", **dict(options))
     fast = run(*data, dtype, kernel="compiled", **dict(options))
-    assert not fused.failed(), "the compiled path fell back to eager"
+    assert fused.compiled_in_use(), "the compiled path fell back to eager"
     return data, eager, fast
 
 
@@ -136,13 +136,12 @@ def test_the_trainer_loss_passes_the_kernel_on(compiled, tiny):
     dataset = TargetsDataset(TopKStore(tiny["targets"]))
     batch = FusionCollator(pad_id=0)([dataset[i] for i in (0, 1, 2)])
     grads = []
+    fused.reset()
     for kernel in ("eager", "compiled"):
         model.zero_grad()
-        graphs = counters["stats"]["unique_graphs"]
         step_loss(model, batch, LossConfig(lam=0.7, chunk_size=16, kernel=kernel), normalizer=10.0).loss.backward()
-        assert (counters["stats"]["unique_graphs"] > graphs) == (kernel == "compiled")  # compiled, not eager
+        assert fused.compiled_in_use() == (kernel == "compiled")
         grads.append([p.grad.clone() for p in model.parameters()])
-    assert not fused.failed()
     assert_fp32_close(grads[1], grads[0])
 
 

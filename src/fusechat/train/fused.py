@@ -220,6 +220,11 @@ def failed() -> bool:
     return _failed
 
 
+def compiled_in_use() -> bool:
+    """Whether this process has run the compiled piece (since `reset`) without falling back to eager."""
+    return _compiled is not None and not _failed
+
+
 def reset() -> None:
     """Forget the compiled function and any failure (tests; a process normally compiles once)."""
     global _compiled, _failed
