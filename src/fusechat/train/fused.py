@@ -4,7 +4,8 @@ Why: `chunked.piece_loss_and_grad` runs the softmax statistics and the gradient 
 the fp32 logits (max, subtract, exp, sum, multiply-and-cast: about 34 bytes of memory traffic a logit). Written
 without in-place steps, inductor (Triton on CUDA, C++/OpenMP on CPU) turns the same arithmetic into row
 reductions and one pointwise pass that recomputes exp(z - max) and writes the gradient in its final dtype
-(bf16 under bf16 training) straight into the chunk's gradient buffer: no fp32 temporary beyond the logits.
+(bf16 under bf16 training) straight into the chunk's gradient buffer: on CUDA no fp32 temporary beyond the
+logits (inductor's CPU code keeps exp(z - max) in one piece-sized buffer; docs/benchmarks.md has the figures).
 
 The few sparse positions per row (the gold token, the kept target ids) are computed here too, exactly as the
 eager function does, and written over the bulk value by one eager `scatter_` afterwards. The eager function
@@ -32,9 +33,9 @@ log = logging.getLogger(__name__)
 
 KERNELS = ("auto", "compiled", "eager")
 
-# Graphs one process may compile for this function: one per combination of options and dtypes (eight in the
-# tests, one or two in a training run) plus the 1-row piece, which dynamic shapes specialise. torch's default
-# (8) is global to a code object; past it, fullgraph compilation fails and the process would go eager.
+# Graphs one process may compile for this function: one per combination of options and dtypes (a dozen in the
+# tests, one or two in a training run). torch's default (8) counts per code object; past it, fullgraph
+# compilation fails and the process would go eager.
 RECOMPILE_LIMIT = 64
 
 # How the graph sees sizes: no equality assumed between sizes that happened to be equal at the first call (the
@@ -200,6 +201,8 @@ def piece_loss_and_grad(
             log.warning("loss_kernel: torch.compile failed (%s: %s); the loss runs eagerly", name, reason)
         return chunked.piece_loss_and_grad(z, labels, ids, valid, q, q_tail, cfg, out)
     if out is not None:
+        # Outside the graph on purpose: a scatter into the gradient inside it makes inductor write the whole bulk
+        # to a buffer of its own, scatter there and copy that to `out` (seen in its generated code).
         idx = labels[:, None] if not fusing else torch.cat([labels[:, None], ids], dim=1)
         out.scatter_(1, idx, val.to(out.dtype))
     return clm, fuse
