@@ -82,12 +82,14 @@ def test_bf16_compiled_within_the_half_tolerance(compiled, device):
 
 
 def test_no_recompilation_when_the_piece_size_changes(compiled):
-    """Sizes and offsets are symbolic (fused._CONFIG): neither a new piece size, a 1-row piece, a piece at
-    offset 0 or elsewhere in the chunk's buffer, nor a size equal to k by chance compiles a new graph."""
+    """Sizes, offsets and floats are symbolic (fused._CONFIG): neither a new piece size, a 1-row piece, a piece
+    at offset 0 or elsewhere in the chunk's buffer, a size equal to k by chance, nor another normalizer (the
+    trainer's changes every batch) compiles a new graph."""
     both("cpu", torch.bfloat16, BF16_TAIL)  # compiled (or found) already: this graph exists
     graphs = counters["stats"]["unique_graphs"]
     for budget in (80_000, 220_000, 400_000):  # pieces of 1 and 5, 6, 12 and 13, 21 and 25 rows
-        data, eager, fast = both("cpu", torch.bfloat16, dict(BF16_TAIL, chunk_memory=budget), seed=budget)
+        options = dict(BF16_TAIL, chunk_memory=budget, normalizer=budget / 1000)
+        data, eager, fast = both("cpu", torch.bfloat16, options, seed=budget)
         assert_within_tolerance(fast, eager)
     assert counters["stats"]["unique_graphs"] == graphs
 

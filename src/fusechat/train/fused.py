@@ -38,12 +38,16 @@ KERNELS = ("auto", "compiled", "eager")
 # compilation fails and the process would go eager.
 RECOMPILE_LIMIT = 64
 
-# How the graph sees sizes: no equality assumed between sizes that happened to be equal at the first call (the
-# row count and k), and no special case for 0 or 1 (a 1-row piece, the first piece's zero offset into the
-# chunk's gradient): one graph for every piece size and position. Set around each call only (a process's other
-# compiled code keeps torch's defaults).
+# How the graph sees its inputs: floats as values, not constants (the gradient's factor 1 / normalizer changes
+# every batch; torch's default in recent versions, set for older ones); no equality assumed between sizes that
+# happened to be equal at the first call (the row count and k); no special case for 0 or 1 (a 1-row piece, the
+# first piece's zero offset into the chunk's gradient): one graph for every batch, piece size and position. Set
+# around each call only (a process's other compiled code keeps torch's defaults). The limit has two names
+# across torch versions.
 _CONFIG = (
+    (torch._dynamo.config, "cache_size_limit", RECOMPILE_LIMIT),
     (torch._dynamo.config, "recompile_limit", RECOMPILE_LIMIT),
+    (torch._dynamo.config, "specialize_float", False),
     (torch.fx.experimental._config, "use_duck_shape", False),
     (torch.fx.experimental._config, "backed_size_oblivious", True),
 )
@@ -129,7 +133,7 @@ def _configured() -> Iterator[None]:
             setattr(module, key, value)
         yield
     finally:
-        for (module, key, _), value in zip(known, old, strict=True):
+        for (module, key, _), value in reversed(list(zip(known, old, strict=True))):
             setattr(module, key, value)
 
 
