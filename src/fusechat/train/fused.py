@@ -55,6 +55,7 @@ _CONFIG = (
 _lock = threading.Lock()
 _compiled: Callable | None = None
 _failed = False
+_seen: set[tuple] = set()  # graphs already compiled (by what selects them): called without the settings above
 
 
 def _terms(z, labels, ids, valid, q, q_tail, out, lam, temp, scale, cap, coef, fusing, tail, grad, inplace):
@@ -170,8 +171,12 @@ def piece_loss_and_grad(
     fusing = lam < 1 and q is not None
     tail = fusing and q_tail is not None
     inplace = out is z
+    # What selects a graph (the branches of `_terms`, the dtypes, the device): once it is compiled, calls skip
+    # swapping the settings, which costs more than the guards that check them.
+    key = (fusing, tail, lam > 0, temp != 1.0, scale != 1.0, cap is None, out is not None, inplace, z.dtype)
+    key += (z.device, None if out is None else out.dtype)
     try:
-        with _configured():
+        with contextlib.nullcontext() if key in _seen else _configured():
             clm, fuse, val = _get()(
                 z,
                 labels,
@@ -204,6 +209,7 @@ def piece_loss_and_grad(
             name = type(root).__name__
             log.warning("loss_kernel: torch.compile failed (%s: %s); the loss runs eagerly", name, reason)
         return chunked.piece_loss_and_grad(z, labels, ids, valid, q, q_tail, cfg, out)
+    _seen.add(key)
     if out is not None:
         # Outside the graph on purpose: a scatter into the gradient inside it makes inductor write the whole bulk
         # to a buffer of its own, scatter there and copy that to `out` (seen in its generated code).
@@ -237,3 +243,4 @@ def reset() -> None:
     global _compiled, _failed
     with _lock:
         _compiled, _failed = None, False
+        _seen.clear()
