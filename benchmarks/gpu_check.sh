@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # The GPU check of fusechat's training (issue 13): run on a machine with one or more CUDA GPUs, from the repository
 # root, in an environment where `pip install -e '.[test]'` was done (and liger-kernel, if it is to be compared).
-#   1. the CUDA-relevant tests (the loss in bf16/fp16 against fp32 on the GPU, the fp32 path against the dense one);
+#   1. the CUDA-relevant tests (the loss in bf16/fp16 against fp32 on the GPU, the fp32 path against the dense one,
+#      the compiled elementwise path against the eager one);
 #   2. the loss benchmark at the issue's four shapes (fusion vs CLM-only vs dense vs Liger: time, peak memory,
-#      ratios), and a sweep of the chunk memory at the largest shape;
-#   3. a short `fusechat train` of a random-weight 1.2B pivot: one GPU, FSDP2 on one process, and with two or more
-#      GPUs DDP and FSDP2 over two processes (checking NCCL does not guess device ids).
+#      ratios; fusion and CLM-only both with the eager and the compiled (torch.compile) elementwise work), one
+#      piece's elementwise work alone (eager vs compiled), and a sweep of the chunk memory at the largest shape;
+#   3. a short `fusechat train` of a random-weight 1.2B pivot: one GPU (the loss compiled, then eager), FSDP2 on
+#      one process, and with two or more GPUs DDP and FSDP2 over two processes (checking NCCL does not guess
+#      device ids).
 # Prints the figures; everything is also kept under $OUT (default /tmp/fusechat-gpu-check).
-#   bash benchmarks/gpu_check.sh            # all of it (about 10 minutes on one H200)
+#   bash benchmarks/gpu_check.sh            # all of it (about 10 minutes on one H200 before the compiled path
+#                                           # was added; a few more with it, not yet timed)
 #   QUICK=1 bash benchmarks/gpu_check.sh    # tests and the loss benchmark only
 #   SMOKE=1 bash benchmarks/gpu_check.sh    # the script itself on CPU: small shapes, a small pivot (no figures)
 set -euo pipefail
@@ -21,13 +25,18 @@ $PY -c "import torch, os; assert os.environ.get('SMOKE') or torch.cuda.is_availa
 SMALL=(); [ -n "${SMOKE:-}" ] && SMALL=(--small)
 
 echo "== 1. tests (CUDA cases included where a GPU is present)"
-$PY -m pytest tests/train/test_loss.py tests/train/test_loss_half.py -q -p no:cacheprovider 2>&1 | tail -3 \
-  || echo "  TESTS FAILED (above)"
+$PY -m pytest tests/train/test_loss.py tests/train/test_loss_half.py tests/train/test_loss_compiled.py -q -p no:cacheprovider \
+  2>&1 | tail -3 || echo "  TESTS FAILED (above)"
+echo "-- the compiled loss against eager on the GPU, every option set (compiles a dozen graphs)"
+[ -n "${SMOKE:-}" ] || $PY -m pytest tests/train/test_loss_compiled.py -q -p no:cacheprovider -m slow -k cuda 2>&1 \
+  | tail -3 || echo "  TESTS FAILED (above)"
 
 echo "== 2. loss benchmark (GPU: N 16,384, bf16, the issue's four shapes; median of 5 alternating rounds)"
 $PY benchmarks/bench_loss.py "${SMALL[@]}" --json "$OUT/loss.json" 2>&1 | grep -v Warning
+echo "-- one piece's elementwise work alone, eager vs compiled (128 rows of fp32 logits, bf16 gradient)"
+$PY benchmarks/bench_loss.py "${SMALL[@]}" --piece 128 2>&1 | grep -v Warning
 echo "-- chunk memory sweep at 262,144 x 4,096 (MiB)"
-[ -n "${SMOKE:-}" ] || $PY benchmarks/bench_loss.py --shapes 262144x4096 --variants fusion,clm --chunk-memory 128,256,512,1024,4096 --rounds 3 2>&1 | grep -v Warning
+[ -n "${SMOKE:-}" ] || $PY benchmarks/bench_loss.py --shapes 262144x4096 --variants fusion,fusion_compiled,clm_compiled --chunk-memory 128,256,512,1024,4096 --rounds 3 2>&1 | grep -v Warning
 [ -n "${QUICK:-}" ] && exit 0
 
 # ---- teacher pass (issue 14) -------------------------------------------------------------------------------
@@ -70,9 +79,11 @@ PYEOF
   else
     echo "  FAILED: see $OUT/train-$name.log"; tail -5 "$OUT/train-$name.log"
   fi
-  grep -h "train_runtime\|Guessing device" "$OUT/train-$name.log" | tail -2 | sed 's/^/  /' || true
+  grep -h "train_runtime\|Guessing device\|loss_kernel:" "$OUT/train-$name.log" | tail -3 | sed 's/^/  /' || true
 }
 echo "-- one GPU"; run one $PY --
+echo "-- one GPU, the loss's elementwise work eager (--loss-kernel eager; the run above: auto = compiled)"
+run one-eager $PY -- --loss-kernel eager
 [ -n "${SMOKE:-}" ] && { echo "-- FSDP2: GPUs only"; exit 0; }
 echo "-- FSDP2, one process"; run fsdp1 $PY -m torch.distributed.run --nproc_per_node 1 -- --fsdp
 if [ "$NGPU" -ge 2 ]; then

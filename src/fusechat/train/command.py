@@ -119,6 +119,7 @@ def run(args: argparse.Namespace) -> int:
         pack=opts.pack,
         chunk_size=opts.chunk_size,
         chunk_memory=None if opts.chunk_memory is None else opts.chunk_memory << 20,
+        loss_kernel=opts.loss_kernel,
         keep_checkpoints=opts.keep_checkpoints,
         lora_rank=opts.lora_rank,
         lora_alpha=opts.lora_alpha,
