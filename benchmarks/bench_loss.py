@@ -1,8 +1,10 @@
 """The loss head alone: time and peak memory of one forward + backward, fusion vs CLM-only vs dense (vs Liger).
 
 Variants on the same (N, H) hidden states and (V, H) head (bf16 on a GPU, fp32 on CPU unless --dtype):
-  fusion  - fusechat's chunked loss, lam 0.9, top-10 sparse targets
+  fusion  - fusechat's chunked loss, lam 0.9, top-10 sparse targets, each piece's elementwise work eager
   clm     - the same loss with lam 1 (CLM only, no targets)
+  fusion_compiled, clm_compiled - the same two with that work compiled (torch.compile; `kernel="compiled"`,
+            what `auto` runs on CUDA); the warm-up round includes the compilation, whose time is printed apart
   dense   - fusechat's dense reference: full fp32 logits, dense targets, autograd (what reference scripts do)
   liger   - Liger-Kernel's fused linear cross-entropy (CLM only), where `liger_kernel` is importable
   fusion@REV, clm@REV - the same with `fusechat.train` as it was at git revision REV (`--against REV`), for an
@@ -14,7 +16,8 @@ CPU the process's CPU time is printed beside wall time (far less sensitive to ot
     python benchmarks/bench_loss.py --small                   # CPU: N 1024, V 32,000 x H 256
     python benchmarks/bench_loss.py --small --against HEAD~1  # the same, old loss beside the new one
     python benchmarks/bench_loss.py                           # GPU: N 16,384 at the issue's four shapes
-    python benchmarks/bench_loss.py --shapes 262144x4096 --variants fusion,clm --chunk-memory 256,1024
+    python benchmarks/bench_loss.py --shapes 262144x4096 --variants fusion_compiled,clm_compiled --chunk-memory 256,1024
+    python benchmarks/bench_loss.py --piece 128                # one piece's elementwise work, eager vs compiled
 """
 
 from __future__ import annotations
@@ -72,8 +75,11 @@ def make_inputs(v: int, h: int, n: int, dtype, device):
 def make_step(variant: str, impls: dict, inputs, chunk_memory: int | None):
     hidden, weight, labels, tid, tlp = inputs
     name, _, rev = variant.partition("@")
+    name, _, compiled = name.partition("_")
     fusion_loss, head_cls, dense = impls[rev or None]
     kw = {} if chunk_memory is None or rev else {"chunk_memory": chunk_memory}
+    if not rev and name in ("fusion", "clm"):
+        kw["kernel"] = "compiled" if compiled else "eager"
     liger = None
     if name == "liger":
         from liger_kernel.transformers.fused_linear_cross_entropy import LigerFusedLinearCrossEntropyLoss
@@ -104,6 +110,7 @@ def measure(steps: dict, rounds: int, device) -> dict:
     cpu: dict[str, list[float]] = {v: [] for v in steps}
     peaks: dict[str, int] = {}
     losses: dict[str, float] = {}
+    first: dict[str, float] = {}
     for r in range(rounds + 1):
         order = list(steps) if r % 2 == 0 else list(reversed(steps))
         for v in order:
@@ -117,17 +124,68 @@ def measure(steps: dict, rounds: int, device) -> dict:
             if cuda:
                 torch.cuda.synchronize()
                 peaks[v] = max(peaks.get(v, 0), torch.cuda.max_memory_allocated() - base)
-            if r:  # round 0 warms up
+            if r:  # round 0 warms up (and compiles)
                 times[v].append(time.perf_counter() - t)
                 cpu[v].append(time.process_time() - c)
+            else:
+                first[v] = time.perf_counter() - t
 
     def median(xs: list[float]) -> float:
         return sorted(xs)[len(xs) // 2]
 
     return {
-        v: {"s": median(ts), "cpu_s": median(cpu[v]), "peak": peaks.get(v), "loss": losses[v], "all_s": ts}
+        v: {
+            "s": median(ts),
+            "cpu_s": median(cpu[v]),
+            "peak": peaks.get(v),
+            "loss": losses[v],
+            "all_s": ts,
+            "first_s": first[v],
+        }
         for v, ts in times.items()
     }
+
+
+def bench_pieces(shapes: str, rows: int, dtype, device, rounds: int) -> None:
+    """The elementwise work of one piece alone (softmax statistics, both terms, the gradient written in `dtype`),
+    eager against compiled, on fp32 logits (rows x V) as the logits matmul leaves them; no matmul is timed.
+    Prints the time a piece, and the memory bandwidth it would take if the piece were one read of the fp32
+    logits and one write of the gradient (against the device's peak: how close to a single pass it is)."""
+    sys.path.insert(0, str(ROOT / "src"))
+    from fusechat.train import chunked, fused
+
+    fns = {"eager": chunked.piece_loss_and_grad, "compiled": fused.piece_loss_and_grad}
+    for shape in shapes.split(","):
+        v = int(shape.split("x")[0])
+        g = torch.Generator(device=device).manual_seed(0)
+        z0 = torch.randn(rows, v, device=device, generator=g) * 3
+        z = torch.empty_like(z0)
+        labels = torch.randint(0, v, (rows,), device=device, generator=g)
+        ids = torch.randint(0, v, (rows, K), device=device, generator=g)
+        q = torch.softmax(torch.randn(rows, K, device=device, generator=g), -1)
+        valid = torch.ones(rows, K, dtype=torch.bool, device=device)
+        out = torch.empty(rows, v, dtype=dtype, device=device)
+        cfg = (0.9, 1.0, 1.0, None, 1.0 / 16384)
+        times: dict[str, list[float]] = {name: [] for name in fns}
+        for r in range(rounds + 1):
+            for name, fn in fns.items():
+                for _ in range(10):
+                    z.copy_(z0)  # the eager piece overwrites its logits
+                    target = z if dtype == torch.float32 else out
+                    if device.type == "cuda":
+                        torch.cuda.synchronize()
+                    t = time.perf_counter()
+                    fn(z, labels, ids, valid, q, None, cfg, target)
+                    if device.type == "cuda":
+                        torch.cuda.synchronize()
+                    if r:  # round 0 warms up (and compiles)
+                        times[name].append(time.perf_counter() - t)
+        med = {name: sorted(ts)[len(ts) // 2] for name, ts in times.items()}
+        print(f"piece {rows} x V {v}, gradient in {dtype}, {device.type}:")
+        one_pass = rows * v * (4 + out.element_size())
+        for name, t in med.items():
+            print(f"  {name:9s} {1000 * t:8.3f} ms a piece, as one pass {one_pass / t / 1e9:7.1f} GB/s")
+        print(f"  time compiled/eager: {med['compiled'] / med['eager']:.3f}", flush=True)
 
 
 def main() -> None:
@@ -135,13 +193,14 @@ def main() -> None:
     p.add_argument("--small", action="store_true", help="a CPU-sized shape: N 1024, 32000x256")
     p.add_argument("--shapes", help="VxH,... (default: the issue's four on a GPU)")
     p.add_argument("--n", type=int, help="supervised positions (default 16384; 1024 with --small)")
-    p.add_argument("--variants", default="fusion,clm,dense,liger")
+    p.add_argument("--variants", default="fusion,fusion_compiled,clm,clm_compiled,dense,liger")
     p.add_argument("--against", help="git revision whose loss runs beside this one (fusion@REV, clm@REV)")
     p.add_argument("--chunk-memory", default="", help="MiB per chunk, comma-separated to sweep (default: auto)")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), help="default bf16 on GPU, fp32 on CPU")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", help="also write the figures here")
+    p.add_argument("--piece", type=int, metavar="ROWS", help="time only one piece's elementwise work (ROWS x V)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -150,6 +209,8 @@ def main() -> None:
     ]
     shapes = args.shapes or ("32000x256" if args.small or device.type != "cuda" else GPU_SHAPES)
     n = args.n or (1024 if args.small or device.type != "cuda" else 16384)
+    if args.piece:
+        return bench_pieces(shapes, args.piece, dtype, device, args.rounds)
     variants = args.variants.split(",")
     if args.against:
         variants += [f"{v}@{args.against}" for v in ("fusion", "clm") if v in variants]
@@ -166,16 +227,21 @@ def main() -> None:
             v, h = (int(x) for x in shape.split("x"))
             inputs = make_inputs(v, h, n, dtype, device)
             for budget in budgets:
-                names = [x for x in variants if budget is None or x.split("@")[0] in ("fusion", "clm")]
+                names = [x for x in variants if budget is None or x.split("@")[0].split("_")[0] in ("fusion", "clm")]
                 steps = {x: make_step(x, impls, inputs, budget) for x in names}
                 res = measure(steps, args.rounds, device)
                 label = "auto" if budget is None else f"{budget >> 20} MiB"
                 print(f"V {v} x H {h}, N {n}, {dtype}, {device.type}, chunk memory {label}:")
+                if any("compiled" in x for x in res) and importlib.import_module("fusechat.train.fused").failed():
+                    print("  NOTE: compiling failed (the warning above): the *_compiled variants ran eagerly")
                 for x, r in res.items():
                     mem = "" if r["peak"] is None else f", peak extra {r['peak'] / 2**30:.3f} GiB"
                     mem += "" if device.type == "cuda" else f", CPU time {1000 * r['cpu_s']:9.1f} ms"
-                    print(f"  {x:16s} {1000 * r['s']:9.1f} ms{mem}  loss {r['loss']:.4f}")
-                ratios = [("fusion", "clm"), ("fusion", "liger"), ("fusion", "dense"), ("clm", "liger")]
+                    first = f"  (first call {r['first_s']:.1f} s, with compilation)" if "compiled" in x else ""
+                    print(f"  {x:16s} {1000 * r['s']:9.1f} ms{mem}  loss {r['loss']:.4f}{first}")
+                ratios = [("fusion_compiled", "fusion"), ("clm_compiled", "clm"), ("fusion", "clm")]
+                ratios += [("fusion_compiled", "clm_compiled"), ("fusion_compiled", "liger"), ("fusion", "liger")]
+                ratios += [("clm_compiled", "liger"), ("fusion_compiled", "dense"), ("fusion", "dense")]
                 if args.against:
                     ratios += [(f"fusion@{args.against}", "fusion"), (f"clm@{args.against}", "clm")]
                 for a, b in ratios:

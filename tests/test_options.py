@@ -14,7 +14,7 @@ from fusechat.align.options import AlignOptions
 from fusechat.data.options import PrepareCommandOptions, PrepareOptions
 from fusechat.errors import FusechatError
 from fusechat.evaluate.options import EvaluateCommandOptions
-from fusechat.flags import docs_table
+from fusechat.flags import docs_table, from_args
 from fusechat.fuse.methods import METHODS
 from fusechat.fuse.options import FuseOptions
 from fusechat.merge.options import MergeOptions
@@ -46,7 +46,7 @@ def test_choices_and_defaults_come_from_the_registries():
     assert recipe.MergeMethod.model_fields["method"].annotation.__args__ == tuple(MERGE_METHODS)
     assert recipe.Evaluate().suite == list(DEFAULT_SUITE)
     args = cli.build_parser("evaluate").parse_args(["evaluate", "m", "--out", "o"])
-    assert args.suite.split(",") == list(DEFAULT_SUITE)
+    assert from_args(EvaluateCommandOptions, args).suite.split(",") == list(DEFAULT_SUITE)
     parser = cli.build_parser()
     helps = {a.dest: a.help for a in parser._subparsers._group_actions[0]._choices_actions}
     assert all(name in helps["merge"] for name in MERGE_METHODS), helps["merge"]
@@ -68,7 +68,8 @@ def test_python_api_defaults_are_the_declared_ones():
     declared = PrepareCommandOptions()
     assert _defaults(prepare)["max_length"] == declared.max_length and _defaults(prepare)["on_long"] == declared.on_long
     t = _defaults(teach)
-    assert {k: t[k] for k in ("top_k", "shard_rows", "batch_tokens")} == TeachCommandOptions().model_dump()
+    declared_teach = TeachCommandOptions().model_dump(exclude={"no_progress"})
+    assert {k: t[k] for k in declared_teach} == declared_teach and t["progress"] is True
     assert {k: _defaults(align)[k] for k in ("alignment", "vocab_map")} == AlignOptions().model_dump()
     assert _defaults(fuse)["method"] == FuseOptions().method
     opts, api = TrainCommandOptions(), _defaults(train)
@@ -81,7 +82,8 @@ def test_python_api_defaults_are_the_declared_ones():
     assert {k: PAPER_DEFAULTS[k] for k in trainer_defaults()} == trainer_defaults()
     from fusechat.evaluate.tasks import EvalOptions
 
-    declared_eval = EvaluateCommandOptions().model_dump(exclude={"gsm_seed", "trust_remote_code", "allow_pickle"})
+    command_only = {"suite", "limit", "gsm_seed", "trust_remote_code", "allow_pickle", "no_progress"}
+    declared_eval = EvaluateCommandOptions().model_dump(exclude=command_only)
     assert {k: getattr(EvalOptions(), k) for k in declared_eval} == declared_eval
     assert PAPER_DEFAULTS["learning_rate"] == 5e-6 and PAPER_DEFAULTS["num_train_epochs"] == 3  # the paper's
     assert PAPER_DEFAULTS["warmup_steps"] == 0.03 and PAPER_DEFAULTS["lr_scheduler_type"] == "cosine"

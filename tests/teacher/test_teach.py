@@ -11,24 +11,6 @@ from fusechat.data.conversations import Conversations
 from fusechat.errors import FusechatError
 from fusechat.store.format import TopKStore
 from fusechat.teacher.teach import make_batches, teach
-from tests.tiny_models import (
-    byte_bpe_tokenizer,
-    metaspace_tokenizer,
-    sample_chats,
-    save_gpt2,
-    save_llama,
-    write_conversations,
-)
-
-
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("teach")
-    pivot_tok = byte_bpe_tokenizer()
-    llama = save_llama(root / "llama", pivot_tok)
-    gpt2 = save_gpt2(root / "gpt2", metaspace_tokenizer())
-    conv = write_conversations(root / "conv", sample_chats(12), pivot_tok)
-    return root, llama, gpt2, conv
 
 
 def _direct(model_dir, text):
@@ -41,8 +23,8 @@ def _direct(model_dir, text):
 
 
 @pytest.mark.parametrize("which", ["llama", "gpt2"])
-def test_store_equals_direct_forward(setup, which):
-    root, llama, gpt2, conv_dir = setup
+def test_store_equals_direct_forward(tiny, which):
+    root, llama, gpt2, conv_dir = tiny.root, tiny.llama, tiny.gpt2, tiny.conv
     model_dir = llama if which == "llama" else gpt2
     store_dir = teach(
         str(model_dir), conv_dir, root / f"store-{which}", top_k=5, batch_tokens=300, dtype="float32", progress=False
@@ -66,8 +48,8 @@ def test_store_equals_direct_forward(setup, which):
         assert rec.n_bytes == conv.n_bytes(i)
 
 
-def test_positions_are_exactly_the_assistant_tokens(setup):
-    root, llama, _, conv_dir = setup
+def test_positions_are_exactly_the_assistant_tokens(tiny):
+    root, llama, conv_dir = tiny.root, tiny.llama, tiny.conv
     store = TopKStore(teach(str(llama), conv_dir, root / "store-pos", top_k=3, progress=False))
     conv = Conversations(conv_dir)
     for i, rec in enumerate(store):
@@ -80,8 +62,8 @@ def test_positions_are_exactly_the_assistant_tokens(setup):
         assert covered == "".join(text[a:b] for a, b in spans)
 
 
-def test_sharded_and_resumed_run_is_byte_identical(setup):
-    root, llama, _, conv_dir = setup
+def test_sharded_and_resumed_run_is_byte_identical(tiny):
+    root, llama, conv_dir = tiny.root, tiny.llama, tiny.conv
     whole = teach(str(llama), conv_dir, root / "whole", top_k=4, shard_rows=5, progress=False)
     part = root / "part"
     teach(str(llama), conv_dir, part, top_k=4, shard_rows=5, shard="1/3", progress=False)
@@ -98,15 +80,15 @@ def test_sharded_and_resumed_run_is_byte_identical(setup):
     assert b.verify() == []
 
 
-def test_resume_refuses_other_settings(setup):
-    root, llama, _, conv_dir = setup
+def test_resume_refuses_other_settings(tiny):
+    root, llama, conv_dir = tiny.root, tiny.llama, tiny.conv
     out = teach(str(llama), conv_dir, root / "settings", top_k=4, progress=False)
     with pytest.raises(FusechatError, match="top_k"):
         teach(str(llama), conv_dir, out, top_k=5, progress=False)
 
 
-def test_bad_inputs(setup, tmp_path):
-    root, llama, _, conv_dir = setup
+def test_bad_inputs(tiny, tmp_path):
+    llama, conv_dir = tiny.llama, tiny.conv
     notok = tmp_path / "notok"
     notok.mkdir()
     for f in llama.iterdir():

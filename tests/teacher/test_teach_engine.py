@@ -14,22 +14,7 @@ from fusechat.errors import FusechatError
 from fusechat.store.format import ShardWriter, TopKStore
 from fusechat.teacher.placement import MAX_BATCH_TOKENS, MIN_BATCH_TOKENS, batch_budget, parse_max_memory
 from fusechat.teacher.teach import teach
-from tests.tiny_models import (
-    byte_bpe_tokenizer,
-    metaspace_tokenizer,
-    sample_chats,
-    save_gpt2,
-    save_llama,
-    write_conversations,
-)
-
-
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("engine")
-    tok = byte_bpe_tokenizer()
-    conv = write_conversations(root / "conv", sample_chats(12), tok)
-    return root, tok, conv
+from tests.tiny_models import save_llama
 
 
 def _hashes(store: TopKStore) -> list[str]:
@@ -37,11 +22,10 @@ def _hashes(store: TopKStore) -> list[str]:
 
 
 @pytest.mark.parametrize("which", ["llama", "gpt2"])
-def test_bf16_pass_against_float32(setup, which):
+def test_bf16_pass_against_float32(tiny, which):
     """Stated tolerances (docs/formats.md): a bf16 forward with float32 log-softmax, top-k and head product stays
     within 0.02 of float32 rank by rank (0.002 on average); ids differ only at near-ties of these random models."""
-    root, tok, conv = setup
-    model = save_llama(root / which, tok) if which == "llama" else save_gpt2(root / which, metaspace_tokenizer())
+    root, conv, model = tiny.root, tiny.conv, getattr(tiny, which)
     ref = TopKStore(teach(str(model), conv, root / f"{which}-f32", top_k=5, dtype="float32", progress=False))
     low = TopKStore(teach(str(model), conv, root / f"{which}-bf16", top_k=5, dtype="bfloat16", progress=False))
     assert (ref.manifest["dtype"], ref.manifest["head_dtype"]) == ("float32", "float32")
@@ -58,17 +42,16 @@ def test_bf16_pass_against_float32(setup, which):
     assert g.max() <= 0.02 and g.mean() <= 0.002
 
 
-def test_resume_refuses_another_dtype(setup):
-    root, tok, conv = setup
-    model = save_llama(root / "dtype-model", tok)
+def test_resume_refuses_another_dtype(tiny):
+    root, conv, model = tiny.root, tiny.conv, tiny.llama
     out = teach(str(model), conv, root / "dtype", top_k=3, shard_rows=5, shard="0/3", dtype="float32", progress=False)
     with pytest.raises(FusechatError, match="dtype float32"):
         teach(str(model), conv, out, top_k=3, shard_rows=5, dtype="bfloat16", progress=False)
 
 
-def test_offloaded_placement_gives_the_same_store(setup, caplog):
+def test_offloaded_placement_gives_the_same_store(tiny, caplog):
     """Half the layers and the head on disk, the rest on the CPU (accelerate's hooks move them in per forward)."""
-    root, tok, conv = setup
+    root, tok, conv = tiny.root, tiny.tok, tiny.conv
     caplog.set_level("INFO", logger="fusechat.teacher.teach")
     model = save_llama(root / "untied", tok, tie=False)
     plain = TopKStore(teach(str(model), conv, root / "plain", top_k=5, shard_rows=5, dtype="float32", progress=False))
@@ -96,11 +79,10 @@ def test_offloaded_placement_gives_the_same_store(setup, caplog):
     assert "'disk'" in [r.getMessage() for r in caplog.records if "placed by accelerate" in r.getMessage()][-1]
 
 
-def test_writer_error_reaches_the_caller_and_the_rerun_completes(setup, monkeypatch):
+def test_writer_error_reaches_the_caller_and_the_rerun_completes(tiny, monkeypatch):
     """A failure on the writer thread (here: the disk refuses the third shard) is raised by `teach`, leaves only
     whole shards, and releases the locks, so a rerun in the same process finishes with the same bytes."""
-    root, tok, conv = setup
-    model = save_llama(root / "w", tok)
+    root, conv, model = tiny.root, tiny.conv, tiny.llama
     ref = TopKStore(teach(str(model), conv, root / "w-ref", top_k=3, shard_rows=2, dtype="float32", progress=False))
     close, calls = ShardWriter.close, []
 

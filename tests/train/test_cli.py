@@ -257,7 +257,11 @@ def test_lora_adapters_are_merged_into_a_plain_checkpoint(tiny, tmp_path):
 
 
 def test_trainer_options_pass_through(tiny, tmp_path):
-    """Packing, gradient checkpointing, accumulation, bf16 autocast and the tail bucket in one short run."""
+    """Packing, gradient checkpointing, accumulation, bf16 autocast, the tail bucket and the compiled loss
+    kernel (as `auto` runs it on CUDA: a bf16 gradient written by the compiled piece) in one short run."""
+    from fusechat.train import fused
+
+    fused.reset()
     out = train(
         tiny["pivot"],
         tiny["targets"],
@@ -276,7 +280,9 @@ def test_trainer_options_pass_through(tiny, tmp_path):
         disable_tqdm=True,
         keep_checkpoints=True,
         save_steps=1,
+        loss_kernel="compiled",
     )
+    assert fused.compiled_in_use()  # the compiled path ran, and did not fall back to eager
     m = read_json(out / "manifest.json")
     assert m["complete"] and m["steps"] == 2 and m["global_batch"] == 4 and m["tail_bucket"] and m["pack"]
     assert m["nonfinite_batches_skipped"] == 0 and np.isfinite(m["train_loss"])

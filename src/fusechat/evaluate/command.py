@@ -6,8 +6,7 @@ import argparse
 from pathlib import Path
 
 from fusechat.errors import FusechatError
-from fusechat.evaluate.options import DEFAULT_SUITE, EvaluateCommandOptions
-from fusechat.evaluate.tasks import TASKS
+from fusechat.evaluate.options import EvaluateCommandOptions
 from fusechat.flags import HelpFormatter, add_flags, from_args
 
 
@@ -23,20 +22,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=HelpFormatter,
     )
     p.add_argument("models", nargs="+", metavar="MODEL", help="model directory or installed name, or NAME=MODEL")
-    p.add_argument(
-        "--suite", default=",".join(DEFAULT_SUITE), help=f"comma-separated: {','.join(TASKS)} (default %(default)s)"
-    )
     p.add_argument("--out", required=True, help="output directory (scores.json, per-item JSONL, MT-Bench answers)")
     p.add_argument("--overwrite", action="store_true", help="replace an --out scored with other models or settings")
     p.add_argument("--conversations", help="held-out conversations (a `fusechat prepare` output) for bpb")
-    p.add_argument("--limit", help="items per task: N for every task, or TASK=N,... (default: each task's own)")
     add_flags(p, EvaluateCommandOptions)
-    p.add_argument("--dtype", default="auto", help="auto (bf16 on GPUs that have it, else fp32), float32, bfloat16")
-    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if present, else cpu)")
-    p.add_argument("--cache-dir", help="result cache (default $FUSECHAT_CACHE/eval)")
-    p.add_argument("--judge-url", help="OpenAI-compatible base URL for MT-Bench judging (or FUSECHAT_JUDGE_BASE_URL)")
-    p.add_argument("--judge-model", help="judge model name (or FUSECHAT_JUDGE_MODEL); key: FUSECHAT_JUDGE_API_KEY")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_run)
 
 
@@ -78,20 +67,10 @@ def _run(args: argparse.Namespace) -> int:
     from fusechat.evaluate.suite import evaluate
     from fusechat.evaluate.tasks import EvalOptions, parse_suite
 
-    suite = parse_suite(args.suite)
     flags = from_args(EvaluateCommandOptions, args).model_dump()
-    gsm_seed = flags.pop("gsm_seed")
-    opts = {
-        **flags,
-        "conversations": args.conversations,
-        "limits": parse_limits(args.limit, suite),
-        "dtype": args.dtype,
-        "device": args.device,
-        "cache_dir": args.cache_dir,
-        "judge_url": args.judge_url,
-        "judge_model": args.judge_model,
-        "progress": not args.no_progress,
-    }
+    suite = parse_suite(flags.pop("suite"))
+    limits, gsm_seed, quiet = parse_limits(flags.pop("limit"), suite), flags.pop("gsm_seed"), flags.pop("no_progress")
+    opts = {**flags, "conversations": args.conversations, "limits": limits, "progress": not quiet}
     if gsm_seed is not None:
         opts["gsm_seed"] = gsm_seed
     EvalOptions(**opts)  # validate names early

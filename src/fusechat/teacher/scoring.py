@@ -174,13 +174,18 @@ def score_batch(
     Shapes: input_ids and attention_mask (B, L), on the backbone's input device; returns P =
     sum(len(positions[b])) rows. The returned scores may still be in flight to the host (`BatchScores.wait`).
     """
+    rows = torch.cat([torch.full((len(p),), b, dtype=torch.long) for b, p in enumerate(positions)])
+    cols = torch.cat([p.long() for p in positions])
+    if input_ids.device.type == "cuda":
+        # Queued before the forward, from pinned memory: a copy from pageable memory after it would make the host
+        # wait for the whole forward before it could queue the head.
+        rows = rows.pin_memory().to(input_ids.device, non_blocking=True)
+        cols = cols.pin_memory().to(input_ids.device, non_blocking=True)
     with torch.inference_mode():
         with record_function("teach.forward"):
             hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
         with record_function("teach.head_topk"):
             device = head.device
-            rows = torch.cat([torch.full((len(p),), b, dtype=torch.long) for b, p in enumerate(positions)])
-            cols = torch.cat([p.long() for p in positions])
             picked = hidden[rows.to(hidden.device), cols.to(hidden.device)].to(device)
             gold = input_ids[rows.to(input_ids.device), cols.to(input_ids.device) + 1].to(device)
             del hidden

@@ -8,6 +8,7 @@ RANK/WORLD_SIZE split the shards between processes, and whichever finishes last 
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -25,19 +26,12 @@ from tqdm import tqdm
 from fusechat._version import __version__
 from fusechat.data.conversations import Conversations, supervised_positions
 from fusechat.errors import FusechatError
-from fusechat.manifest import (
-    MANIFEST,
-    clear_output,
-    fingerprint,
-    holds_work,
-    locked,
-    prepare_output_dir,
-    read_manifest,
-    settings_check,
-    write_manifest,
-)
+from fusechat.flags import validate
+from fusechat.manifest import fingerprint
 from fusechat.models.load import load_model, load_tokenizer, resolve_model_dir, tokenizer_fingerprint
-from fusechat.store.format import TopKRecord, finalize, shard_done, shard_name
+from fusechat.store.format import TopKRecord
+from fusechat.store.output import ShardedOutput
+from fusechat.teacher.options import TeachCommandOptions
 from fusechat.teacher.placement import auto_batch_tokens, input_device, load_placed, model_devices
 from fusechat.teacher.scoring import check_head, float32_head, model_parts, score_batch
 from fusechat.teacher.writer import BackgroundWriter, ShardJob
@@ -118,7 +112,7 @@ def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
 
 
 @dataclass
-class TeachOptions:
+class PassSettings:
     """How the pass runs; none of it changes the numbers stored except `top_k` and `dtype`."""
 
     top_k: int = 10
@@ -160,10 +154,7 @@ def teach(
     with accelerate over this process's GPUs, the CPU and `offload_folder`; `max_memory` caps each device. A store
     made with other settings (or in another dtype) is refused unless `overwrite` (manifest.settings_check).
     """
-    if not 1 <= top_k <= 1024:
-        raise FusechatError(f"--top-k {top_k}: must be between 1 and 1024")
-    if shard_rows < 1 or (batch_tokens is not None and batch_tokens < 1):
-        raise FusechatError("--shard-rows and --batch-tokens must be positive")
+    validate(TeachCommandOptions, {"top_k": top_k, "shard_rows": shard_rows, "batch_tokens": batch_tokens})
     if device_map is not None and device is not None:
         raise FusechatError("--device and --device-map exclude each other: --device-map places the model itself")
     conv = Conversations(conversations)
@@ -172,7 +163,6 @@ def teach(
     rank, world = parse_shard(shard)
     n_shards = max(1, math.ceil(len(conv) / shard_rows))
     torch_dtype = pick_dtype(dtype, pick_device(device))
-    out = prepare_output_dir(out, STAGE)
     header = {
         "stage": STAGE,
         "fusechat_version": __version__,
@@ -184,57 +174,38 @@ def teach(
         "top_k": top_k,
         "shard_rows": shard_rows,
     }
-    header["fingerprint"] = fingerprint({k: v for k, v in header.items() if k not in ("fusechat_version",)})
+    header["fingerprint"] = fp = fingerprint({k: v for k, v in header.items() if k != "fusechat_version"})
     # Recorded, and checked on resume, outside the fingerprint: stores written before it was recorded still resume.
     header["dtype"] = str(torch_dtype).removeprefix("torch.")
     header["head_dtype"] = "float32" if float32_head(model_dir, torch_dtype) else header["dtype"]
-    _check_resumable(out, header, overwrite)
-    if rank == 0 or not (out / MANIFEST).is_file():
-        write_manifest(out, header, complete=False)
-    opts = TeachOptions(
+    opts = PassSettings(
         top_k, shard_rows, batch_tokens, max_batch, dtype, device, device_map, max_memory, offload_folder,
         trust_remote_code, allow_pickle, progress,
     )  # fmt: skip
-    # One lock per shard set: a second run started on the same store with the same split refuses at once, while
-    # the ranks of one torchrun job (different shard sets) work side by side. Each shard is locked as well.
-    with locked(out, name=f".teach-{rank}-of-{world}.lock"):
-        mine = [i for i in range(n_shards) if i % world == rank and shard_done(out, i, n_shards) is None]
+    output = ShardedOutput(
+        out, STAGE, fp, n_shards, top_k, "fusechat teach", overwrite=overwrite, split=(rank, world),
+        settings=header, same=("dtype", "head_dtype"),
+    )  # fmt: skip
+    with output:
+        mine = [] if output.up_to_date else [i for i in range(n_shards) if i % world == rank and not output.done(i)]
         if not mine:
-            log.info("%s: nothing left to do for shard set %d/%d", out, rank, world)
-        else:
-            _run_shards(header, conv, tokenizer, model_dir, out, mine, n_shards, opts)
-    full = dict(header, vocab_size=_vocab_size(model_dir, tokenizer))
-    if finalize(out, full, n_shards):
-        log.info("%s: complete", out)
+            log.info("%s: nothing left to do for shard set %d/%d", output.dir, rank, world)
+        if output.up_to_date:
+            return output.dir
+        output.start(header)
+        if mine:
+            _run_shards(header, conv, tokenizer, model_dir, output, mine, opts)
+    if output.finish(dict(header, vocab_size=_vocab_size(model_dir, tokenizer))):
+        log.info("%s: complete", output.dir)
     else:
-        log.info("%s: my shards are done; the manifest is written when every shard is", out)
-    return out
+        log.info("%s: my shards are done; the manifest is written when every shard is", output.dir)
+    return output.dir
 
 
 def _vocab_size(model_dir: Path, tokenizer) -> int:
-    import json
-
     config = json.loads((model_dir / "config.json").read_text())
     text = config.get("text_config", config)
     return int(text.get("vocab_size") or len(tokenizer))
-
-
-def _check_resumable(out: Path, header: dict, overwrite: bool) -> None:
-    changed, old = "", {}
-    if (out / MANIFEST).is_file():
-        old = read_manifest(out, stage=STAGE, require_complete=False)
-        changed = ", ".join(k for k in header if k != "fusechat_version" and old.get(k) != header[k])
-    decision = settings_check(out, STAGE, header["fingerprint"], overwrite, what=changed)
-    for key in ("dtype", "head_dtype"):  # shards computed in another precision must not be mixed in
-        if decision == "resume" and old.get(key, header[key]) != header[key]:
-            if not (overwrite or not holds_work(out)):
-                raise FusechatError(
-                    f"{out}: its finished shards were computed in {key} {old[key]}, this run would use "
-                    f"{header[key]}; rerun with --dtype {old['dtype']}, pass --overwrite, or choose another --out"
-                )
-            decision = "replace"
-    if decision == "replace":
-        clear_output(out)
 
 
 def _run_shards(
@@ -242,10 +213,9 @@ def _run_shards(
     conv: Conversations,
     tokenizer,
     model_dir: Path,
-    out: Path,
+    output: ShardedOutput,
     mine: list[int],
-    n_shards: int,
-    opts: TeachOptions,
+    opts: PassSettings,
 ) -> None:
     dtype = getattr(torch, header["dtype"])
     if opts.device_map is not None:
@@ -296,7 +266,7 @@ def _run_shards(
 
     # The next shard is tokenized on one thread and the last one's rows written on another while this thread
     # keeps the device busy; shard locks are held here until the writer reports the shard on disk.
-    writer = BackgroundWriter(out, n_shards, opts.top_k, assemble)
+    writer = BackgroundWriter(output.writer, assemble)
     held: dict[int, ExitStack] = {}
     checked = False
     with ThreadPoolExecutor(1, thread_name_prefix="fusechat-teach-tokenize") as pool:
@@ -308,12 +278,10 @@ def _run_shards(
                     ahead = pool.submit(tokenize, mine[n + 1])
                 for j in writer.written():
                     held.pop(j).close()
-                lock = ExitStack()
-                lock.enter_context(locked(out, name=f".{shard_name(i, n_shards)}.lock"))
-                if shard_done(out, i, n_shards) is not None:
-                    lock.close()
+                claim = output.claim(i)
+                if claim is None:
                     continue
-                held[i] = lock
+                held[i] = claim
                 if not checked and items:
                     ids = torch.as_tensor(items[0].input_ids[None].astype(np.int64), device=device)
                     check_head(lm, backbone, head, ids)

@@ -16,7 +16,6 @@ import queue
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from torch.profiler import record_function
@@ -34,10 +33,11 @@ class ShardJob:
 
 
 class BackgroundWriter:
-    """A thread that assembles rows (`assemble(batch, scores) -> [(index, record)]`) and writes shards."""
+    """A thread that assembles rows (`assemble(batch, scores) -> [(index, record)]`) and writes shards with the
+    writers `open_shard(index)` makes (`ShardedOutput.writer`)."""
 
-    def __init__(self, out: Path, n_shards: int, k: int, assemble: Callable, depth: int = 4):
-        self.out, self.n_shards, self.k, self.assemble = out, n_shards, k, assemble
+    def __init__(self, open_shard: Callable[[int], ShardWriter], assemble: Callable, depth: int = 4):
+        self.open_shard, self.assemble = open_shard, assemble
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._done: queue.Queue = queue.Queue()  # shard indices written, for the scoring thread's locks
         self._cancelled = threading.Event()
@@ -99,7 +99,7 @@ class BackgroundWriter:
                     continue
                 _, job = message
                 with record_function("teach.write"):
-                    writer = ShardWriter(self.out, job.index, self.n_shards, self.k)
+                    writer = self.open_shard(job.index)
                     for i in job.order:
                         writer.write(job.records.pop(i))
                     writer.close()

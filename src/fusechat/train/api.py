@@ -61,6 +61,7 @@ class Settings:
     lora_rank: int | None = None
     lora_alpha: float | None = None
     chunk_memory: int | None = None
+    loss_kernel: str = "auto"
 
     def check(self) -> None:
         """The declared rules (train/options.py), for a call from Python as for the command line."""
@@ -70,6 +71,7 @@ class Settings:
             "tail_bucket": self.tail,
             "chunk_size": self.chunk_size,
             "chunk_memory": self.chunk_memory,
+            "loss_kernel": self.loss_kernel,
             "lora_rank": self.lora_rank,
             "lora_alpha": self.lora_alpha,
         }
@@ -135,6 +137,7 @@ def train(
     pack: bool = False,
     chunk_size: int | None = None,
     chunk_memory: int | None = None,
+    loss_kernel: str = "auto",
     keep_checkpoints: bool = False,
     lora_rank: int | None = None,
     lora_alpha: float | None = None,
@@ -152,10 +155,11 @@ def train(
     gradient_accumulation_steps, gradient_checkpointing, seed, max_steps, save_steps, fsdp, deepspeed, ...);
     `bf16="auto"` (the default) uses bf16 where CUDA supports it. An interrupted run resumes from its newest
     checkpoint when rerun with the same arguments; a finished one is not redone. `chunk_memory` (bytes) sizes the
-    loss's chunks (default: from the device); `chunk_size` (supervised positions) overrides it. `lora_rank` trains LoRA
-    adapters (peft, on every linear layer but the head; alpha defaults to 2 x rank) and merges them into full
-    weights at the end. `save_dtype` is the dtype of the saved weights: "auto" (the pivot's, from its config or
-    weights; training itself runs in fp32, or the Trainer's mixed precision), "float32", "bfloat16" or
+    loss's chunks (default: from the device); `chunk_size` (supervised positions) overrides it. `loss_kernel` runs
+    the loss's elementwise work "compiled" (torch.compile), "eager", or "auto" (compiled on CUDA). `lora_rank`
+    trains LoRA adapters (peft, on every linear layer but the head; alpha defaults to 2 x rank) and merges them
+    into full weights at the end. `save_dtype` is the dtype of the saved weights: "auto" (the pivot's, from its
+    config or weights; training itself runs in fp32, or the Trainer's mixed precision), "float32", "bfloat16" or
     "float16". Returns `out`.
     """
     from transformers import AutoConfig
@@ -176,6 +180,7 @@ def train(
         lora_rank,
         lora_alpha,
         chunk_memory,
+        loss_kernel,
     )
     settings.check()
     if save_dtype not in SAVE_DTYPES:
@@ -286,6 +291,7 @@ class _Run:
             tail=s.tail,
             chunk_size=s.chunk_size,
             chunk_memory=s.chunk_memory,
+            kernel=s.loss_kernel,
         )
         trainer = FusionTrainer(
             model=model,

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
+from fusechat.train import fused
 from fusechat.train.chunked import (
     chunk_memory_for,
     chunk_rows,
@@ -134,8 +135,9 @@ class _ChunkedFusionLoss(torch.autograd.Function):
 
 def _chunks(hidden, weight, bias, labels, ids, valid, q, q_tail, cfg):
     """The loss sums and the three gradients, chunk by chunk (chunked.py: a chunk and its pieces)."""
-    lam, temperature, scale, softcap, normalizer, chunk, piece, mm_dtype = cfg
+    lam, temperature, scale, softcap, normalizer, chunk, piece, mm_dtype, kernel = cfg
     n, vocab = hidden.shape[0], weight.shape[0]
+    piece_fn = fused.piece_loss_and_grad if fused.use_compiled(kernel, hidden.device) else piece_loss_and_grad
     need = any(t is not None and t.requires_grad for t in (hidden, weight, bias))
     stats = compute_dtype(hidden)
     w = weight.to(mm_dtype)  # a copy only when autocast asks for another dtype than the weight's
@@ -160,7 +162,7 @@ def _chunks(hidden, weight, bias, labels, ids, valid, q, q_tail, cfg):
                 if bias is not None:
                     z.add_(bias)
                 rows = slice(s + a, s + b)
-                clm, fuse = piece_loss_and_grad(
+                clm, fuse = piece_fn(
                     z,
                     labels[rows],
                     None if ids is None else ids[rows],
@@ -199,6 +201,7 @@ def fusion_loss(
     normalizer: float | torch.Tensor | None = None,
     chunk_size: int | None = None,
     chunk_memory: int | None = None,
+    kernel: str = "auto",
 ) -> LossParts:
     """lam * CLM + (1 - lam) * fusion loss over supervised positions, summed and divided by `normalizer`.
 
@@ -208,6 +211,8 @@ def fusion_loss(
     mean); a trainer passes the number of supervised positions of the whole accumulated, multi-process batch
     instead. `chunk_memory` bytes for one chunk's buffers (default: 32 MiB on CPU; on CUDA a quarter of the
     head's size, within a quarter of the free device memory); `chunk_size` positions per chunk overrides it.
+    `kernel` runs each piece's elementwise work "compiled" (torch.compile, fused.py), "eager", or "auto"
+    (compiled on CUDA, eager on CPU); a compilation that fails falls back to eager with one warning.
     The fusion term uses softmax(z / T); it is not multiplied by T**2. Returns the loss (a scalar with
     gradients for hidden, head.weight, head.bias).
     """
@@ -237,7 +242,8 @@ def fusion_loss(
     chunk, piece = chunk_rows(int(chunk_memory), vocab, mm_dtype)
     if chunk_size is not None:
         chunk, piece = int(chunk_size), min(piece, int(chunk_size))
-    cfg = (float(lam), float(temperature), float(head.scale), head.softcap, normalizer, chunk, piece, mm_dtype)
+    fused.use_compiled(kernel, hidden.device)  # an unknown name is refused before any work
+    cfg = (float(lam), float(temperature), float(head.scale), head.softcap, normalizer, chunk, piece, mm_dtype, kernel)
     loss, clm_sum, fuse_sum = _ChunkedFusionLoss.apply(
         hidden, head.weight, head.bias, labels.long(), ids, valid, q, q_tail, cfg
     )

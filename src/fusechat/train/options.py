@@ -50,6 +50,9 @@ class TrainCommandOptions(TrainOptions):
     chunk_memory: int | None = option(
         None, "MiB for one chunk of the loss's logits (none: from the device: 32 on CPU, more on GPUs)", ge=1
     )
+    loss_kernel: Literal["auto", "compiled", "eager"] = option(
+        "auto", "the loss's elementwise work: torch.compile'd or eager (auto: compiled on CUDA, eager on CPU)"
+    )
     fsdp: bool = option(False, "shard the pivot with FSDP2 (GPUs; under torchrun / accelerate launch)")
     gradient_checkpointing: bool = option(False, "recompute activations in backward", trainer="gradient_checkpointing")
     bf16: Literal["auto", "on", "off"] = option("auto", "bf16 mixed precision (auto: where CUDA supports it)")

@@ -25,13 +25,15 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class LossConfig:
-    """Settings of the fusion loss: weight of the CLM term, temperature, tail bucket, chunk size or memory."""
+    """Settings of the fusion loss: weight of the CLM term, temperature, tail bucket, chunk size or memory, and
+    how each piece's elementwise work runs (`fusion_loss`'s `kernel`)."""
 
     lam: float = 0.9
     temperature: float = 1.0
     tail: bool = False
     chunk_size: int | None = None
     chunk_memory: int | None = None
+    kernel: str = "auto"
 
 
 def step_loss(model: Any, inputs: dict[str, torch.Tensor], cfg: LossConfig, normalizer: Any) -> LossParts:
@@ -56,6 +58,7 @@ def step_loss(model: Any, inputs: dict[str, torch.Tensor], cfg: LossConfig, norm
             normalizer=normalizer,
             chunk_size=cfg.chunk_size,
             chunk_memory=cfg.chunk_memory,
+            kernel=cfg.kernel,
         )
         return p.loss, p.clm_sum, p.fuse_sum
 
