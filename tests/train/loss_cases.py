@@ -10,11 +10,24 @@ more, and the weight gradient once per chunk).
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from fusechat.train.loss import Head, fusion_loss
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+# The option sets every half-precision comparison runs over (against fp32, and compiled against eager).
+HALF_OPTIONS = pytest.mark.parametrize(
+    "options",
+    [
+        dict(lam=0.9),
+        dict(lam=0.0, tail=True),
+        dict(lam=1.0),
+        dict(lam=0.5, temperature=2.0, chunk_size=7),
+        dict(lam=0.3, scale=0.5, softcap=4.0, bias=True, chunk_memory=20_000),
+    ],
+    ids=["lam0.9", "tail", "clm", "temperature+chunks", "bias+scale+softcap+pieces"],
+)
 
 
 def case(device, n=96, h=64, v=1000, k=10, seed=0, half=torch.bfloat16, bias=False):

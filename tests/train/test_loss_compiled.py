@@ -17,7 +17,7 @@ import torch
 from torch._dynamo.utils import counters
 
 from fusechat.train import fused
-from tests.train.loss_cases import DEVICES, assert_within_tolerance, case, run
+from tests.train.loss_cases import DEVICES, HALF_OPTIONS, assert_within_tolerance, case, run
 
 FP32_OPTIONS = {
     "temperature+softcap+scale+bias, uneven chunks": dict(
@@ -172,17 +172,7 @@ def test_fp64_compiled_equals_eager(compiled):
 @pytest.mark.slow
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("half", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize(
-    "options",
-    [
-        dict(lam=0.9),
-        dict(lam=0.0, tail=True),
-        dict(lam=1.0),
-        dict(lam=0.5, temperature=2.0, chunk_size=7),
-        dict(lam=0.3, scale=0.5, softcap=4.0, bias=True, chunk_memory=20_000),
-    ],
-    ids=["lam0.9", "tail", "clm", "temperature+chunks", "bias+scale+softcap+pieces"],
-)
+@HALF_OPTIONS
 def test_half_compiled_matrix(compiled, device, half, options):
     options = dict(options)
     bias = options.pop("bias", False)
