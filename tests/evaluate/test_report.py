@@ -174,7 +174,12 @@ def test_write_report_renders_everything(tmp_path):
         "varm_models": ["t-qwen", "t-gemma"],
         "settings": {"seed": 1},
         "target_quality": {
-            "pair-qwen": {"candidates": {"pivot": 0.95, "qwen": 0.90}, "fused": 0.88, "method": "mince"}
+            "pair-qwen": {
+                "candidates": {"pivot": 0.95, "qwen": 0.90},
+                "fused": 0.88,
+                "method": "mince",
+                "gold_not_kept": {"pivot": 0.035, "qwen": 0.188, "fused": 0.065},
+            }
         },
     }
     md_path = write_report(SCORES, ROWS, tmp_path / "report", extras)
@@ -187,7 +192,10 @@ def test_write_report_renders_everything(tmp_path):
         assert f"({name})" in md
         # the HTML page is self-contained: every plot embedded, none referred to beside it
         assert base64.b64encode(png.read_bytes()).decode() in html and f"src='{name}'" not in html
-    assert "| pair-qwen | pivot 0.9500, qwen 0.9000 | 0.8800 (mince) | qwen 0.9000 | -0.0200 |" in md
+    assert (
+        "| pair-qwen | pivot 0.9500, qwen 0.9000 | 0.8800 (mince) | qwen 0.9000 | -0.0200 | pivot 3.5%, qwen 18.8%, "
+        "fused 6.5% |" in md
+    )
     assert "| CLM only | pivot + CLM only (baseline) |" in md
     assert "<b>0.900 ± 0.010 (-0.080)</b>" in html and "Does the paper's ordering hold here?" in md
 

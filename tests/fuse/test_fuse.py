@@ -66,6 +66,9 @@ def test_mince_record_takes_the_source_and_falls_back_where_uncovered():
     np.testing.assert_allclose(np.exp(out.topk_logprobs[0].astype(float)), [0.875, 0.125], rtol=2e-3)
     assert out.topk_ids[1].tolist() == [3, 4]  # the pivot's own distribution
     np.testing.assert_allclose(np.exp(out.topk_logprobs[1].astype(float)), [0.5, 0.5], rtol=2e-3)
+    # gold tokens 1, 2: the pivot keeps 1 only; the source keeps 1 and has no token at the second position; the
+    # fused target takes the source's first row and the pivot's second
+    assert info["gold_not_kept"].tolist() == [1, 1, 1]
 
 
 def test_tie_mixes_both_candidates():
@@ -103,6 +106,11 @@ def test_fuse_stage_pairwise_and_multi(world, tmp_path):
     assert sum(sel["conversations"].values()) + sel["ties"] == len(TopKStore(piv))
     pair = fuse(piv, [a1], tmp_path / "pair")
     assert len(TopKStore(pair).manifest["candidates"]) == 2
+    missed = TopKStore(pair).manifest["gold_not_kept"]
+    records = list(TopKStore(pair))
+    assert missed["positions"] == sum(len(r.positions) for r in records)
+    assert missed["fused"] == sum(int((~np.isfinite(r.gold_logprob.astype(np.float32))).sum()) for r in records)
+    assert set(missed["candidates"]) == {"pivot", TopKStore(pair).manifest["candidates"][1]["name"]}
 
 
 def test_fuse_bad_input(world, tmp_path):

@@ -82,12 +82,8 @@ def build_table(
 
 def target_quality_table(quality: dict[str, dict]) -> list[str]:
     """Markdown rows: per training target, each candidate's and the fused target's bits per byte."""
-    lines = [
-        "| target | "
-        + " | ".join(["candidates (bits per byte)", "fused", "best single teacher", "fused − best"])
-        + " |"
-    ]
-    lines.append("|---|---|---|---|---|")
+    columns = ["candidates (bits per byte)", "fused", "best single teacher", "fused − best", "gold token given 0"]
+    lines = ["| target | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for t, q in quality.items():
         cands = q.get("candidates") or {}
         if not cands:
@@ -97,7 +93,9 @@ def target_quality_table(quality: dict[str, dict]) -> list[str]:
         each = ", ".join(f"{n} {v:.4f}" for n, v in cands.items())
         delta = f"{fused - cands[best_name]:+.4f}" if fused is not None else "–"
         fused_text = f"{fused:.4f} ({q.get('method')})" if fused is not None else "–"
-        lines.append(f"| {t} | {each} | {fused_text} | {best_name} {cands[best_name]:.4f} | {delta} |")
+        missed = q.get("gold_not_kept") or {}
+        missed_text = ", ".join(f"{n} {v:.1%}" for n, v in missed.items()) or "–"
+        lines.append(f"| {t} | {each} | {fused_text} | {best_name} {cands[best_name]:.4f} | {delta} | {missed_text} |")
     return lines
 
 
@@ -109,7 +107,8 @@ def write_report(scores: dict, rows: list[dict], out: Path, extras: dict | None 
     "loss_curves" {label: trainer_state.json path}; "selection_share" {target: {model: share}};
     "varm_weights" {tensor: [w..]} or a JSON path, with "varm_models" [names in weight order];
     "items_dir": the evaluation directory holding MODEL/TASK.jsonl, for paired errors;
-    "target_quality" {target: {"candidates": {name: bits per byte}, "fused": bits per byte, "method": name}}.
+    "target_quality" {target: {"candidates": {name: bits per byte}, "fused": bits per byte, "method": name,
+    "gold_not_kept"?: {name or "fused": share of positions}}}.
     """
     extras = extras or {}
     out = Path(out)
@@ -178,7 +177,9 @@ def _markdown(extras, header, body, info, checks, kept, plots, scores, rows) -> 
         parts += ["", "## Fusion-target quality on the training chats", ""]
         parts += [
             "Bits per byte of the supervised text, before any training: each candidate teacher, and the fused "
-            "target its fusion function builds (MinCE's premise: below every single teacher).",
+            "target its fusion function builds (MinCE's premise: below every single teacher). Last column: the "
+            "share of supervised positions where each distribution gives the pivot's gold token no mass (not kept "
+            "in its top-k, or no aligned source token); there the fusion term trains away from the text.",
             "",
             *target_quality_table(extras["target_quality"]),
         ]

@@ -82,6 +82,11 @@ def fuse_record(method: str, recs: list[TopKRecord], k: int) -> tuple[TopKRecord
     at = out_ids == gold_ids
     gold = np.where(at.any(axis=1), np.where(at, out_lp, 0.0).sum(axis=1), -np.inf).astype(np.float32)
     info["fallback_positions"] = int(fallback.sum())
+    # Positions where a distribution gives the pivot's gold token no mass (not among the kept ids, or no aligned
+    # source token): there the fusion term trains the student away from the text. Each candidate's count, then
+    # the fused target's (docs/results.md, section 5: MinCE's own-token score does not see this).
+    kept = (ids == gold_ids[None]).any(axis=2) & covered
+    info["gold_not_kept"] = np.append(p - kept.sum(axis=1), int((~at.any(axis=1)).sum()))
     rec = TopKRecord(
         id=piv.id,
         input_ids=piv.input_ids,
@@ -149,6 +154,7 @@ def fuse(
         selection = {"conversations": dict.fromkeys(names, 0), "ties": 0, "position_ties": 0}
         chosen_positions = np.zeros(len(names), dtype=np.int64)
         fallback = 0
+        gold_not_kept, positions = np.zeros(len(names) + 1, dtype=np.int64), 0
         # Cross-entropy of the supervised text per candidate and of the fused target (MinCE's premise: the fused
         # target is below every single teacher), summed over conversations as nats and bytes.
         nll_sums, fused_nll, n_bytes = np.zeros(len(names), dtype=np.float64), 0.0, 0
@@ -173,6 +179,7 @@ def fuse(
                     nll_sums += [c.nll for c in candidates]
                     fused_nll += rec.nll
                     n_bytes += a.n_bytes
+                    positions += len(a.positions)
                     if writer is not None:
                         writer.write(rec)
                     bar.update()
@@ -183,6 +190,7 @@ def fuse(
                 selection["position_ties"] += info["position_ties"]
                 chosen_positions += info["chosen_positions"]
                 fallback += info["fallback_positions"]
+                gold_not_kept += info["gold_not_kept"]
             log.info("%s: shard %d/%d fused", output.dir, i + 1, n)
         bar.close()
         if method == "token-mince":
@@ -195,5 +203,10 @@ def fuse(
             # token-level MinCE mixes per position: its target has no one sequence cross-entropy
             "fused": float(fused_nll * bits) if method != "token-mince" else None,
             "bytes": int(n_bytes),
+        }
+        manifest["gold_not_kept"] = {
+            "positions": int(positions),
+            "candidates": dict(zip(names, gold_not_kept[:-1].tolist(), strict=True)),
+            "fused": int(gold_not_kept[-1]),
         }
         return output.finish(manifest)

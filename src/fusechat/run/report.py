@@ -47,6 +47,12 @@ def _from_fuse(fuse: dict[str, Path]) -> tuple[dict[str, dict[str, float]], dict
             shares[name] = {k: v / total for k, v in counts.items()}
         if bits := body.get("bits_per_byte"):
             quality[name] = {"candidates": bits["candidates"], "fused": bits.get("fused"), "method": body["method"]}
+            if missed := body.get("gold_not_kept"):
+                n = max(missed["positions"], 1)
+                quality[name]["gold_not_kept"] = {
+                    **{k: v / n for k, v in missed["candidates"].items()},
+                    "fused": missed["fused"] / n,
+                }
     return shares, quality
 
 
