@@ -82,10 +82,10 @@ def fuse_command(w: dict, out: Path, aligned: Path | None = None, method: str = 
     return fusechat("fuse", "--pivot-store", w["pivot_store"], "--aligned", aligned, "--out", out, "--method", method)
 
 
-def train_command(w: dict, out: Path, targets: Path | None = None) -> list[str]:
+def train_command(w: dict, out: Path, targets: Path | None = None, seed: int = 0) -> list[str]:
     return fusechat(
         "train", "--pivot", w["pivot"], "--targets", targets or w["fused"], "--out", out, "--max-steps", STEPS,
-        "--batch-size", 2, "--save-steps", 2, "--seed", 0, "--lr", "1e-3", "--report-to", "none",
+        "--batch-size", 2, "--save-steps", 2, "--seed", seed, "--lr", "1e-3", "--report-to", "none",
         "--max-length", 256,
     )  # fmt: skip
 

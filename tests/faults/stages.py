@@ -291,6 +291,7 @@ STAGES: dict[str, Stage] = {
             disk="600k",
             disk_inputs=("fused", "pivot"),
             damaged=Damaged(_store_copy("fused", "targets", 2), then=_repair_targets),
+            other=lambda w: {"seed": 1},
             slow=("second-run",),  # two training runs; the lock is the one align, fuse and merge show by default
         ),
         Stage(

@@ -23,6 +23,7 @@ from fusechat.errors import FusechatError
 from fusechat.flags import validate
 from fusechat.manifest import (
     atomic_write_bytes,
+    clear_output,
     file_entries,
     fingerprint,
     locked,
@@ -110,14 +111,21 @@ def _open_targets(targets: str | os.PathLike, clm_only: bool, pivot_fp: str) -> 
     return store
 
 
-def _previous_run(out: Path, fp: str) -> str | None:
-    """'done' if `out` holds this finished run, a checkpoint to resume from, or None to start afresh."""
+def _previous_run(out: Path, fp: str, overwrite: bool, writer: bool) -> str | None:
+    """'done' if `out` holds this finished run, a checkpoint to resume from, or None to start afresh. A run with
+    other inputs or settings is refused, or with `overwrite` removed (by the process that writes)."""
     if not (out / "manifest.json").is_file():
         return None
     old = read_manifest(out, stage=STAGE, require_complete=False)
     if old.get("fingerprint") != fp:
         if old.get("complete") or latest_checkpoint(out):
-            raise FusechatError(f"{out}: holds a training run with other inputs or settings; choose another --out")
+            if not overwrite:
+                raise FusechatError(
+                    f"{out}: holds a training run with other inputs or settings; pass --overwrite to replace it, "
+                    "or choose another --out"
+                )
+            if writer:
+                clear_output(out)
         return None
     if old.get("complete"):
         return "done"
@@ -145,6 +153,7 @@ def train(
     callbacks: list | None = None,
     trust_remote_code: bool = False,
     allow_pickle: bool = False,
+    overwrite: bool = False,
     **trainer_options: Any,
 ) -> Path:
     """Fine-tune `pivot` on the training targets in `targets`; write a Hugging Face checkpoint to `out`.
@@ -160,7 +169,7 @@ def train(
     trains LoRA adapters (peft, on every linear layer but the head; alpha defaults to 2 x rank) and merges them
     into full weights at the end. `save_dtype` is the dtype of the saved weights: "auto" (the pivot's, from its
     config or weights; training itself runs in fp32, or the Trainer's mixed precision), "float32", "bfloat16" or
-    "float16". Returns `out`.
+    "float16". An `out` trained with other inputs or settings is refused unless `overwrite`. Returns `out`.
     """
     from transformers import AutoConfig
 
@@ -237,7 +246,7 @@ def train(
                 prepare_output_dir(out, STAGE)
                 stack.enter_context(locked(out))
                 remove_temporaries(out)  # left by a killed run; this process is now the only writer
-            resume = _previous_run(out, manifest["fingerprint"])
+            resume = _previous_run(out, manifest["fingerprint"], overwrite, args.should_save)
             if args.should_save and resume != "done":
                 write_manifest(out, manifest, complete=False)
         if resume == "done":

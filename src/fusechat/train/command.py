@@ -64,6 +64,7 @@ COMMAND = StageCommand(
     options=TrainCommandOptions,
     bool_values=True,
     keywords=_keywords,
+    overwrite="replace an --out trained with other inputs or settings",
 )
 
 
