@@ -10,7 +10,7 @@ import pytest
 
 from fusechat.evaluate.compare import Margin, fmt, gains, kept_gains
 from fusechat.evaluate.plots import varm_by_layer
-from fusechat.evaluate.report import build_table, claims, write_report
+from fusechat.evaluate.report import build_table, claims, varm_spread, write_report
 
 
 def _r(metric, value, se, n=100, **extra):
@@ -157,6 +157,14 @@ def test_varm_by_layer():
     assert means[0] == pytest.approx([0.3, 0.7]) and means[1] == pytest.approx([0.5, 0.5])
 
 
+def test_varm_spread_states_how_far_from_linear():
+    weights = {f"m{i}": [0.5 + 0.012 * i, 0.5 - 0.012 * i] for i in range(11)}  # 0.500 ... 0.620, complement
+    first, second = varm_spread(weights, ["t-qwen", "t-gemma"])
+    assert first.startswith("t-qwen: median 0.560, quartiles 0.530–0.590, range 0.500–0.620 over 11 matrices")
+    assert first.endswith("55% of them more than 0.05 from the linear average's 0.500")  # 0.560 ... 0.620
+    assert second.startswith("t-gemma: median 0.440") and varm_spread({}, []) == []
+
+
 def test_write_report_renders_everything(tmp_path):
     state = tmp_path / "trainer_state.json"
     history = [{"step": s, "loss": 2.0 / (1 + s / 10)} for s in range(1, 40, 3)] + [{"step": 39, "eval_loss": 1.5}]
@@ -197,6 +205,7 @@ def test_write_report_renders_everything(tmp_path):
         "fused 6.5% |" in md
     )
     assert "| CLM only | pivot + CLM only (baseline) |" in md
+    assert "- VaRM's per-matrix weights, t-qwen: median 0.410, quartiles 0.355–0.465" in md
     assert "<b>0.900 ± 0.010 (-0.080)</b>" in html and "Does the paper's ordering hold here?" in md
 
 

@@ -86,6 +86,8 @@ def test_token_level_mince_picks_per_position():
     out, info = fuse_record("token-mince", [piv, src], 2)
     assert out.topk_ids.tolist() == [[1, 2], [4, 3]]
     assert info["chosen_positions"].tolist() == [1, 1]
+    # its score: the winner's gold cross-entropy at each position (pivot 0.6, then the source's 0.8)
+    assert out.nll == pytest.approx(-np.log(0.6) - np.log(0.8), rel=1e-3)  # gold log-probs are stored fp16
 
 
 def test_fuse_stage_pairwise_and_multi(world, tmp_path):

@@ -14,6 +14,8 @@ import html
 import json
 from pathlib import Path
 
+import numpy as np
+
 from fusechat.evaluate import plots
 from fusechat.evaluate.compare import (
     Comparer,
@@ -99,6 +101,25 @@ def target_quality_table(quality: dict[str, dict]) -> list[str]:
     return lines
 
 
+def varm_spread(weights: dict[str, list[float]], models: list[str]) -> list[str]:
+    """One line per merged target: the spread of its VaRM weight over the merged matrices (linear averaging gives
+    every matrix 1/n), so a reader sees whether VaRM differed from plain averaging at all."""
+    rows = np.array([w for w in weights.values() if w], dtype=np.float64)
+    if rows.ndim != 2 or not len(rows):
+        return []
+    n = rows.shape[1]
+    names = models if len(models) == n else [f"target {j + 1}" for j in range(n)]
+    lines = []
+    for j, name in enumerate(names):
+        lo, q1, med, q3, hi = np.percentile(rows[:, j], [0, 25, 50, 75, 100])
+        far = float(np.mean(np.abs(rows[:, j] - 1.0 / n) > 0.05))
+        lines.append(
+            f"{name}: median {med:.3f}, quartiles {q1:.3f}–{q3:.3f}, range {lo:.3f}–{hi:.3f} over {len(rows)} "
+            f"matrices; {far:.0%} of them more than 0.05 from the linear average's {1.0 / n:.3f}"
+        )
+    return lines
+
+
 def write_report(scores: dict, rows: list[dict], out: Path, extras: dict | None = None) -> Path:
     """Write report.md, report.html and PNG plots into `out`; return the path of report.md.
 
@@ -136,6 +157,8 @@ def write_report(scores: dict, rows: list[dict], out: Path, extras: dict | None 
         shown.append(("VaRM weights by layer", p))
     checks = claims(scores, rows, items_dir)
     kept = kept_gains(gained, rows)
+    if weights and (spread := varm_spread(weights, list(extras.get("varm_models", [])))):
+        kept += ["VaRM's per-matrix weights, " + line for line in spread]
     plots_ = shown
     md = _markdown(extras, header, body, info, checks, kept, plots_, scores, rows)
     atomic_write_bytes(out / "report.md", md.encode())
@@ -242,4 +265,4 @@ def _html(extras, header, body, info, checks, kept, plots, scores, rows) -> str:
     return "\n".join(out) + "\n"
 
 
-__all__ = ["write_report", "build_table", "claims", "target_quality_table"]
+__all__ = ["write_report", "build_table", "claims", "target_quality_table", "varm_spread"]

@@ -71,7 +71,9 @@ def fuse_record(method: str, recs: list[TopKRecord], k: int) -> tuple[TopKRecord
         weights, ties = methods.token_weights(gold, covered)
         info["position_ties"] = int(ties.sum())
         info["chosen_positions"] = (weights == 1.0).sum(axis=0)
-        row_nll = float(nll[0])
+        # The per-position choice's own score: the gold token's cross-entropy under the winning candidate, in the
+        # pivot's tokens (the pivot is always covered, so it is finite and never above the pivot's own).
+        row_nll = float(-np.where(covered, gold, -np.inf).max(axis=0).astype(np.float64).sum())
     else:
         w, teacher, tie = methods.sequence_weights(method, methods.bytes_scores(nll, piv.n_bytes))
         weights = np.broadcast_to(w, (p, len(recs)))
@@ -200,8 +202,7 @@ def fuse(
         bits = 1.0 / (math.log(2) * max(n_bytes, 1))
         manifest["bits_per_byte"] = {
             "candidates": {name: float(v * bits) for name, v in zip(names, nll_sums, strict=True)},
-            # token-level MinCE mixes per position: its target has no one sequence cross-entropy
-            "fused": float(fused_nll * bits) if method != "token-mince" else None,
+            "fused": float(fused_nll * bits),
             "bytes": int(n_bytes),
         }
         manifest["gold_not_kept"] = {
