@@ -76,6 +76,30 @@ def test_numbers_carry_the_digits_their_errors_call_for():
     assert fmt(0.0, None, signed=True) == "+0.000"
     assert Margin(0.00012, 0.00003, "paired SE, n = 9").text() == "+0.000120 (+4.0 paired SE, n = 9)"
     assert Margin(0.01, 0.02, "combined SE").mark() == "≈" and Margin(0.1, math.nan, "x").mark() == "?"
+    # significant but below the negligible floor: "=", in either direction; at or above it the usual marks
+    assert Margin(-0.000002, 0.0000007, "p", floor=0.0002).mark() == "="
+    assert Margin(0.0001, 0.00001, "p", floor=0.0002).mark() == "="
+    assert Margin(0.0003, 0.0001, "p", floor=0.0002).mark() == "✓"
+
+
+def test_claims_call_a_significant_but_tiny_difference_negligible():
+    scores = {
+        "pivot": {"code": _r("bits_per_byte", 0.52, 0.01)},
+        "clm": {"code": _r("bits_per_byte", 0.50, 0.01)},  # fine-tuning's own change: 0.02, so the floor is 0.0002
+        "varm": {"code": _r("bits_per_byte", 0.480001, 0.0000001)},
+        "linear": {"code": _r("bits_per_byte", 0.480000, 0.0000001)},
+        "ties": {"code": _r("bits_per_byte", 0.481, 0.0000001)},
+    }
+    rows = [
+        {"model": "pivot", "group": "pivot"},
+        {"model": "clm", "group": "clm"},
+        {"model": "varm", "group": "merge", "method": "varm"},
+        {"model": "linear", "group": "merge", "method": "linear"},
+        {"model": "ties", "group": "merge", "method": "ties"},
+    ]
+    lines = claims(scores, rows)
+    assert next(c for c in lines if "beats linear" in c).startswith("= varm beats linear on code: -0.000001")
+    assert next(c for c in lines if "beats ties" in c).startswith("✓ varm beats ties on code: +0.000999")
 
 
 def test_gains_are_per_seed_and_kept_shares_follow_the_significant_ones():

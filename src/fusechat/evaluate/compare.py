@@ -5,7 +5,9 @@ is significant.
 Two fine-tunes of one pivot differ by a few thousandths of a bit per byte; a table rounded to three decimals shows
 "(-0.000)" and a ✓ given to any positive margin celebrates noise. So every number is printed to two significant
 digits of its own error, errors of differences are paired over the items both models scored where the per-item
-results are at hand, and a claim is ✓ or ✗ only when its margin is at least `Z` standard errors.
+results are at hand, and a claim is ✓ or ✗ only when its margin is at least `Z` standard errors. Paired errors
+can be so small that a difference of a millionth of a bit per byte is "significant" (two merges whose weights
+differ by 1%): a margin under `NEGLIGIBLE` of what fine-tuning itself changed on that task is marked "=" instead.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from fusechat.evaluate.paired import paired_difference, read_items
 from fusechat.evaluate.tasks import TASKS
 
 Z = 2.0  # margins within ±Z standard errors are "≈": this evaluation cannot tell the two models apart
+NEGLIGIBLE = 0.01  # share of the CLM-only baseline's own change from the pivot below which a margin is "="
 GROUPS = ("source", "pivot", "clm", "pairwise", "multi", "merge")
 TRAINED = ("pairwise", "multi", "merge")
 LOWER_IS_BETTER = {t.metric for t in TASKS.values() if not t.higher_is_better}
@@ -78,6 +81,7 @@ class Margin:
     gain: float
     se: float
     kind: str  # "paired SE, n = N" or "combined SE"
+    floor: float = 0.0  # |gain| below this is negligible however significant (see NEGLIGIBLE)
 
     @property
     def z(self) -> float:
@@ -86,6 +90,8 @@ class Margin:
     def mark(self) -> str:
         if math.isnan(self.z):
             return "?"
+        if abs(self.z) >= Z and abs(self.gain) < self.floor:
+            return "="
         return "✓" if self.z >= Z else ("✗" if self.z <= -Z else "≈")
 
     def text(self) -> str:
@@ -149,7 +155,7 @@ def combine(margins: list[Margin]) -> Margin:
     """The mean margin over independent seeds, with the error of that mean."""
     n = len(margins)
     se = math.sqrt(sum(m.se**2 for m in margins)) / n
-    return Margin(sum(m.gain for m in margins) / n, se, f"SE over {n} seeds")
+    return Margin(sum(m.gain for m in margins) / n, se, f"SE over {n} seeds", sum(m.floor for m in margins) / n)
 
 
 def claims(scores: dict, rows: list[dict], items_dir: Path | None = None) -> list[str]:
@@ -157,7 +163,8 @@ def claims(scores: dict, rows: list[dict], items_dir: Path | None = None) -> lis
 
     Claims: every fused target (pairwise, Multi) beats the CLM-only baseline of its seed; VaRM beats every other
     merge and every fused target of its seed. Each line: ✓ (holds by ≥ Z SE), ✗ (the reverse holds by ≥ Z SE),
-    ≈ (within Z SE: not distinguishable here) or ? (no error known), the claim, and the margin with its error.
+    ≈ (within Z SE: not distinguishable here), = (significant but under NEGLIGIBLE of the baseline's own change
+    from the pivot) or ? (no error known), the claim, and the margin with its error.
     """
     rows = ordered(rows)
     tasks = tasks_of(scores, rows)
@@ -165,11 +172,13 @@ def claims(scores: dict, rows: list[dict], items_dir: Path | None = None) -> lis
     seeds = list(dict.fromkeys(r.get("seed") for r in rows if r["group"] in ("clm", *TRAINED)))
     lines: list[str] = []
     per_seed: dict[tuple[str, str, str], list[Margin]] = {}
+    pivot = next((r for r in rows if r["group"] == "pivot"), None)
 
-    def check(a: dict, b: dict, t: str) -> str | None:
+    def check(a: dict, b: dict, t: str, floor: float) -> str | None:
         m = comparer.margin(a["model"], b["model"], t)
         if m is None:
             return None
+        m.floor = floor
         per_seed.setdefault((a.get("name", a["model"]), b.get("name", b["model"]), t), []).append(m)
         return f"{m.mark()} {a.get('label', a['model'])} beats {b.get('label', b['model'])} on {t}: {m.text()}"
 
@@ -180,10 +189,12 @@ def claims(scores: dict, rows: list[dict], items_dir: Path | None = None) -> lis
         merges = [r for r in group if r["group"] == "merge"]
         varm = next((r for r in merges if "varm" in (r.get("method") or r["model"]).lower()), None)
         for t in tasks:
+            tuned = comparer.raw(base["model"], pivot["model"], t) if base and pivot else None
+            floor = NEGLIGIBLE * abs(tuned[0]) if tuned else 0.0
             if base:
-                lines += [c for r in fused if (c := check(r, base, t))]
+                lines += [c for r in fused if (c := check(r, base, t, floor))]
             if varm:
-                lines += [c for r in merges + fused if r is not varm and (c := check(varm, r, t))]
+                lines += [c for r in merges + fused if r is not varm and (c := check(varm, r, t, floor))]
     if len(seeds) > 1:
         lines.append(f"Across the {len(seeds)} seeds (mean margin and its error; then each seed's margin):")
         for (a, b, t), margins in per_seed.items():

@@ -18,6 +18,7 @@ import numpy as np
 
 from fusechat.evaluate import plots
 from fusechat.evaluate.compare import (
+    NEGLIGIBLE,
     Comparer,
     Z,
     baselines,
@@ -39,7 +40,9 @@ CLAIMS_TEXT = (
     f"each other merge and each fused target. Margins are in the better direction, with their standard error: "
     f"paired over the items both models scored where the per-item results are at hand, else the two rows' errors "
     f"combined. ✓: the claim holds by at least {Z:g} SE; ✗: the reverse holds by at least {Z:g} SE; "
-    f"≈: within {Z:g} SE, this evaluation cannot tell them apart."
+    f"≈: within {Z:g} SE, this evaluation cannot tell them apart; =: beyond {Z:g} SE but smaller than "
+    f"{NEGLIGIBLE:.0%} of what fine-tuning itself changed on that task (CLM-only against the pivot): too small "
+    f"to matter."
 )
 
 
