@@ -41,7 +41,7 @@ CLAIMS_TEXT = (
     f"paired over the items both models scored where the per-item results are at hand, else the two rows' errors "
     f"combined. ✓: the claim holds by at least {Z:g} SE; ✗: the reverse holds by at least {Z:g} SE; "
     f"≈: within {Z:g} SE, this evaluation cannot tell them apart; =: beyond {Z:g} SE but smaller than "
-    f"{NEGLIGIBLE:.0%} of what fine-tuning itself changed on that task (CLM-only against the pivot): too small "
+    f"{NEGLIGIBLE:.1%} of what fine-tuning itself changed on that task (CLM-only against the pivot): too small "
     f"to matter."
 )
 
