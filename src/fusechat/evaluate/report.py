@@ -45,6 +45,8 @@ CLAIMS_TEXT = (
     f"to matter."
 )
 
+KEPT_HEADING = "How much of each target's gain the merges keep, and VaRM's weights"
+
 
 def build_table(
     scores: dict, rows: list[dict], items_dir: Path | None = None
@@ -198,7 +200,7 @@ def _markdown(extras, header, body, info, checks, kept, plots, scores, rows) -> 
         parts += ["", "## Does the paper's ordering hold here?", ""]
         parts += [CLAIMS_TEXT, ""] + [f"- {c}" for c in checks]
     if kept:
-        parts += ["", "## How much of each target's gain the merges keep", ""] + [f"- {k}" for k in kept]
+        parts += ["", f"## {KEPT_HEADING}", ""] + [f"- {k}" for k in kept]
     if extras.get("target_quality"):
         parts += ["", "## Fusion-target quality on the training chats", ""]
         parts += [
@@ -244,7 +246,7 @@ def _html(extras, header, body, info, checks, kept, plots, scores, rows) -> str:
         out.append(f"<h2>Does the paper's ordering hold here?</h2><p>{html.escape(CLAIMS_TEXT)}</p><ul>")
         out += [f"<li>{html.escape(c)}</li>" for c in checks] + ["</ul>"]
     if kept:
-        out.append("<h2>How much of each target's gain the merges keep</h2><ul>")
+        out.append(f"<h2>{html.escape(KEPT_HEADING)}</h2><ul>")
         out += [f"<li>{html.escape(k)}</li>" for k in kept] + ["</ul>"]
     if extras.get("target_quality"):
         out.append("<h2>Fusion-target quality on the training chats</h2><table>")

@@ -43,8 +43,9 @@ def sequence_weights(method: str, scores: np.ndarray) -> tuple[np.ndarray, int, 
     raise ValueError(f"no sequence weights for method {method!r}")
 
 
-def token_weights(gold: np.ndarray, covered: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Token-level MinCE: (C, p) gold log-probs and coverage in; (p, C) weights and (p,) tie flags out.
+def token_weights(gold: np.ndarray, covered: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Token-level MinCE: (C, p) gold log-probs and coverage in; (p, C) weights, (p,) tie flags and (p,) the
+    winner's gold log-prob (the choice's own score) out.
 
     At each position the covered candidate with the highest gold log-prob (lowest token cross-entropy) wins;
     exact ties share equally.
@@ -54,7 +55,7 @@ def token_weights(gold: np.ndarray, covered: np.ndarray) -> tuple[np.ndarray, np
     win = (g == best[None, :]) & covered & np.isfinite(best)[None, :]
     n = win.sum(axis=0)
     w = np.where(n[None, :] > 0, win / np.maximum(n, 1)[None, :], 0.0).T
-    return w.astype(np.float64), n > 1
+    return w.astype(np.float64), n > 1, best
 
 
 def normalise(logprobs: np.ndarray, ids: np.ndarray) -> np.ndarray:

@@ -68,12 +68,12 @@ def fuse_record(method: str, recs: list[TopKRecord], k: int) -> tuple[TopKRecord
     }
     if method == "token-mince":
         gold = np.stack([r.gold_logprob.astype(np.float32) for r in recs])
-        weights, ties = methods.token_weights(gold, covered)
+        weights, ties, best = methods.token_weights(gold, covered)
         info["position_ties"] = int(ties.sum())
         info["chosen_positions"] = (weights == 1.0).sum(axis=0)
         # The per-position choice's own score: the gold token's cross-entropy under the winning candidate, in the
         # pivot's tokens (the pivot is always covered, so it is finite and never above the pivot's own).
-        row_nll = float(-np.where(covered, gold, -np.inf).max(axis=0).astype(np.float64).sum())
+        row_nll = float(-best.astype(np.float64).sum())
     else:
         w, teacher, tie = methods.sequence_weights(method, methods.bytes_scores(nll, piv.n_bytes))
         weights = np.broadcast_to(w, (p, len(recs)))
